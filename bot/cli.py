@@ -1,0 +1,241 @@
+"""The `kvm-digest` command line.
+
+Every subcommand is a small function taking the parsed arguments and the
+config. Errors a user can fix are DigestErrors: printed as one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bot import config as configmod
+from bot import digest as digestmod
+from bot import ranges
+from bot.archive import Archive, WriterLock
+from bot.config import Config
+from bot.errors import DigestError
+from bot.importer import Counts, Importer
+from bot.index import Index
+from bot.sources import open_source
+
+log = logging.getLogger("kvm-digest")
+
+
+def setup_logging(verbosity: int) -> None:
+    """Log to stderr without timestamps: journald adds its own."""
+    level = logging.WARNING - 10 * verbosity
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def open_archive(config: Config) -> Archive:
+    """The archive to read: the configured mirror, or our own."""
+    path = config.archive_path
+    if config.is_mirror:
+        return Archive.open(path)
+    if not (path / "HEAD").exists():
+        raise DigestError(
+            f"there is no archive at {path} yet; run `kvm-digest import SOURCE` "
+            "first, or set [archive] path to a public-inbox mirror"
+        )
+    return Archive.open(path, writable=True)
+
+
+@contextlib.contextmanager
+def writer(config: Config) -> Iterator[tuple[Archive, Index]]:
+    """Hold the data dir's writer lock with an archive and a caught-up index."""
+    with WriterLock(config.data_dir):
+        archive = (
+            Archive.open(config.archive_path)
+            if config.is_mirror
+            else Archive.create(config.archive_path)
+        )
+        index = Index(config.index_path)
+        try:
+            with progress_bar(archive.count(index.last_commit()), "indexing") as bar:
+                index.catch_up(archive, bar)
+            yield archive, index
+        finally:
+            index.close()
+
+
+@contextlib.contextmanager
+def progress_bar(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal; silence elsewhere (logs, CI, systemd)."""
+    if not sys.stderr.isatty() or not total:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=what, unit="msg", file=sys.stderr) as bar:
+        yield bar.update
+
+
+def reader(config: Config) -> Index:
+    """An index that has caught up with the archive, when that can be done now.
+
+    When another process holds the writer lock (the daemon), it is the one
+    that indexes; we read what is there.
+    """
+    archive = open_archive(config)
+    index = Index(config.index_path)
+    if archive.head() != index.last_commit():
+        try:
+            with WriterLock(config.data_dir):
+                index.catch_up(archive)
+        except DigestError as err:
+            log.info("not catching up the index: %s", err)
+    return index
+
+
+# -- subcommands ---------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace, config: Config) -> int:
+    if config.is_mirror:
+        raise DigestError(
+            "the archive is a read-only mirror ([archive] path); update it with "
+            "`git fetch` instead of importing"
+        )
+    cache = config.data_dir / "sources"
+    sources = [open_source(Path(p), cache) for p in args.sources]
+    failed = False
+    with writer(config) as (archive, index):
+        for source in sources:
+            importer = Importer(archive, index, config.import_.max_message_size)
+            start = index.source_position(source.key)
+            with progress_bar(source.count(start), Path(source.label).name) as bar:
+                counts: Counts = importer.run(
+                    source.read(start),
+                    source.label,
+                    save_position=lambda pos, key=source.key: index.set_source_position(
+                        key, pos
+                    ),
+                    progress=bar,
+                )
+            print(f"{source.label}: {counts}")
+            failed = failed or counts.rejected > 0
+    return 1 if failed else 0
+
+
+def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+    with WriterLock(config.data_dir):
+        archive = open_archive(config)
+        index = Index(config.index_path)
+        index.clear()
+        with progress_bar(archive.count(), "reindexing") as bar:
+            count = index.catch_up(archive, bar)
+        index.close()
+    print(f"indexed {count} messages")
+    return 0
+
+
+def select_range(args: argparse.Namespace, index: Index) -> ranges.Range:
+    if args.range:
+        return ranges.parse_range(index.conn, " ".join(args.range))
+    if args.since:
+        until = ranges.parse_when(args.until) if args.until else None
+        return ranges.by_time(index.conn, ranges.parse_when(args.since), until)
+    return ranges.everything(index.conn)
+
+
+def cmd_digest(args: argparse.Namespace, config: Config) -> int:
+    if args.until and not args.since:
+        raise DigestError("--until needs --since; give both dates")
+    index = reader(config)
+    try:
+        rng = select_range(args, index)
+        d = digestmod.build(
+            index.conn, rng, config.list.title, config.digest.top, config.digest.abbrev
+        )
+    finally:
+        index.close()
+    text = digestmod.render(d, digestmod.environment(config.digest.templates or None))
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    where = config.source or "built-in defaults (no config file found)"
+    print(f"configuration from {where} is valid")
+    print(f"data directory: {config.data_dir}")
+    print(
+        f"archive: {config.archive_path}"
+        + (" (mirror, read-only)" if config.is_mirror else "")
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvm-digest",
+        description="Archive a mailing list, thread its patch series and mail digests.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"config file (default {configmod.DEFAULT_PATH} if present, "
+        f"or ${configmod.ENV_CONFIG})",
+    )
+    parser.add_argument("--data-dir", help=f"data directory (or ${configmod.ENV_DATA})")
+    parser.add_argument(
+        "--archive",
+        help="index this public-inbox epoch in place "
+        "(mirror mode) instead of the data dir's own archive",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "import", help="import mail: mbox, Maildir, .eml, public-inbox git or bundle"
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("digest", help="print the digest for a range")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--range",
+        nargs="+",
+        metavar="A..B",
+        help="commit ids as printed in digest headers: A..B or A B",
+    )
+    group.add_argument("--since", metavar="DATE", help="YYYY-MM-DD[THH:MM], UTC")
+    group.add_argument("--all", action="store_true", help="the whole archive")
+    p.add_argument(
+        "--until", metavar="DATE", help="end of the --since window (excluded)"
+    )
+    p.set_defaults(func=cmd_digest)
+
+    p = sub.add_parser("reindex", help="rebuild the index from the archive")
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("check-config", help="validate the configuration")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = configmod.load(args.config, args.data_dir, args.archive)
+        return args.func(args, config)
+    except DigestError as err:
+        print(f"kvm-digest: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Configuration: one TOML file, every setting in one place, checked on load.
+
+Precedence for the data directory: `--data-dir`, then `KVM_DIGEST_DATA`, then
+`[data] dir` in the file. Relative paths in the file are relative to the
+directory kvm-digest runs in (systemd sets it to the state directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.errors import ConfigError
+
+DEFAULT_PATH = Path("config/kvm-digest.toml")
+ENV_DATA = "KVM_DIGEST_DATA"
+ENV_CONFIG = "KVM_DIGEST_CONFIG"
+
+
+@dataclass(frozen=True)
+class ListSection:
+    title: str = "KVM"
+    """The list's name in digest subjects: "<title> mailing list update"."""
+    address: str = "kvm@vger.kernel.org"
+    id: str = "kvm.vger.kernel.org"
+    """The List-Id of the list's mail, without angle brackets."""
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dir: str = "var"
+
+
+@dataclass(frozen=True)
+class ArchiveSection:
+    path: str = ""
+    """A public-inbox epoch to index in place (mirror mode); empty: our own."""
+
+
+@dataclass(frozen=True)
+class DigestSection:
+    abbrev: int = 9
+    top: int = 15
+    templates: str = ""
+    max_days: int = 31
+    max_messages: int = 5000
+
+
+@dataclass(frozen=True)
+class ImportSection:
+    max_message_size: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; sections mirror the TOML tables."""
+
+    list: ListSection = field(default_factory=ListSection)
+    data: DataSection = field(default_factory=DataSection)
+    archive: ArchiveSection = field(default_factory=ArchiveSection)
+    digest: DigestSection = field(default_factory=DigestSection)
+    import_: ImportSection = field(default_factory=ImportSection)
+    source: Path | None = None
+    data_dir_override: str | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data_dir_override or os.environ.get(ENV_DATA) or self.data.dir)
+
+    @property
+    def archive_path(self) -> Path:
+        return (
+            Path(self.archive.path)
+            if self.archive.path
+            else self.data_dir / "archive.git"
+        )
+
+    @property
+    def is_mirror(self) -> bool:
+        return bool(self.archive.path)
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / "index.sqlite3"
+
+
+_SECTIONS = {
+    f.name.rstrip("_"): f
+    for f in dataclasses.fields(Config)
+    if f.name not in ("source", "data_dir_override")
+}
+
+
+def load(
+    path: Path | None = None, data_dir: str | None = None, archive: str | None = None
+) -> Config:
+    """Read and check the config file; a missing default file means defaults."""
+    explicit = path or (
+        Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None
+    )
+    path = explicit or DEFAULT_PATH
+    table: dict[str, typing.Any] = {}
+    if path.exists():
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"{path} is not valid TOML ({err}); fix the file"
+            ) from err
+        except OSError as err:
+            raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    elif explicit:
+        raise ConfigError(f"config file {path} does not exist; check the path")
+    config = from_table(table, str(path))
+    overrides: dict[str, typing.Any] = {
+        "source": path if path.exists() else None,
+        "data_dir_override": data_dir,
+    }
+    if archive:
+        overrides["archive"] = dataclasses.replace(config.archive, path=archive)
+    return dataclasses.replace(config, **overrides)
+
+
+def from_table(table: dict[str, typing.Any], where: str = "the config") -> Config:
+    """Build a Config from parsed TOML, rejecting unknown or mistyped settings."""
+    values: dict[str, typing.Any] = {}
+    for name, value in table.items():
+        if name not in _SECTIONS:
+            raise ConfigError(
+                f"unknown section [{name}] in {where}; known sections are "
+                + ", ".join(f"[{s}]" for s in _SECTIONS)
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] in {where} must be a table of settings")
+        f = _SECTIONS[name]
+        values[f.name] = _section(f.default_factory, value, name, where)  # type: ignore[misc]
+    return Config(**values)
+
+
+def _section(
+    cls: type, table: dict[str, typing.Any], name: str, where: str
+) -> typing.Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown setting {key} in [{name}] of {where}; known settings are "
+                + ", ".join(sorted(known))
+            )
+        expected = hints[key]
+        if not _is_instance(value, expected):
+            raise ConfigError(
+                f"[{name}] {key} in {where} must be {_describe(expected)}, "
+                f"not {type(value).__name__} {value!r}"
+            )
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"[{name}] {key} in {where} must not be negative")
+    return cls(**table)
+
+
+def _is_instance(value: object, expected: typing.Any) -> bool:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, arg) for arg in typing.get_args(expected))
+    if origin is list:
+        (item,) = typing.get_args(expected)
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _describe(expected: typing.Any) -> str:
+    names = {
+        str: "a string",
+        int: "a whole number",
+        bool: "true or false",
+        float: "a number",
+    }
+    if typing.get_origin(expected) is list:
+        return "a list"
+    return names.get(expected, str(expected))

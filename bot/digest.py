@@ -1,0 +1,214 @@
+"""Digests: what happened on the list in an archive range, as FORMAT.md says.
+
+`build()` reads the index (never the archive: the index already holds every
+commit message) and returns plain data; `render()` puts it through the Jinja2
+template `templates/digest.txt.j2`. Keeping the two apart lets one digest be
+rendered once and mailed to every subscriber.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from bot.ranges import Range
+
+TEMPLATE = "digest.txt.j2"
+
+
+@dataclass(frozen=True)
+class SeriesLine:
+    subject: str
+    submitter: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    subject: str
+    duplicate: bool
+    title: str = ""
+    author: str = ""
+    body: str = ""
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Everything a digest shows, ready to render."""
+
+    list_title: str
+    start: str
+    end: str
+    messages: int
+    top: int
+    domains: list[tuple[int, str]] = field(default_factory=list)
+    people: list[tuple[int, str]] = field(default_factory=list)
+    series: list[SeriesLine] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def subject(self) -> str:
+        return f"{self.list_title} mailing list update from {self.start} to {self.end}"
+
+
+def person(name: str, addr: str) -> str:
+    """`Name <addr>`, or the bare address when there is no name."""
+    return f"{name} <{addr}>" if name else addr
+
+
+def _ranked(
+    counts: Counter[str], shown: dict[str, str], top: int
+) -> list[tuple[int, str]]:
+    """Count descending, ties by the shown text, case-insensitively."""
+    order = sorted(counts, key=lambda k: (-counts[k], shown[k].casefold(), shown[k]))
+    return [(counts[k], shown[k]) for k in order[:top]]
+
+
+def statistics(conn: sqlite3.Connection, rng: Range, top: int):
+    """The domain and contributor tables ("Based on Email Body")."""
+    people: Counter[str] = Counter()
+    people_shown: dict[str, str] = {}
+    domains: Counter[str] = Counter()
+    total = 0
+    for name, addr in conn.execute(
+        "SELECT author_name, author_addr FROM messages WHERE seq > ? AND seq <= ? "
+        "ORDER BY seq",
+        (rng.start_seq, rng.end_seq),
+    ):
+        total += 1
+        if "@" not in addr:
+            continue
+        key = addr.lower()
+        people[key] += 1
+        people_shown[key] = person(name, addr)
+        domains[key.rpartition("@")[2]] += 1
+    domain_names = {d: d for d in domains}
+    return (
+        total,
+        _ranked(domains, domain_names, top),
+        _ranked(people, people_shown, top),
+    )
+
+
+def patch_list(conn: sqlite3.Connection, rng: Range) -> list[SeriesLine]:
+    """One line per series with a patch or cover letter in the range."""
+    rows = conn.execute(
+        """SELECT series_id, kind, counter, total, subject, from_name, from_addr
+             FROM messages
+            WHERE seq > ? AND seq <= ? AND series_id IS NOT NULL
+              AND kind IN ('patch', 'cover') AND NOT is_dup
+            ORDER BY seq""",
+        (rng.start_seq, rng.end_seq),
+    ).fetchall()
+    replies = dict(
+        conn.execute(
+            """SELECT series_id, COUNT(*) FROM messages
+            WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
+            GROUP BY series_id""",
+            (rng.start_seq, rng.end_seq),
+        ).fetchall()
+    )
+    grouped: dict[str, list[tuple]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row)
+    lines = []
+    for series_id, members in grouped.items():
+        covers = [m for m in members if m[2] == 0]
+        patches = [m for m in members if m[2] != 0]
+        shown = covers[0] if covers else min(patches, key=lambda m: m[2] or 1)
+        numbers = {m[2] or 1 for m in patches}
+        total = max((m[3] or 1 for m in members), default=1)
+        summary = f"{len(numbers)}/{total} patches"
+        if covers:
+            summary += ", cover letter"
+        if replies.get(series_id):
+            summary += f", {replies[series_id]} replies"
+        lines.append(SeriesLine(shown[4], person(shown[5], shown[6]), summary))
+    return lines
+
+
+def entries(conn: sqlite3.Connection, rng: Range) -> list[Entry]:
+    """Cover letters, first patches, single patches and pulls, in archive order."""
+    out = []
+    for (
+        subject,
+        title,
+        is_dup,
+        from_name,
+        from_addr,
+        author_name,
+        author_addr,
+        body,
+    ) in conn.execute(
+        """SELECT subject, title, is_dup, from_name, from_addr, author_name,
+                  author_addr, body
+             FROM messages WHERE seq > ? AND seq <= ? AND is_entry ORDER BY seq""",
+        (rng.start_seq, rng.end_seq),
+    ):
+        if is_dup:
+            out.append(Entry(subject=subject, duplicate=True))
+            continue
+        author = person(author_name, author_addr)
+        if author_addr.lower() != from_addr.lower():
+            author += f" (sent by {person(from_name, from_addr)})"
+        out.append(
+            Entry(
+                subject=subject, duplicate=False, title=title, author=author, body=body
+            )
+        )
+    return out
+
+
+def build(
+    conn: sqlite3.Connection,
+    rng: Range,
+    list_title: str = "KVM",
+    top: int = 15,
+    abbrev: int = 9,
+) -> Digest:
+    """The digest of an archive range."""
+    total, domains, people = statistics(conn, rng, top)
+    start, end = rng.abbrev(abbrev)
+    return Digest(
+        list_title=list_title,
+        start=start,
+        end=end,
+        messages=total,
+        top=top,
+        domains=domains,
+        people=people,
+        series=patch_list(conn, rng),
+        entries=entries(conn, rng),
+    )
+
+
+def environment(extra_dir: str | Path | None = None) -> jinja2.Environment:
+    """The Jinja2 environment for plain-text mail templates.
+
+    Templates come from the configured directory first, then the shipped
+    `templates/` (inside the package when installed, beside it in a checkout).
+    User text is only ever passed as data, never compiled as a template.
+    """
+    here = Path(__file__).resolve().parent
+    dirs = [
+        str(d)
+        for d in (extra_dir, here / "templates", here.parent / "templates")
+        if d and Path(d).is_dir()
+    ]
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(dirs),
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render(digest: Digest, env: jinja2.Environment) -> str:
+    """The digest's plain-text body."""
+    return env.get_template(TEMPLATE).render(d=digest)

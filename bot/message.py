@@ -1,0 +1,202 @@
+"""One raw message in, one `ParsedMessage` out: everything the index needs.
+
+This is the only place that decides what a message *is* (patch, cover letter,
+reply, pull request, other), following FORMAT.md's "Kinds of message".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from bot import body as bodymod
+from bot import mime
+from bot.errors import MailError
+from bot.subject import Subject, parse_subject
+
+KINDS = ("patch", "cover", "reply", "pull", "other")
+_HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+# Headers that identify a message's content, as public-inbox's ContentHash
+# does: two copies that differ only in Received/X- headers are one message.
+_IDENTITY_HEADERS = (
+    "message-id",
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "in-reply-to",
+    "references",
+)
+
+
+@dataclass
+class ParsedMessage:
+    """The facts about one message that threading and digests rely on."""
+
+    message_id: str
+    content_hash: str
+    subject: Subject
+    from_name: str
+    from_addr: str
+    author_name: str
+    author_addr: str
+    date: int | None
+    date_offset: int
+    received: int | None
+    list_id: str
+    kind: str
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)
+    commit_message: str = ""
+    size: int = 0
+
+    @property
+    def is_entry(self) -> bool:
+        """Gets a "New:" entry in a digest (FORMAT.md, "Commit messages")."""
+        if self.kind in ("cover", "pull"):
+            return True
+        return self.kind == "patch" and self.subject.counter in (None, 0, 1)
+
+    @property
+    def parent_ids(self) -> list[str]:
+        """Ancestors, nearest first: In-Reply-To, then References backwards."""
+        out: list[str] = []
+        if self.in_reply_to:
+            out.append(self.in_reply_to)
+        for ref in reversed(self.references):
+            if ref not in out and ref != self.message_id:
+                out.append(ref)
+        return out
+
+
+def content_hash(headers: mime.Headers, body: bytes) -> str:
+    """A hash of what makes a message itself, ignoring transport headers."""
+    h = hashlib.sha256()
+    for name in _IDENTITY_HEADERS:
+        for value in headers.get(name, ()):
+            text = " ".join(str(value).split())
+            h.update(f"{name}:{text}\n".encode("utf-8", "surrogateescape"))
+    h.update(b"\n\n" + body.replace(b"\r\n", b"\n").rstrip())
+    return h.hexdigest()
+
+
+def check_is_mail(raw: bytes) -> None:
+    """Raise MailError unless `raw` starts like an RFC 5322 message."""
+    if not raw.strip():
+        raise MailError("the message is empty")
+    first = raw.lstrip(b"\r\n").split(b"\n", 1)[0]
+    if first.startswith(b"From ") or first.startswith(b">From "):
+        first = raw.lstrip(b"\r\n").split(b"\n", 2)[1] if b"\n" in raw else b""
+    if not _HEADER_LINE.match(first):
+        raise MailError("it does not start with a mail header (Name: value)")
+
+
+def classify(subject: Subject, has_diff: bool, mentions_pull: bool) -> str:
+    """The kind of a message, in FORMAT.md's order of precedence."""
+    if subject.is_reply:
+        return "reply"
+    if subject.is_pull:
+        return "pull"
+    if has_diff or (subject.is_patch and (subject.counter or 0) >= 1):
+        return "patch"
+    if subject.counter == 0:
+        return "cover"
+    if mentions_pull:
+        return "pull"
+    return "other"
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse raw message bytes; raise MailError when they are not mail."""
+    check_is_mail(raw)
+    headers, body = mime.split_message(raw)
+
+    def get(name: str) -> str | None:
+        return mime.first(headers, name)
+
+    if not any(get(h) for h in ("from", "subject", "date", "message-id")):
+        raise MailError("it has none of the From, Subject, Date or Message-ID headers")
+    chash = content_hash(headers, body)
+    ids = mime.message_ids(get("message-id"))
+    message_id = ids[0] if ids else f"{chash[:40]}@kvm-digest.invalid"
+    subject = parse_subject(mime.decode_header_value(get("subject")))
+    from_name, from_addr = mime.parse_address(get("from"))
+    texts = mime.body_texts(raw, headers, body)
+    split = bodymod.split_body(texts, is_reply=subject.is_reply)
+    author_name, author_addr = from_name, from_addr
+    if "from" in split.inbody:
+        name, addr = mime.parse_address(split.inbody["from"])
+        if addr:
+            author_name, author_addr = name, addr
+    kind = classify(subject, split.has_diff, split.mentions_pull)
+    in_reply_to = mime.message_ids(get("in-reply-to"))
+    references = []
+    for value in headers.get("references", ()):
+        references.extend(mime.message_ids(value))
+    recipients = []
+    for header in ("to", "cc"):
+        for value in headers.get(header, ()):
+            recipients.extend(mime.addresses(value))
+    received = None
+    if rcvd := get("received"):
+        received = mime.parse_date(str(rcvd).rpartition(";")[2])
+    date = mime.parse_date(get("date"))
+    return ParsedMessage(
+        message_id=message_id,
+        content_hash=chash,
+        subject=subject,
+        from_name=from_name,
+        from_addr=from_addr,
+        author_name=author_name,
+        author_addr=author_addr,
+        date=date,
+        date_offset=mime.date_offset_minutes(get("date")),
+        received=received if received is not None else date,
+        list_id=_list_id(get("list-id")),
+        kind=kind,
+        in_reply_to=in_reply_to[0] if in_reply_to else None,
+        references=references,
+        recipients=recipients,
+        commit_message=split.commit_message
+        if kind in ("patch", "cover", "pull")
+        else "",
+        size=len(raw),
+    )
+
+
+def _list_id(value: str | None) -> str:
+    if not value:
+        return ""
+    text = mime.decode_header_value(value)
+    m = re.search(r"<([^<>]+)>", text)
+    return (m.group(1) if m else text).strip().lower()
+
+
+def parse_lenient(raw: bytes) -> ParsedMessage:
+    """Parse a message already in the archive; never raises.
+
+    Mirrors may hold anything. A blob that is not mail is still indexed (as
+    "other", with no subject) so that archive positions and ranges stay whole.
+    """
+    try:
+        return parse_message(raw)
+    except MailError:
+        digest = hashlib.sha256(raw).hexdigest()
+        return ParsedMessage(
+            message_id=f"{digest[:40]}@kvm-digest.invalid",
+            content_hash=digest,
+            subject=parse_subject(""),
+            from_name="",
+            from_addr="",
+            author_name="",
+            author_addr="",
+            date=None,
+            date_offset=0,
+            received=None,
+            list_id="",
+            kind="other",
+            size=len(raw),
+        )

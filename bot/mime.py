@@ -1,0 +1,231 @@
+"""Decoding real mail: headers (RFC 5322, 2047) and text parts (MIME, charsets).
+
+Mailing-list mail is messy: 8-bit bytes in headers, encoded words that lie
+about their charset, base64 that does not decode, parts that claim one charset
+and hold another. Everything here degrades to readable text and never raises.
+We use the standard library's `email` package with the fast compat32 policy:
+the modern policy builds header objects we do not need and costs ~5x more.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.utils
+import re
+from datetime import datetime
+from email.header import decode_header
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
+_WS = re.compile(r"\s+")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_ADDR = re.compile(r"[\w.+=/!#$%&'*?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+_PATCH_NAME = re.compile(r"\.(patch|diff)$", re.I)
+# Many text parts claim a charset they do not hold; these are the usual truth.
+_FALLBACK_CHARSETS = ("utf-8", "cp1252")
+
+
+Headers = dict[str, list[str]]
+"""Header values by lower-cased name, in message order, still encoded."""
+
+
+def split_message(raw: bytes) -> tuple[Headers, bytes]:
+    """Split raw mail into its unfolded headers and its body bytes.
+
+    The feed parser of the standard library is the slow part of reading list
+    mail (kvmarm messages carry ~45 headers, most of them Received:), and all
+    it does for a header block is what these lines do: split at the first
+    empty line, join continuation lines, split at the first colon. 8-bit bytes
+    survive as surrogates, exactly as compat32 keeps them.
+    """
+    end = _HEADER_END.search(raw)
+    head, body = (raw[: end.start()], raw[end.end() :]) if end else (raw, b"")
+    headers: Headers = {}
+    last: list[str] | None = None
+    for line in head.decode("ascii", "surrogateescape").replace("\r", "").split("\n"):
+        if line[:1] in (" ", "\t"):
+            if last is not None:
+                last[-1] += " " + line.strip()
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or " " in name.strip():
+            last = None  # an mbox "From " line or garbage: not a header
+            continue
+        last = headers.setdefault(name.strip().lower(), [])
+        last.append(value.strip())
+    return headers, body
+
+
+def first(headers: Headers, name: str) -> str | None:
+    """The first value of a header, or None."""
+    values = headers.get(name)
+    return values[0] if values else None
+
+
+def body_texts(raw: bytes, headers: Headers, body: bytes) -> list[str]:
+    """The readable text parts of a message (see text_parts).
+
+    A single-part message is decoded straight from its body bytes; only
+    multipart mail goes through the full MIME parser.
+    """
+    ctype = (first(headers, "content-type") or "text/plain").lower()
+    if ctype.lstrip().startswith("multipart/"):
+        return text_parts(email.message_from_bytes(raw))
+    part = email.message.Message()
+    for name in ("content-type", "content-transfer-encoding", "content-disposition"):
+        if value := first(headers, name):
+            part[name] = value
+    part.set_payload(body.decode("ascii", "surrogateescape"))
+    return text_parts(part)
+
+
+def _unsurrogate(value: str) -> str:
+    """Turn raw 8-bit header bytes (kept as surrogates) back into text."""
+    if not _SURROGATE.search(value):
+        return value
+    data = value.encode("ascii", "surrogateescape")
+    return decode_text(data, None)
+
+
+def decode_text(data: bytes, charset: str | None) -> str:
+    """Decode bytes in their declared charset, falling back sensibly.
+
+    A wrong or unknown charset is common; we try the declared one strictly,
+    then UTF-8, then cp1252 (a superset of latin-1 for printable text), which
+    always succeeds.
+    """
+    tried: list[str] = []
+    for name in (charset, *_FALLBACK_CHARSETS):
+        if not name or name in tried:
+            continue
+        tried.append(name)
+        try:
+            return data.decode(name)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def decode_header_value(value: str | None) -> str:
+    """Decode RFC 2047 words, strip control characters, collapse white space.
+
+    The result is safe to put back into a header: it holds no CR or LF.
+    """
+    if not value:
+        return ""
+    value = _unsurrogate(str(value))
+    parts: list[str] = []
+    try:
+        chunks = decode_header(value)
+    except (ValueError, LookupError):
+        chunks = [(value, None)]
+    for chunk, charset in chunks:
+        if isinstance(chunk, bytes):
+            parts.append(decode_text(chunk, charset))
+        else:
+            parts.append(chunk)
+    # When any word is encoded, every chunk is bytes and keeps its own
+    # spacing, so a plain join is right (it is what make_header does).
+    text = "".join(parts)
+    return _WS.sub(" ", _CONTROL.sub(" ", text)).strip()
+
+
+def parse_address(value: str | None) -> tuple[str, str]:
+    """Return (display name, address) from a From-like header, both decoded.
+
+    The display name loses its quotes; a missing address gives "".
+    """
+    if not value:
+        return "", ""
+    raw = _unsurrogate(str(value))
+    name, addr = email.utils.parseaddr(_CONTROL.sub(" ", raw))
+    if not addr and "@" in raw:
+        # parseaddr gives up on some broken headers; take the first token with @.
+        addr = next((w.strip("<>,;\"'") for w in raw.split() if "@" in w), "")
+    name = decode_header_value(name).strip().strip("\"'").strip()
+    addr = _CONTROL.sub("", addr).strip()
+    if name.lower() == addr.lower():
+        name = ""
+    return name, addr
+
+
+def parse_date(value: str | None) -> int | None:
+    """Seconds since the epoch for an RFC 5322 date, or None when unreadable."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(_unsurrogate(str(value)).strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    try:
+        return int(when.timestamp())
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def date_offset_minutes(value: str | None) -> int:
+    """The time zone offset of a Date header in minutes (0 when unknown)."""
+    try:
+        when = email.utils.parsedate_to_datetime(str(value).strip()) if value else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0
+    offset = when.utcoffset() if isinstance(when, datetime) else None
+    return int(offset.total_seconds() // 60) if offset else 0
+
+
+def addresses(value: str | None) -> list[str]:
+    """Every address in an address-list header, lower-cased.
+
+    A regex, not getaddresses(): routing only needs the addresses, and the
+    full RFC 5322 parser costs more than the rest of parsing on long Cc lists.
+    """
+    if not value:
+        return []
+    return [a.lower() for a in _ADDR.findall(_unsurrogate(str(value)))]
+
+
+def message_ids(value: str | None) -> list[str]:
+    """All `<id>` tokens of a Message-ID, In-Reply-To or References header."""
+    if not value:
+        return []
+    text = _unsurrogate(str(value))
+    found = re.findall(r"<([^<>\s]+)>", text)
+    if not found and text.strip() and " " not in text.strip():
+        # Some clients forget the angle brackets.
+        found = [text.strip()]
+    return found
+
+
+def text_parts(msg: email.message.Message) -> list[str]:
+    """The readable text of a message: plain-text parts and attached patches.
+
+    HTML-only mail yields its HTML part stripped of tags, so it still reads.
+    Binary attachments and signatures are skipped.
+    """
+    texts: list[str] = []
+    html: list[str] = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        filename = part.get_filename() or ""
+        is_patch_file = bool(_PATCH_NAME.search(str(filename)))
+        if ctype in ("text/plain", "text/x-patch", "text/x-diff") or is_patch_file:
+            texts.append(_part_text(part))
+        elif ctype == "text/html":
+            html.append(_part_text(part))
+    if not texts and html:
+        texts = [re.sub(r"<[^>]*>", "", h) for h in html]
+    return texts
+
+
+def _part_text(part: email.message.Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        payload = str(part.get_payload()).encode("utf-8", "surrogateescape")
+    charset = part.get_content_charset()
+    text = decode_text(payload, charset)
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")

@@ -1,0 +1,153 @@
+"""Digest ranges: `A..B` commit ids (as `git log A..B`), date windows, all.
+
+`A` is the last commit before the range and is excluded; `B` is the last
+commit in it. Ids may be abbreviated to 7 or more hex digits, as digest
+headers print them. The all-zero id stands for "before the first message",
+as git prints it for a ref that did not exist.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bot.errors import RangeError
+
+NULL_ID = "0" * 40
+MIN_DIGITS = 7
+_HEX = re.compile(r"^[0-9a-f]{7,40}$")
+_SPLIT = re.compile(r"\s*\.\.\s*|\s+")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Archive positions (start excluded, end included) and their commit ids."""
+
+    start_seq: int
+    end_seq: int
+    start_id: str
+    end_id: str
+
+    @property
+    def empty(self) -> bool:
+        return self.end_seq <= self.start_seq
+
+    def abbrev(self, digits: int) -> tuple[str, str]:
+        return self.start_id[:digits], self.end_id[:digits]
+
+
+def split_range(text: str) -> tuple[str, str]:
+    """Split "A..B" or "A B" into its two ids."""
+    parts = [p for p in _SPLIT.split(text.strip()) if p]
+    if len(parts) != 2:
+        raise RangeError(
+            f"{text.strip()!r} is not a range; write it as A..B with two commit "
+            "ids from digest headers, e.g. d62e82362..caab494ce"
+        )
+    return parts[0], parts[1]
+
+
+def resolve_id(conn: sqlite3.Connection, text: str) -> tuple[int, str]:
+    """The archive position and full commit id an abbreviated id names."""
+    prefix = text.strip().lower()
+    if not _HEX.match(prefix):
+        raise RangeError(
+            f"{text!r} is not a commit id; use {MIN_DIGITS} to 40 hex digits as "
+            "printed in digest headers"
+        )
+    if set(prefix) == {"0"}:
+        return 0, NULL_ID
+    rows = conn.execute(
+        "SELECT seq, commit_id FROM messages WHERE commit_id >= ? AND commit_id < ? "
+        "ORDER BY commit_id LIMIT 2",
+        (prefix, prefix + "g"),
+    ).fetchall()
+    if not rows:
+        raise RangeError(
+            f"no message in the archive has a commit id starting with {prefix}; "
+            "copy the ids from a digest header (From A to B)"
+        )
+    if len(rows) > 1:
+        raise RangeError(f"commit id {prefix} is ambiguous; give more digits")
+    return rows[0][0], rows[0][1]
+
+
+def by_ids(conn: sqlite3.Connection, start: str, end: str) -> Range:
+    """The range A..B; A must not come after B in the archive."""
+    start_seq, start_id = resolve_id(conn, start)
+    end_seq, end_id = resolve_id(conn, end)
+    if start_seq > end_seq:
+        raise RangeError(
+            f"the range start {start} comes after its end {end} in the archive; "
+            f"swap them ({end}..{start})"
+        )
+    return Range(start_seq, end_seq, start_id, end_id)
+
+
+def parse_range(conn: sqlite3.Connection, text: str) -> Range:
+    return by_ids(conn, *split_range(text))
+
+
+def parse_when(text: str) -> int:
+    """Epoch seconds for an ISO date or date-time; naive times are UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise RangeError(
+            f"{text!r} is not a date; write it as YYYY-MM-DD or YYYY-MM-DDTHH:MM"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp())
+
+
+def _id_at(conn: sqlite3.Connection, seq: int) -> str:
+    if seq <= 0:
+        return NULL_ID
+    row = conn.execute(
+        "SELECT commit_id FROM messages WHERE seq = ?", (seq,)
+    ).fetchone()
+    return row[0]
+
+
+def by_time(conn: sqlite3.Connection, since: int, until: int | None = None) -> Range:
+    """The archive range from the first to the last message received in a window.
+
+    Arrival time is the list server's Received stamp (the Date header when
+    there is none): it follows archive order far better than senders' clocks.
+    """
+    if until is not None and until <= since:
+        raise RangeError("the --until date must come after the --since date")
+    row = conn.execute(
+        "SELECT MIN(seq), MAX(seq) FROM messages WHERE received >= ? AND received < ?",
+        (since, until if until is not None else 2**62),
+    ).fetchone()
+    if row[0] is None:
+        first, last = conn.execute(
+            "SELECT MIN(received), MAX(received) FROM messages"
+        ).fetchone()
+        held = (
+            "the archive is empty"
+            if first is None
+            else f"the archive holds mail from {_day(first)} to {_day(last)}"
+        )
+        raise RangeError(f"no message arrived in that time window; {held}")
+    lo, hi = row
+    return Range(lo - 1, hi, _id_at(conn, lo - 1), _id_at(conn, hi))
+
+
+def after(conn: sqlite3.Connection, start_seq: int) -> Range:
+    """From just after `start_seq` to the newest message (periodic digests)."""
+    end = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
+    end = max(end, start_seq)
+    return Range(start_seq, end, _id_at(conn, start_seq), _id_at(conn, end))
+
+
+def everything(conn: sqlite3.Connection) -> Range:
+    return after(conn, 0)
+
+
+def _day(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d")

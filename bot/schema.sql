@@ -1,0 +1,83 @@
+-- The index: everything here is derived from the archive and can be rebuilt
+-- with `kvm-digest reindex`, except the tables marked "state".
+
+CREATE TABLE IF NOT EXISTS messages (
+    seq          INTEGER PRIMARY KEY,   -- archive order, 1-based
+    commit_id    TEXT NOT NULL UNIQUE,
+    message_id   TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    subject      TEXT NOT NULL,         -- full subject, unfolded and decoded
+    base_subject TEXT NOT NULL,         -- without reply prefixes
+    title        TEXT NOT NULL,         -- without reply prefixes and [tags]
+    tags         TEXT NOT NULL,         -- bracket words, space separated
+    version      INTEGER NOT NULL,
+    counter      INTEGER,               -- n of [PATCH n/m]
+    total        INTEGER,               -- m of [PATCH n/m]
+    from_name    TEXT NOT NULL,         -- header From
+    from_addr    TEXT NOT NULL,
+    from_key     TEXT NOT NULL,         -- lower-cased from_addr
+    author_name  TEXT NOT NULL,         -- in-body From when present
+    author_addr  TEXT NOT NULL,
+    date         INTEGER,               -- Date header, epoch seconds
+    received     INTEGER,               -- first Received header, else Date
+    list_id      TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('patch','cover','reply','pull','other')),
+    is_entry     INTEGER NOT NULL,      -- gets a digest entry
+    is_dup       INTEGER NOT NULL,      -- an earlier entry has its subject and sender
+    parent_id    TEXT,                  -- In-Reply-To, else last References id
+    thread_id    TEXT NOT NULL,         -- root of the References chain
+    series_id    TEXT,                  -- see series.py
+    body         TEXT NOT NULL          -- commit message through the diffstat
+);
+CREATE INDEX IF NOT EXISTS messages_message_id ON messages(message_id);
+CREATE INDEX IF NOT EXISTS messages_received ON messages(received);
+CREATE INDEX IF NOT EXISTS messages_series ON messages(series_id);
+CREATE INDEX IF NOT EXISTS messages_thread ON messages(thread_id);
+CREATE INDEX IF NOT EXISTS messages_sender_series
+    ON messages(from_key, version, total) WHERE kind IN ('patch', 'cover');
+CREATE INDEX IF NOT EXISTS messages_base_subject
+    ON messages(base_subject) WHERE kind IN ('patch', 'cover');
+CREATE INDEX IF NOT EXISTS messages_entry_key
+    ON messages(subject, from_key) WHERE is_entry;
+
+-- Every id a message points at, nearest first (0 = its parent).
+CREATE TABLE IF NOT EXISTS refs (
+    seq INTEGER NOT NULL REFERENCES messages(seq) ON DELETE CASCADE,
+    pos INTEGER NOT NULL,
+    ref TEXT NOT NULL,
+    PRIMARY KEY (seq, pos)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_ref ON refs(ref);
+
+CREATE VIEW IF NOT EXISTS series AS
+    SELECT series_id,
+           MIN(seq) AS first_seq,
+           MAX(version) AS version,
+           MAX(total) AS total,
+           COUNT(DISTINCT CASE WHEN kind = 'patch' THEN COALESCE(counter, 1) END)
+               AS patches,
+           MAX(CASE WHEN kind = 'cover' THEN message_id END) AS cover_id,
+           (SELECT from_name || ' <' || from_addr || '>' FROM messages f
+             WHERE f.series_id = m.series_id AND f.kind IN ('patch', 'cover')
+             ORDER BY f.seq LIMIT 1) AS submitter,
+           SUM(kind = 'reply') AS replies
+      FROM messages m
+     WHERE series_id IS NOT NULL
+     GROUP BY series_id;
+
+CREATE VIEW IF NOT EXISTS threads AS
+    SELECT thread_id, MIN(seq) AS first_seq, MAX(seq) AS last_seq,
+           COUNT(*) AS messages
+      FROM messages GROUP BY thread_id;
+
+-- Positions and settings ("state" for the keys that say so).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- State: where each import source was read up to.
+CREATE TABLE IF NOT EXISTS sources (
+    source   TEXT PRIMARY KEY,
+    position TEXT NOT NULL
+);
