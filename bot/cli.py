@@ -111,7 +111,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     with writer(config) as (archive, index):
         for source in sources:
             importer = Importer(archive, index, config.import_.max_message_size)
-            start = index.source_position(source.key)
+            start = index.source_position(source.key) if source.resumable else None
             with progress_bar(source.count(start), Path(source.label).name) as bar:
                 counts: Counts = importer.run(
                     source.read(start),

@@ -1,9 +1,10 @@
 """Where imported mail comes from: mbox, Maildir, .eml, public-inbox git, bundles.
 
-Each source yields (position, raw bytes) in its own order, and can resume
-after a position: git sources by commit id (so the next run reads only new
-commits), the others by message number. Re-reading is harmless anyway, since
-the importer drops messages it already has.
+Each source yields (position, raw bytes) in its own order. Git sources
+resume after a commit id, which can be checked against the source's history,
+so the next run reads only new commits. Files are read whole every time: a
+message number cannot tell an appended mbox from a replaced one, and
+re-reading is harmless, since the importer drops messages it already has.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class Source:
     label: str = ""
     """What the user named (a bundle is read from a cached clone at `path`)."""
 
-    def __len__(self) -> int:
-        return self.count()
+    resumable = False
+    """True when `read(after)` can safely skip what an earlier run read."""
 
     def count(self, after: str | None = None) -> int:
         """How many messages `read(after)` yields (for the progress bar)."""
@@ -53,13 +54,11 @@ class MboxSource(Source):
         return mailbox.mbox(self.path, factory=None, create=False)
 
     def count(self, after: str | None = None) -> int:
-        return max(len(self._box()) - int(after or 0), 0)
+        return len(self._box())
 
     def read(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
         box = self._box()
         for number, key in enumerate(box.iterkeys(), 1):
-            if number <= int(after or 0):
-                continue
             yield str(number), _MBOXRD_QUOTED.sub(rb"\1", box.get_bytes(key))
 
 
@@ -71,28 +70,28 @@ class MaildirSource(Source):
         return box, sorted(box.iterkeys())
 
     def count(self, after: str | None = None) -> int:
-        return max(len(self._keys()[1]) - int(after or 0), 0)
+        return len(self._keys()[1])
 
     def read(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
         box, keys = self._keys()
         for number, key in enumerate(keys, 1):
-            if number > int(after or 0):
-                yield str(number), box.get_bytes(key)
+            yield str(number), box.get_bytes(key)
 
 
 class EmlSource(Source):
     """One message in a file."""
 
     def count(self, after: str | None = None) -> int:
-        return 0 if after else 1
+        return 1
 
     def read(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
-        if not after:
-            yield "1", self.path.read_bytes()
+        yield "1", self.path.read_bytes()
 
 
 class GitSource(Source):
     """A public-inbox epoch (or several, for a v2 inbox), read in commit order."""
+
+    resumable = True
 
     def epochs(self) -> list[Path]:
         git = self.path / "git"

@@ -1,0 +1,65 @@
+"""Shared fixtures: a data directory, the CLI run in-process, a test store."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from tests.mailfactory import BUNDLE, Store
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "var"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Run `kvm-digest --data-dir <tmp> ARGS...` in-process, from an empty cwd."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KVM_DIGEST_DATA", raising=False)
+    monkeypatch.delenv("KVM_DIGEST_CONFIG", raising=False)
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main(["--data-dir", str(data_dir), *map(str, args)])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def kvmarm_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The kvmarm bundle as a bare public-inbox epoch (read-only, shared)."""
+    path = tmp_path_factory.mktemp("kvmarm") / "0.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(BUNDLE), str(path)],
+                   check=True)
+    return path
+
+
+def archive_ids(data_dir: Path) -> list[str]:
+    """Every commit of the data dir's archive, oldest first."""
+    out = subprocess.run(
+        ["git", "-C", str(data_dir / "archive.git"), "rev-list", "--reverse", "master"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return out.split()

@@ -1,0 +1,106 @@
+"""Realistic test mail, shaped the way git send-email and mail clients write it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+from bot.archive import Archive
+from bot.importer import Importer
+from bot.index import Index
+
+DATA = Path(__file__).parent / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BUNDLE = SHARED / "data" / "kvmarm-2019-2021.bundle"
+START = datetime(2021, 3, 1, 9, 0, tzinfo=UTC)
+
+PATCH_BODY = """\
+Make the thing work.
+
+Signed-off-by: Ann Author <ann@example.org>
+---
+ virt/kvm/thing.c | 1 +
+ 1 file changed, 1 insertion(+)
+
+diff --git a/virt/kvm/thing.c b/virt/kvm/thing.c
+index 1111111..2222222 100644
+--- a/virt/kvm/thing.c
++++ b/virt/kvm/thing.c
+@@ -1 +1,2 @@
+ int thing;
++int other_thing;
+--
+2.43.0
+"""
+
+COVER_BODY = """\
+This series makes the thing work.
+
+Ann Author (2):
+  KVM: one
+  KVM: two
+
+ virt/kvm/thing.c | 2 ++
+ 1 file changed, 2 insertions(+)
+
+--
+2.43.0
+"""
+
+
+def mail(
+    subject: str,
+    msgid: str | None,
+    frm: str = "Ann Author <ann@example.org>",
+    body: str = PATCH_BODY,
+    irt: str | None = None,
+    refs: tuple[str, ...] | list[str] = (),
+    minutes: int = 0,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """One raw message; `minutes` after START is both its Date and Received."""
+    when = format_datetime(START + timedelta(minutes=minutes))
+    lines = [
+        f"Received: from mail.example.org by lists.example.org; {when}",
+        f"From: {frm}",
+        "To: kvm@vger.kernel.org",
+        f"Subject: {subject}",
+        f"Date: {when}",
+    ]
+    if msgid:
+        lines.append(f"Message-ID: <{msgid}>")
+    if irt:
+        lines.append(f"In-Reply-To: <{irt}>")
+    if refs:
+        lines.append("References: " + " ".join(f"<{r}>" for r in refs))
+    lines += ["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
+              "List-Id: <kvm.vger.kernel.org>"]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    return ("\n".join(lines) + "\n\n" + body).encode()
+
+
+class Store:
+    """A throwaway archive + index, fed through the real importer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.archive = Archive.create(root / "archive.git")
+        self.index = Index(root / "index.sqlite3")
+        self.importer = Importer(self.archive, self.index, 10 * 1024 * 1024)
+
+    def add(self, *raws: bytes) -> None:
+        for raw in raws:
+            self.importer.add_one(raw, "test")
+
+    def row(self, message_id: str) -> dict:
+        cur = self.index.conn.execute(
+            "SELECT * FROM messages WHERE message_id = ?", (message_id,))
+        names = [d[0] for d in cur.description]
+        found = cur.fetchone()
+        assert found is not None, f"{message_id} is not indexed"
+        return dict(zip(names, found, strict=True))
+
+    def series_of(self, message_id: str) -> str | None:
+        return self.row(message_id)["series_id"]

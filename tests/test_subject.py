@@ -1,0 +1,47 @@
+"""Subject tags, as kernel lists spell them."""
+
+import pytest
+
+from bot.subject import parse_subject
+
+
+@pytest.mark.parametrize(
+    ("subject", "reply", "version", "counter", "total", "title"),
+    [
+        ("[PATCH] KVM: x86: fix it", False, 1, None, None, "KVM: x86: fix it"),
+        ("[PATCH v2 3/7] KVM: arm64: thing", False, 2, 3, 7, "KVM: arm64: thing"),
+        ("[PATCH 03/32] KVM: arm64: thing", False, 1, 3, 32, "KVM: arm64: thing"),
+        ("[RFC PATCH v3 0/4] big idea", False, 3, 0, 4, "big idea"),
+        ("[PATCH RESEND] KVM: again", False, 1, None, None, "KVM: again"),
+        ("[PATCH net-next v2 1/2] net: y", False, 2, 1, 2, "net: y"),
+        ("[kvm-unit-tests PATCH] arm: test", False, 1, None, None, "arm: test"),
+        ("[GIT PULL] KVM/arm64 fixes for 6.8", False, 1, None, None,
+         "KVM/arm64 fixes for 6.8"),
+        ("[RFC][PATCH 1/2] two groups", False, 1, 1, 2, "two groups"),
+        ("[PATCH V2] capital V", False, 2, None, None, "capital V"),
+        ("[PATCHv4 2/3] glued version", False, 4, 2, 3, "glued version"),
+        ("Re: [PATCH v2 3/7] KVM: arm64: thing", True, 2, 3, 7, "KVM: arm64: thing"),
+        ("RE: Re: AW: [PATCH] nested prefixes", True, 1, None, None, "nested prefixes"),
+        ("Aw: Sv: Antw: question", True, 1, None, None, "question"),
+        ("Fwd: [PATCH] forwarded", True, 1, None, None, "forwarded"),
+        ("Fw: forwarded too", True, 1, None, None, "forwarded too"),
+        ("Question about [PATCH] later", False, 1, None, None, "Question about [PATCH] later"),
+        ("  [PATCH   v2   1/1]   spaced\n  out  ", False, 2, 1, 1, "spaced out"),
+    ],
+)
+def test_parse_subject(subject, reply, version, counter, total, title):
+    s = parse_subject(subject)
+    assert (s.is_reply, s.version, s.counter, s.total, s.title) == (
+        reply, version, counter, total, title)
+
+
+def test_reply_keeps_the_tags_it_answers():
+    s = parse_subject("Re: [PATCH v2 3/7] KVM: arm64: thing")
+    assert s.base == "[PATCH v2 3/7] KVM: arm64: thing"
+    assert s.is_patch
+
+
+def test_pull_and_rfc_tags():
+    assert parse_subject("[GIT PULL] KVM changes").is_pull
+    assert parse_subject("[RFC 0/3] idea").is_patch
+    assert not parse_subject("Question: KVM").is_patch
