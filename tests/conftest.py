@@ -26,8 +26,12 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+def cli(
+    tmp_path: Path,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., Result]:
     """Run `kvm-digest --data-dir <tmp> ARGS...` in-process, from an empty cwd."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KVM_DIGEST_DATA", raising=False)
@@ -51,8 +55,9 @@ def store(tmp_path: Path) -> Store:
 def kvmarm_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The kvmarm bundle as a bare public-inbox epoch (read-only, shared)."""
     path = tmp_path_factory.mktemp("kvmarm") / "0.git"
-    subprocess.run(["git", "clone", "--quiet", "--bare", str(BUNDLE), str(path)],
-                   check=True)
+    subprocess.run(
+        ["git", "clone", "--quiet", "--bare", str(BUNDLE), str(path)], check=True
+    )
     return path
 
 
@@ -60,6 +65,8 @@ def archive_ids(data_dir: Path) -> list[str]:
     """Every commit of the data dir's archive, oldest first."""
     out = subprocess.run(
         ["git", "-C", str(data_dir / "archive.git"), "rev-list", "--reverse", "master"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return out.split()

@@ -74,8 +74,11 @@ def mail(
         lines.append(f"In-Reply-To: <{irt}>")
     if refs:
         lines.append("References: " + " ".join(f"<{r}>" for r in refs))
-    lines += ["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
-              "List-Id: <kvm.vger.kernel.org>"]
+    lines += [
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "List-Id: <kvm.vger.kernel.org>",
+    ]
     for name, value in (headers or {}).items():
         lines.append(f"{name}: {value}")
     return ("\n".join(lines) + "\n\n" + body).encode()
@@ -96,7 +99,8 @@ class Store:
 
     def row(self, message_id: str) -> dict:
         cur = self.index.conn.execute(
-            "SELECT * FROM messages WHERE message_id = ?", (message_id,))
+            "SELECT * FROM messages WHERE message_id = ?", (message_id,)
+        )
         names = [d[0] for d in cur.description]
         found = cur.fetchone()
         assert found is not None, f"{message_id} is not indexed"

@@ -46,8 +46,10 @@ def test_range_digest_matches_git_log_range(cli, data_dir, imported):
 
 def test_unknown_id(cli, data_dir, imported):
     before = cli("digest", "--all").out
-    one_line_error(cli("digest", "--range", f"1234567..{imported[3][:9]}"),
-                   "no message in the archive has a commit id starting with 1234567")
+    one_line_error(
+        cli("digest", "--range", f"1234567..{imported[3][:9]}"),
+        "no message in the archive has a commit id starting with 1234567",
+    )
     unchanged(cli, data_dir, imported, before)
 
 
@@ -64,19 +66,26 @@ def test_malformed_ranges(cli, imported, bad):
 def test_ambiguous_id():
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE messages (seq INTEGER PRIMARY KEY, commit_id TEXT)")
-    conn.executemany("INSERT INTO messages (commit_id) VALUES (?)",
-                     [("abcdef1" + "0" * 33,), ("abcdef1" + "1" * 33,)])
+    conn.executemany(
+        "INSERT INTO messages (commit_id) VALUES (?)",
+        [("abcdef1" + "0" * 33,), ("abcdef1" + "1" * 33,)],
+    )
     with pytest.raises(RangeError, match="ambiguous"):
         ranges.resolve_id(conn, "abcdef1")
     assert ranges.resolve_id(conn, "abcdef11")[0] == 2
 
 
 def test_empty_time_window(cli, imported):
-    one_line_error(cli("digest", "--since", "2030-01-01"), "no message arrived",
-                   "the archive holds mail from 2019-")
+    one_line_error(
+        cli("digest", "--since", "2030-01-01"),
+        "no message arrived",
+        "the archive holds mail from 2019-",
+    )
     one_line_error(cli("digest", "--since", "yesterday"), "not a date")
-    one_line_error(cli("digest", "--since", "2021-03-02", "--until", "2021-03-01"),
-                   "must come after")
+    one_line_error(
+        cli("digest", "--since", "2021-03-02", "--until", "2021-03-01"),
+        "must come after",
+    )
 
 
 def test_non_mail_file(cli, tmp_path, data_dir, imported):
@@ -87,18 +96,22 @@ def test_non_mail_file(cli, tmp_path, data_dir, imported):
     unchanged(cli, data_dir, imported, before)
 
 
-def test_malformed_message_is_rejected_and_the_rest_imported(cli, tmp_path, data_dir,
-                                                             imported, caplog):
+def test_malformed_message_is_rejected_and_the_rest_imported(
+    cli, tmp_path, data_dir, imported, caplog
+):
     before_ids = list(imported)
     box = tmp_path / "mixed.mbox"
     good = mail("[PATCH] good one", "good@x", minutes=1000).decode()
-    box.write_text("From x Thu Jan  1 00:00:00 1970\nthis is not a header\n\n"
-                   "From x Thu Jan  1 00:00:00 1970\n" + good + "\n")
+    box.write_text(
+        "From x Thu Jan  1 00:00:00 1970\nthis is not a header\n\n"
+        "From x Thu Jan  1 00:00:00 1970\n" + good + "\n"
+    )
     result = cli("import", box)
     assert result.code == 1  # something was rejected
     assert result.out.strip().endswith("1 imported, 0 duplicates, 1 rejected")
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
-        f"rejected {box} #1: it does not start with a mail header (Name: value)"]
+        f"rejected {box} #1: it does not start with a mail header (Name: value)"
+    ]
     assert archive_ids(data_dir)[:-1] == before_ids
 
 
@@ -114,8 +127,9 @@ def test_bad_config(cli, tmp_path):
     one_line_error(cli("--config", bad, "check-config"), "must be a whole number")
     bad.write_text("[digest\n")
     one_line_error(cli("--config", bad, "check-config"), "is not valid TOML")
-    one_line_error(cli("--config", tmp_path / "missing.toml", "check-config"),
-                   "does not exist")
+    one_line_error(
+        cli("--config", tmp_path / "missing.toml", "check-config"), "does not exist"
+    )
 
 
 def test_shipped_example_config_is_valid(cli):

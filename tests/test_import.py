@@ -25,11 +25,17 @@ def test_mboxrd_quoting_is_undone(cli, tmp_path, data_dir):
     body = "Text.\n>From here it is quoted.\n\n" + PATCH_BODY
     box = tmp_path / "in.mbox"
     raw = mail("[PATCH] quoted", "q@x", body=body).decode()
-    box.write_text("From mboxrd@z Thu Jan  1 00:00:00 1970\n"
-                   + raw.replace("\n>From ", "\n>>From ") + "\n")
+    box.write_text(
+        "From mboxrd@z Thu Jan  1 00:00:00 1970\n"
+        + raw.replace("\n>From ", "\n>>From ")
+        + "\n"
+    )
     assert cli("import", box).code == 0
-    stored = subprocess.run(["git", "-C", str(data_dir / "archive.git"), "show",
-                             "master:m"], capture_output=True, check=True).stdout
+    stored = subprocess.run(
+        ["git", "-C", str(data_dir / "archive.git"), "show", "master:m"],
+        capture_output=True,
+        check=True,
+    ).stdout
     assert b"\n>From here it is quoted." in stored
 
 
@@ -39,9 +45,14 @@ def test_maildir_and_eml(cli, tmp_path, data_dir):
         md.add(mail(f"[PATCH] maildir {n}", f"md{n}@x", minutes=n))
     eml = tmp_path / "one.eml"
     eml.write_bytes(mail("[PATCH] single", "eml@x", minutes=10))
-    assert cli("import", tmp_path / "md").out.strip().endswith(
-        "3 imported, 0 duplicates, 0 rejected")
-    assert cli("import", eml).out.strip().endswith("1 imported, 0 duplicates, 0 rejected")
+    assert (
+        cli("import", tmp_path / "md")
+        .out.strip()
+        .endswith("3 imported, 0 duplicates, 0 rejected")
+    )
+    assert (
+        cli("import", eml).out.strip().endswith("1 imported, 0 duplicates, 0 rejected")
+    )
     assert indexed(data_dir) == 4
 
 
@@ -49,8 +60,19 @@ def test_public_inbox_git_and_v2_inbox_dir(cli, tmp_path, data_dir, kvmarm_git):
     # A v2 inbox holds epochs under git/N.git; read them in order.
     inbox = tmp_path / "inbox"
     (inbox / "git").mkdir(parents=True)
-    subprocess.run(["git", "clone", "--quiet", "--bare", "--depth", "40",
-                    f"file://{kvmarm_git}", str(inbox / "git" / "0.git")], check=True)
+    subprocess.run(
+        [
+            "git",
+            "clone",
+            "--quiet",
+            "--bare",
+            "--depth",
+            "40",
+            f"file://{kvmarm_git}",
+            str(inbox / "git" / "0.git"),
+        ],
+        check=True,
+    )
     result = cli("import", inbox)
     assert result.code == 0, result.err
     assert result.out.strip().endswith("40 imported, 0 duplicates, 0 rejected")
@@ -67,28 +89,79 @@ def test_reimport_is_idempotent_and_dedupes_copies(cli, tmp_path, data_dir):
     # The same message with other transport headers is the same message...
     copy = tmp_path / "copy.eml"
     first = mailbox.mbox(SLICE)[0].as_bytes()
-    copy.write_bytes(b"Received: from elsewhere; Mon, 1 Jan 2024 00:00:00 +0000\n" + first)
-    assert cli("import", copy).out.strip().endswith("0 imported, 1 duplicates, 0 rejected")
+    copy.write_bytes(
+        b"Received: from elsewhere; Mon, 1 Jan 2024 00:00:00 +0000\n" + first
+    )
+    assert (
+        cli("import", copy).out.strip().endswith("0 imported, 1 duplicates, 0 rejected")
+    )
     # ...but the same Message-ID with other content is another message.
     other = tmp_path / "other.eml"
     other.write_bytes(first.replace(b"\n\n", b"\n\nAn edited copy.\n", 1))
-    assert cli("import", other).out.strip().endswith("1 imported, 0 duplicates, 0 rejected")
+    assert (
+        cli("import", other)
+        .out.strip()
+        .endswith("1 imported, 0 duplicates, 0 rejected")
+    )
 
 
 def test_resumes_a_git_source_where_it_stopped(cli, data_dir, kvmarm_git, tmp_path):
     partial = tmp_path / "partial.git"
-    subprocess.run(["git", "clone", "--quiet", "--bare", "--depth", "1",
-                    f"file://{kvmarm_git}", str(partial)], check=True)
-    head = subprocess.run(["git", "-C", str(kvmarm_git), "rev-list", "--reverse",
-                           "master"], capture_output=True, text=True, check=True).stdout
+    subprocess.run(
+        [
+            "git",
+            "clone",
+            "--quiet",
+            "--bare",
+            "--depth",
+            "1",
+            f"file://{kvmarm_git}",
+            str(partial),
+        ],
+        check=True,
+    )
+    head = subprocess.run(
+        ["git", "-C", str(kvmarm_git), "rev-list", "--reverse", "master"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     ids = head.split()
     # A source that has 10 commits, then later 25: the second run reads 15.
-    subprocess.run(["git", "-C", str(partial), "fetch", "--quiet", str(kvmarm_git),
-                    f"+{ids[9]}:refs/heads/master"], check=True)
-    assert cli("import", partial).out.strip().endswith("10 imported, 0 duplicates, 0 rejected")
-    subprocess.run(["git", "-C", str(partial), "fetch", "--quiet", str(kvmarm_git),
-                    f"+{ids[24]}:refs/heads/master"], check=True)
-    assert cli("import", partial).out.strip().endswith("15 imported, 0 duplicates, 0 rejected")
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(partial),
+            "fetch",
+            "--quiet",
+            str(kvmarm_git),
+            f"+{ids[9]}:refs/heads/master",
+        ],
+        check=True,
+    )
+    assert (
+        cli("import", partial)
+        .out.strip()
+        .endswith("10 imported, 0 duplicates, 0 rejected")
+    )
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(partial),
+            "fetch",
+            "--quiet",
+            str(kvmarm_git),
+            f"+{ids[24]}:refs/heads/master",
+        ],
+        check=True,
+    )
+    assert (
+        cli("import", partial)
+        .out.strip()
+        .endswith("15 imported, 0 duplicates, 0 rejected")
+    )
     assert indexed(data_dir) == 25
 
 
@@ -121,8 +194,12 @@ def test_mirror_mode_indexes_a_public_inbox_epoch_in_place(cli, tmp_path, data_d
     mirror_data = tmp_path / "mirror-data"
     out = cli("--archive", upstream, "digest", "--all")
     assert out.code == 0, out.err
-    ids = subprocess.run(["git", "-C", str(upstream), "rev-parse", "master"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    ids = subprocess.run(
+        ["git", "-C", str(upstream), "rev-parse", "master"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out.out.startswith(f"From 000000000 to {ids[:9]}\n")
     # New commits after a fetch are picked up.
     epoch = Archive.open(upstream, writable=True)

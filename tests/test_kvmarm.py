@@ -22,33 +22,45 @@ def section(text: str, start: str, end: str) -> list[str]:
 
 
 def test_slice_digest(cli):
-    assert cli("import", SLICE).out.strip().endswith(
-        "27 imported, 0 duplicates, 0 rejected")
+    assert (
+        cli("import", SLICE)
+        .out.strip()
+        .endswith("27 imported, 0 duplicates, 0 rejected")
+    )
     text = cli("digest", "--all").out
     # No Mailman footer or signature reaches the digest.
     assert "mailing list" not in text.replace("KVM mailing list update", "")
     assert "lists.cs.columbia.edu/mailman" not in text
     assert not re.search(r"(?m)^-- $", text)
-    series = section(text, "===== Patch list in this time period =====",
-                     "===== Patch Commit Messages ====")
+    series = section(
+        text,
+        "===== Patch list in this time period =====",
+        "===== Patch Commit Messages ====",
+    )
     # Folded subjects are whole.
-    assert series[0] == ("[RFC PATCH 0/5] KVM: arm64: Add support for contiguous "
-                         "PTE/PMD hugepages at stage2")
+    assert series[0] == (
+        "[RFC PATCH 0/5] KVM: arm64: Add support for contiguous "
+        "PTE/PMD hugepages at stage2"
+    )
     # Patches sent in reply to a pull request form one series.
     assert "    Marc Zyngier <marc.zyngier@arm.com>, 2/56 patches" in series
     # v1 and the v2 posted in reply to it are two series.
     assert "[PATCH 0/2] A couple of EL2 refcounts fixes" in series
     assert "[PATCH v2 0/2] A couple of EL2 refcounts fixes" in series
     # In-body From names the author; the header From the sender.
-    assert ("Author: Christoffer Dall <christoffer.dall@arm.com> (sent by "
-            "Marc Zyngier <marc.zyngier@arm.com>)") in text
+    assert (
+        "Author: Christoffer Dall <christoffer.dall@arm.com> (sent by "
+        "Marc Zyngier <marc.zyngier@arm.com>)"
+    ) in text
     # kvm-unit-tests and kvmtool tags are stripped from titles.
     assert "New:  arm: Add PL031 test" in text
     assert "New:  Add emulation for CFI compatible flash memory" in text
     # The pull request is an entry that ends with its diffstat.
-    pull = text[text.index("New:  KVM/arm updates for 5.2-rc2"):]
+    pull = text[text.index("New:  KVM/arm updates for 5.2-rc2") :]
     pull = pull[: pull.index("-" * 70)]
-    assert pull.rstrip().endswith("8 files changed, 177 insertions(+), 164 deletions(-)")
+    assert pull.rstrip().endswith(
+        "8 files changed, 177 insertions(+), 164 deletions(-)"
+    )
 
 
 def test_slice_no_references_series(cli):
@@ -56,10 +68,13 @@ def test_slice_no_references_series(cli):
     text = cli("digest", "--all").out
     # 1/2 and 2/2 of this series carry no References at all; the same sender,
     # version and total within the hour make them one series.
-    assert ("[PATCH 1/2] arm64: KVM: regmap: Mark expected switch fall-through"
-            in text.splitlines())
+    assert (
+        "[PATCH 1/2] arm64: KVM: regmap: Mark expected switch fall-through"
+        in text.splitlines()
+    )
     i = text.splitlines().index(
-        "[PATCH 1/2] arm64: KVM: regmap: Mark expected switch fall-through")
+        "[PATCH 1/2] arm64: KVM: regmap: Mark expected switch fall-through"
+    )
     assert text.splitlines()[i + 1].endswith(", 2/2 patches")
 
 

@@ -16,9 +16,11 @@ from tests.mailfactory import PATCH_BODY, mail
 
 def test_rfc2047_and_folding():
     assert decode_header_value("=?UTF-8?q?Philippe=20Mathieu-Daud=C3=A9?=") == (
-        "Philippe Mathieu-Daudé")
+        "Philippe Mathieu-Daudé"
+    )
     assert decode_header_value("[PATCH 1/2] KVM: a long\n subject\r\n\tfolded") == (
-        "[PATCH 1/2] KVM: a long subject folded")
+        "[PATCH 1/2] KVM: a long subject folded"
+    )
     assert decode_header_value("=?utf-8?b?w6k=?= =?utf-8?q?t=C3=A9?=") == "été"
 
 
@@ -29,26 +31,37 @@ def test_wrong_and_unknown_charsets_never_crash():
 
 def test_display_names_lose_quotes_and_decode():
     assert parse_address('"Jinhui Guo" <guojinhui.liam@bytedance.com>') == (
-        "Jinhui Guo", "guojinhui.liam@bytedance.com")
+        "Jinhui Guo",
+        "guojinhui.liam@bytedance.com",
+    )
     assert parse_address("=?utf-8?q?Rados=C5=82aw?= <r@example.org>") == (
-        "Radosław", "r@example.org")
+        "Radosław",
+        "r@example.org",
+    )
     assert parse_address("bare@example.org") == ("", "bare@example.org")
 
 
 def raw_with_body(body: bytes, cte: str, charset: str = "utf-8") -> bytes:
-    head = (f"From: A <a@example.org>\nSubject: [PATCH] x\nMessage-ID: <x@y>\n"
-            f"Content-Type: text/plain; charset={charset}\n"
-            f"Content-Transfer-Encoding: {cte}\n\n").encode()
+    head = (
+        f"From: A <a@example.org>\nSubject: [PATCH] x\nMessage-ID: <x@y>\n"
+        f"Content-Type: text/plain; charset={charset}\n"
+        f"Content-Transfer-Encoding: {cte}\n\n"
+    ).encode()
     return head + body
 
 
 @pytest.mark.parametrize("cte", ["quoted-printable", "base64", "8bit"])
 def test_bodies_are_decoded(cte):
-    text = "Fix B’s link.\n\nSigned-off-by: A <a@example.org>\n---\n" \
-           " f.c | 1 +\n 1 file changed, 1 insertion(+)\n\ndiff --git a/f.c b/f.c\n"
+    text = (
+        "Fix B’s link.\n\nSigned-off-by: A <a@example.org>\n---\n"
+        " f.c | 1 +\n 1 file changed, 1 insertion(+)\n\ndiff --git a/f.c b/f.c\n"
+    )
     data = text.encode()
-    encoded = {"quoted-printable": quopri.encodestring(data),
-               "base64": base64.encodebytes(data), "8bit": data}[cte]
+    encoded = {
+        "quoted-printable": quopri.encodestring(data),
+        "base64": base64.encodebytes(data),
+        "8bit": data,
+    }[cte]
     parsed = parse_message(raw_with_body(encoded, cte))
     assert parsed.kind == "patch"
     assert parsed.commit_message.startswith("Fix B’s link.")
@@ -121,8 +134,13 @@ def test_kinds(subject, body, kind):
 
 def test_in_body_headers_are_removed_and_name_the_author():
     body = "From: Marc Zyngier <maz@kernel.org>\nDate: Mon, 1 Jan 2024\n\n" + PATCH_BODY
-    parsed = parse_message(mail("[PATCH 01/32] x", "ib@y", frm="S <s@arm.com>", body=body))
-    assert (parsed.author_name, parsed.author_addr) == ("Marc Zyngier", "maz@kernel.org")
+    parsed = parse_message(
+        mail("[PATCH 01/32] x", "ib@y", frm="S <s@arm.com>", body=body)
+    )
+    assert (parsed.author_name, parsed.author_addr) == (
+        "Marc Zyngier",
+        "maz@kernel.org",
+    )
     assert (parsed.from_name, parsed.from_addr) == ("S", "s@arm.com")
     assert parsed.commit_message.startswith("Make the thing work.")
 
@@ -133,9 +151,21 @@ def test_a_reply_starting_with_from_in_prose_is_not_an_in_body_header():
 
 
 def test_cut_through_changelog_and_diffstat():
-    lines = ("Message.\n\nSigned-off-by: A <a@b>\n---\n\nchanges from v1:\n - x\n\n---\n"
-             " f.c | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)\n\n"
-             "diff --git a/f.c b/f.c\n").split("\n")
+    lines = [
+        "Message.",
+        "",
+        "Signed-off-by: A <a@b>",
+        "---",
+        "",
+        "changes from v1:",
+        " - x",
+        "",
+        "---",
+        " f.c | 2 +-",
+        " 1 file changed, 1 insertion(+), 1 deletion(-)",
+        "",
+        "diff --git a/f.c b/f.c",
+    ]
     cut = cut_commit_message(lines)
     assert cut[0] == "Message."
     assert cut[-1] == " 1 file changed, 1 insertion(+), 1 deletion(-)"
@@ -143,16 +173,18 @@ def test_cut_through_changelog_and_diffstat():
 
 
 def test_cut_without_diffstat_ends_before_the_diff():
-    lines = "Message.\n\n---\ndiff --git a/f.c b/f.c\n--- a/f.c\n+++ b/f.c\n".split("\n")
+    lines = ["Message.", "", "---", "diff --git a/f.c b/f.c", "--- a/f.c", "+++ b/f.c"]
     assert cut_commit_message(lines) == ["Message.", "", "---"]
-    unified = "Message.\n\n--- a/f.c\n+++ b/f.c\n@@ -1 +1 @@\n".split("\n")
+    unified = ["Message.", "", "--- a/f.c", "+++ b/f.c", "@@ -1 +1 @@", ""]
     assert cut_commit_message(unified) == ["Message."]
 
 
 def test_mailman_footer_and_signature_never_reach_the_digest():
-    text = ("Cover.\n\n-- \n2.20.1\n\n_______________________________________________\n"
-            "kvmarm mailing list\nkvmarm@lists.cs.columbia.edu\n"
-            "https://lists.cs.columbia.edu/mailman/listinfo/kvmarm\n")
+    text = (
+        "Cover.\n\n-- \n2.20.1\n\n_______________________________________________\n"
+        "kvmarm mailing list\nkvmarm@lists.cs.columbia.edu\n"
+        "https://lists.cs.columbia.edu/mailman/listinfo/kvmarm\n"
+    )
     assert "mailing list" not in strip_footer(text)
     assert cut_commit_message(strip_footer(text).split("\n")) == ["Cover."]
 
@@ -167,8 +199,14 @@ def test_missing_message_id_gets_a_stable_synthetic_one():
 
 
 @pytest.mark.parametrize(
-    "raw", [b"", b"   \n\n", b"\x89PNG\r\n\x1a\n\x00\x00binary", b"just some text\n",
-            b"X-Only: a header\n\nbody\n"],
+    "raw",
+    [
+        b"",
+        b"   \n\n",
+        b"\x89PNG\r\n\x1a\n\x00\x00binary",
+        b"just some text\n",
+        b"X-Only: a header\n\nbody\n",
+    ],
 )
 def test_not_mail_is_rejected_with_a_reason(raw):
     with pytest.raises(MailError) as err:
@@ -177,8 +215,10 @@ def test_not_mail_is_rejected_with_a_reason(raw):
 
 
 def test_headers_with_8bit_bytes_and_control_characters():
-    raw = ("From: Jos\xe9 <jose@example.org>\nSubject: [PATCH] caf\xe9\x07\x1b bar\n"
-           "Message-ID: <e@y>\n\nbody\n").encode("latin-1")
+    raw = (
+        "From: Jos\xe9 <jose@example.org>\nSubject: [PATCH] caf\xe9\x07\x1b bar\n"
+        "Message-ID: <e@y>\n\nbody\n"
+    ).encode("latin-1")
     parsed = parse_message(raw)
     assert parsed.from_name == "José"
     assert parsed.subject.full == "[PATCH] café bar"

@@ -19,14 +19,23 @@ def cover_series(version: int = 1, total: int = 3, prefix: str = "s") -> list[by
     root = f"{prefix}-0@x"
     msgs = [mail(f"[PATCH{v} 0/{total}] the thing", root, body=COVER_BODY)]
     for n in range(1, total + 1):
-        msgs.append(mail(f"[PATCH{v} {n}/{total}] part {n}", f"{prefix}-{n}@x",
-                         irt=root, refs=[root], minutes=n))
+        msgs.append(
+            mail(
+                f"[PATCH{v} {n}/{total}] part {n}",
+                f"{prefix}-{n}@x",
+                irt=root,
+                refs=[root],
+                minutes=n,
+            )
+        )
     return msgs
 
 
 def patch_lines(store: Store) -> list[str]:
     rng = ranges.everything(store.index.conn)
-    return [f"{s.subject} | {s.summary}" for s in digest.patch_list(store.index.conn, rng)]
+    return [
+        f"{s.subject} | {s.summary}" for s in digest.patch_list(store.index.conn, rng)
+    ]
 
 
 def test_with_cover_letter(store):
@@ -37,9 +46,11 @@ def test_with_cover_letter(store):
 
 
 def test_without_cover_patches_reply_to_the_first(store):
-    store.add(mail("[PATCH 1/3] one", "p1@x"),
-              mail("[PATCH 2/3] two", "p2@x", irt="p1@x", refs=["p1@x"]),
-              mail("[PATCH 3/3] three", "p3@x", irt="p1@x", refs=["p1@x"]))
+    store.add(
+        mail("[PATCH 1/3] one", "p1@x"),
+        mail("[PATCH 2/3] two", "p2@x", irt="p1@x", refs=["p1@x"]),
+        mail("[PATCH 3/3] three", "p3@x", irt="p1@x", refs=["p1@x"]),
+    )
     assert patch_lines(store) == ["[PATCH 1/3] one | 3/3 patches"]
 
 
@@ -48,20 +59,29 @@ def test_deep_threaded_each_patch_replies_to_the_previous(store):
     msgs = []
     for n in range(0, 5):
         subject = f"[PATCH {n}/4] " + ("cover" if n == 0 else f"part {n}")
-        msgs.append(mail(subject, f"d{n}@x", irt=refs[-1] if refs else None,
-                         refs=list(refs), body=COVER_BODY if n == 0 else PATCH_BODY))
+        msgs.append(
+            mail(
+                subject,
+                f"d{n}@x",
+                irt=refs[-1] if refs else None,
+                refs=list(refs),
+                body=COVER_BODY if n == 0 else PATCH_BODY,
+            )
+        )
         refs.append(f"d{n}@x")
     store.add(*msgs)
     assert patch_lines(store) == ["[PATCH 0/4] cover | 4/4 patches, cover letter"]
 
 
 def test_no_references_same_sender_within_the_hour(store):
-    store.add(mail("[PATCH 1/2] one", "n1@x", minutes=0),
-              mail("[PATCH 2/2] two", "n2@x", minutes=2),
-              # Another sender's 1/2 at the same time is another series.
-              mail("[PATCH 1/2] other", "o1@x", frm=BOB, minutes=1),
-              # The same sender's 1/2 three hours later is a resend.
-              mail("[PATCH 1/2] one", "n1-again@x", minutes=180))
+    store.add(
+        mail("[PATCH 1/2] one", "n1@x", minutes=0),
+        mail("[PATCH 2/2] two", "n2@x", minutes=2),
+        # Another sender's 1/2 at the same time is another series.
+        mail("[PATCH 1/2] other", "o1@x", frm=BOB, minutes=1),
+        # The same sender's 1/2 three hours later is a resend.
+        mail("[PATCH 1/2] one", "n1-again@x", minutes=180),
+    )
     assert store.series_of("n1@x") == store.series_of("n2@x")
     assert store.series_of("o1@x") != store.series_of("n1@x")
     assert store.series_of("n1-again@x") != store.series_of("n1@x")
@@ -71,8 +91,13 @@ def test_v2_in_reply_to_v1_is_a_new_series(store):
     store.add(*cover_series(1, 2, "v1"))
     v2 = cover_series(2, 2, "v2")
     # git send-email --in-reply-to=<v1 cover>
-    v2[0] = mail("[PATCH v2 0/2] the thing", "v2-0@x", irt="v1-0@x", refs=["v1-0@x"],
-                 body=COVER_BODY)
+    v2[0] = mail(
+        "[PATCH v2 0/2] the thing",
+        "v2-0@x",
+        irt="v1-0@x",
+        refs=["v1-0@x"],
+        body=COVER_BODY,
+    )
     store.add(*v2)
     assert store.series_of("v1-1@x") == store.series_of("v1-0@x")
     assert store.series_of("v2-1@x") == store.series_of("v2-0@x")
@@ -84,23 +109,38 @@ def test_v2_in_reply_to_v1_is_a_new_series(store):
 
 
 def test_v2_patch_without_cover_replying_to_v1_patch(store):
-    store.add(mail("[PATCH 1/1] fix", "a1@x"),
-              mail("[PATCH v2 1/1] fix", "a2@x", irt="a1@x", refs=["a1@x"]))
+    store.add(
+        mail("[PATCH 1/1] fix", "a1@x"),
+        mail("[PATCH v2 1/1] fix", "a2@x", irt="a1@x", refs=["a1@x"]),
+    )
     assert store.series_of("a1@x") != store.series_of("a2@x")
 
 
 def test_patches_in_reply_to_a_pull_request_are_one_series(store):
-    store.add(mail("[GIT PULL] KVM fixes", "pull@x", body="Please pull.\n"),
-              *[mail(f"[PATCH {n}/3] fix {n}", f"pp{n}@x", irt="pull@x", refs=["pull@x"])
-                for n in (1, 2, 3)])
+    store.add(
+        mail("[GIT PULL] KVM fixes", "pull@x", body="Please pull.\n"),
+        *[
+            mail(f"[PATCH {n}/3] fix {n}", f"pp{n}@x", irt="pull@x", refs=["pull@x"])
+            for n in (1, 2, 3)
+        ],
+    )
     assert patch_lines(store) == ["[PATCH 1/3] fix 1 | 3/3 patches"]
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(4)))[::5])
 def test_any_arrival_order_gives_the_same_series(tmp_path, order):
     msgs = cover_series()
-    msgs.append(mail("Re: [PATCH 2/3] part 2", "r@x", frm=BOB, irt="s-2@x",
-                     refs=["s-0@x", "s-2@x"], body="Looks good.\n", minutes=30))
+    msgs.append(
+        mail(
+            "Re: [PATCH 2/3] part 2",
+            "r@x",
+            frm=BOB,
+            irt="s-2@x",
+            refs=["s-0@x", "s-2@x"],
+            body="Looks good.\n",
+            minutes=30,
+        )
+    )
     store = Store(tmp_path / "s")
     store.add(*[msgs[i] for i in order], msgs[4])
     series = {store.series_of(f"s-{n}@x") for n in range(4)}
@@ -109,13 +149,22 @@ def test_any_arrival_order_gives_the_same_series(tmp_path, order):
 
 
 def test_reply_before_its_parent_is_resolved_when_the_parent_arrives(store):
-    store.add(mail("Re: [PATCH 1/2] part 1", "r1@x", frm=BOB, irt="s-1@x",
-                   refs=["s-0@x", "s-1@x"], body="Nit.\n"))
+    store.add(
+        mail(
+            "Re: [PATCH 1/2] part 1",
+            "r1@x",
+            frm=BOB,
+            irt="s-1@x",
+            refs=["s-0@x", "s-1@x"],
+            body="Nit.\n",
+        )
+    )
     assert store.series_of("r1@x") is None
     store.add(*cover_series(1, 2))
     assert store.series_of("r1@x") == store.series_of("s-0@x")
     assert patch_lines(store) == [
-        "[PATCH 0/2] the thing | 2/2 patches, cover letter, 1 replies"]
+        "[PATCH 0/2] the thing | 2/2 patches, cover letter, 1 replies"
+    ]
 
 
 def test_reply_without_references_finds_its_patch_by_subject(store):
@@ -131,17 +180,31 @@ def test_patch_before_its_cover_letter(store):
 
 
 def test_unnumbered_patches_are_each_their_own_series(store):
-    store.add(mail("[PATCH] one", "u1@x"),
-              mail("[PATCH] two", "u2@x", irt="u1@x", refs=["u1@x"]))
+    store.add(
+        mail("[PATCH] one", "u1@x"),
+        mail("[PATCH] two", "u2@x", irt="u1@x", refs=["u1@x"]),
+    )
     assert store.series_of("u1@x") != store.series_of("u2@x")
-    assert patch_lines(store) == ["[PATCH] one | 1/1 patches", "[PATCH] two | 1/1 patches"]
+    assert patch_lines(store) == [
+        "[PATCH] one | 1/1 patches",
+        "[PATCH] two | 1/1 patches",
+    ]
 
 
 def test_thread_ids_follow_the_references_root(store):
     store.add(*cover_series(1, 2))
-    store.add(mail("Re: [PATCH 1/2] part 1", "t@x", frm=BOB, irt="s-1@x",
-                   refs=["s-0@x", "s-1@x"], body="Ok.\n"))
+    store.add(
+        mail(
+            "Re: [PATCH 1/2] part 1",
+            "t@x",
+            frm=BOB,
+            irt="s-1@x",
+            refs=["s-0@x", "s-1@x"],
+            body="Ok.\n",
+        )
+    )
     assert store.row("t@x")["thread_id"] == "s-0@x"
-    threads = store.index.conn.execute("SELECT messages FROM threads "
-                                       "WHERE thread_id = 's-0@x'").fetchone()
+    threads = store.index.conn.execute(
+        "SELECT messages FROM threads WHERE thread_id = 's-0@x'"
+    ).fetchone()
     assert threads == (4,)

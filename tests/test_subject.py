@@ -15,8 +15,14 @@ from bot.subject import parse_subject
         ("[PATCH RESEND] KVM: again", False, 1, None, None, "KVM: again"),
         ("[PATCH net-next v2 1/2] net: y", False, 2, 1, 2, "net: y"),
         ("[kvm-unit-tests PATCH] arm: test", False, 1, None, None, "arm: test"),
-        ("[GIT PULL] KVM/arm64 fixes for 6.8", False, 1, None, None,
-         "KVM/arm64 fixes for 6.8"),
+        (
+            "[GIT PULL] KVM/arm64 fixes for 6.8",
+            False,
+            1,
+            None,
+            None,
+            "KVM/arm64 fixes for 6.8",
+        ),
         ("[RFC][PATCH 1/2] two groups", False, 1, 1, 2, "two groups"),
         ("[PATCH V2] capital V", False, 2, None, None, "capital V"),
         ("[PATCHv4 2/3] glued version", False, 4, 2, 3, "glued version"),
@@ -25,14 +31,26 @@ from bot.subject import parse_subject
         ("Aw: Sv: Antw: question", True, 1, None, None, "question"),
         ("Fwd: [PATCH] forwarded", True, 1, None, None, "forwarded"),
         ("Fw: forwarded too", True, 1, None, None, "forwarded too"),
-        ("Question about [PATCH] later", False, 1, None, None, "Question about [PATCH] later"),
+        (
+            "Question about [PATCH] later",
+            False,
+            1,
+            None,
+            None,
+            "Question about [PATCH] later",
+        ),
         ("  [PATCH   v2   1/1]   spaced\n  out  ", False, 2, 1, 1, "spaced out"),
     ],
 )
 def test_parse_subject(subject, reply, version, counter, total, title):
     s = parse_subject(subject)
     assert (s.is_reply, s.version, s.counter, s.total, s.title) == (
-        reply, version, counter, total, title)
+        reply,
+        version,
+        counter,
+        total,
+        title,
+    )
 
 
 def test_reply_keeps_the_tags_it_answers():
