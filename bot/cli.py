@@ -7,18 +7,21 @@ config. Errors a user can fix are DigestErrors: printed as one line, exit 1.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from bot import config as configmod
 from bot import digest as digestmod
 from bot import ranges
 from bot.archive import Archive, WriterLock
-from bot.config import Config
-from bot.errors import DigestError
+from bot.config import Config, read_secret
+from bot.errors import ConfigError, DigestError
+from bot.imap import Listener, Route
 from bot.importer import Counts, Importer
 from bot.index import Index
 from bot.sources import open_source
@@ -163,6 +166,32 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_listen(args: argparse.Namespace, config: Config) -> int:
+    """Consume the mailbox live until SIGTERM or SIGINT."""
+    imap = config.imap
+    if not imap.host or not imap.user:
+        raise ConfigError("[imap] host and user must be set to listen; see the README")
+    if config.is_mirror:
+        raise DigestError("the archive is a read-only mirror; listening needs our own")
+    read_secret("[imap]", imap.password, imap.password_file, imap.password_env)
+    with writer(config) as (archive, index):
+        importer = Importer(archive, index, config.import_.max_message_size)
+        routes = Route(config.list.id, config.list.address, config.commands.address)
+        listener = Listener(imap, importer, routes)
+        asyncio.run(until_signalled(listener.run))
+        log.info("stopped: %s", importer.counts)
+    return 0
+
+
+async def until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)`; SIGTERM or SIGINT sets `stop`."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await main(stop)
+
+
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     where = config.source or "built-in defaults (no config file found)"
     print(f"configuration from {where} is valid")
@@ -218,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reindex", help="rebuild the index from the archive")
     p.set_defaults(func=cmd_reindex)
 
+    p = sub.add_parser("listen", help="consume the list's mailbox live (IMAP IDLE)")
+    p.set_defaults(func=cmd_listen)
+
     p = sub.add_parser("check-config", help="validate the configuration")
     p.set_defaults(func=cmd_check_config)
     return parser
@@ -226,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose + (1 if args.command == "listen" else 0))
     try:
         config = configmod.load(args.config, args.data_dir, args.archive)
         return args.func(args, config)

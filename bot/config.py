@@ -57,6 +57,46 @@ class ImportSection:
 
 
 @dataclass(frozen=True)
+class ImapSection:
+    """The mailbox the bot is subscribed with (see README, "Live intake")."""
+
+    host: str = ""
+    port: int = 993
+    security: str = "tls"
+    """"tls" (IMAPS), "starttls", or "none" (plain; for loopback tests only)."""
+    verify: bool = True
+    """Check the server's TLS certificate; turning it off is explicit."""
+    user: str = ""
+    password: str = ""
+    password_file: str = ""
+    password_env: str = ""
+    auth: str = "login"
+    """"login" (IMAP LOGIN) or "plain" (AUTHENTICATE PLAIN)."""
+    folder: str = "INBOX"
+    batch: int = 100
+    idle_restart: int = 29 * 60
+    poll_interval: int = 60
+    timeout: int = 60
+    mark_seen: bool = False
+    move_to: str = ""
+    backoff_max: int = 300
+
+    def __post_init__(self) -> None:
+        if self.security not in ("tls", "starttls", "none"):
+            raise ConfigError(
+                f"[imap] security must be tls, starttls or none, not {self.security!r}"
+            )
+        if self.auth not in ("login", "plain"):
+            raise ConfigError(f"[imap] auth must be login or plain, not {self.auth!r}")
+
+
+@dataclass(frozen=True)
+class CommandsSection:
+    address: str = ""
+    """The bot's own address (e.g. kvm-digest@example.org); empty: no commands."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; sections mirror the TOML tables."""
 
@@ -65,6 +105,8 @@ class Config:
     archive: ArchiveSection = field(default_factory=ArchiveSection)
     digest: DigestSection = field(default_factory=DigestSection)
     import_: ImportSection = field(default_factory=ImportSection)
+    imap: ImapSection = field(default_factory=ImapSection)
+    commands: CommandsSection = field(default_factory=CommandsSection)
     source: Path | None = None
     data_dir_override: str | None = None
 
@@ -94,6 +136,30 @@ _SECTIONS = {
     for f in dataclasses.fields(Config)
     if f.name not in ("source", "data_dir_override")
 }
+
+
+def read_secret(where: str, value: str, file: str, env: str) -> str:
+    """A password from the config, a file of its own, or the environment.
+
+    A password file that others can read is refused: it would not be secret.
+    """
+    if file:
+        path = Path(file)
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            raise ConfigError(f"{where} password_file {file}: {err.strerror}") from err
+        if mode & 0o077:
+            raise ConfigError(
+                f"{where} password_file {file} can be read by other users; "
+                f"run chmod 600 {file}"
+            )
+        return path.read_text(encoding="utf-8").strip()
+    if env:
+        if env not in os.environ:
+            raise ConfigError(f"{where} password_env names ${env}, which is not set")
+        return os.environ[env]
+    return value
 
 
 def load(

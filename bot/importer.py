@@ -63,71 +63,75 @@ class Importer:
         save_position: Callable[[str], None] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> Counts:
-        """Import (position, raw) pairs; positions are saved after each batch."""
+        """Import (position, raw) pairs; positions are saved with each batch."""
         pending: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
         read = 0
         position = None
         for position, raw in messages:
             read += 1
-            self._take(raw, f"{where} #{position}", pending, seen)
+            parsed = self.accept(raw, f"{where} #{position}")
+            if parsed is not None and self.is_new(parsed, seen):
+                pending.append((raw, parsed))
             if read % BATCH == 0:
-                self._flush(pending, position, save_position)
-                seen.clear()
+                self.store(pending, _saver(save_position, position))
+                pending, seen = [], set()
                 if progress:
                     progress(BATCH)
         if position is not None:
-            self._flush(pending, position, save_position)
+            self.store(pending, _saver(save_position, position))
             if progress:
                 progress(read % BATCH)
         return self.counts
 
-    def _take(
-        self,
-        raw: bytes,
-        where: str,
-        pending: list[tuple[bytes, ParsedMessage]],
-        seen: set[tuple[str, str]],
-    ) -> None:
+    def accept(self, raw: bytes, where: str) -> ParsedMessage | None:
+        """Parse a message for the archive, or count and log why not."""
         try:
-            parsed = check(raw, self.max_size)
+            return check(raw, self.max_size)
         except MailError as err:
             self.counts.rejected += 1
             log.warning("rejected %s: %s", where, err)
-            return
+            return None
+
+    def is_new(self, parsed: ParsedMessage, seen: set[tuple[str, str]]) -> bool:
+        """False (and counted) when the archive or this batch has the message."""
         key = (parsed.message_id, parsed.content_hash)
         if key in seen or self.index.has(*key):
             self.counts.duplicates += 1
-            return
+            return False
         seen.add(key)
-        pending.append((raw, parsed))
+        return True
 
-    def _flush(
+    def store(
         self,
-        pending: list[tuple[bytes, ParsedMessage]],
-        position: str,
-        save_position: Callable[[str], None] | None,
-    ) -> None:
-        ids = self.archive.append(pending)
+        batch: list[tuple[bytes, ParsedMessage]],
+        on_commit: Callable[[], None] | None = None,
+    ) -> list[str]:
+        """Archive then index a batch; `on_commit` runs in the index transaction.
+
+        That is where a source's position is saved, so a position is never
+        ahead of what the archive and index hold.
+        """
+        ids = self.archive.append(batch)
         with self.index.conn:
-            self.index.add(zip(ids, (p for _, p in pending), strict=True))
-            if save_position:
-                save_position(position)
-        self.counts.imported += len(pending)
-        pending.clear()
+            self.index.add(zip(ids, (p for _, p in batch), strict=True))
+            if on_commit:
+                on_commit()
+        self.counts.imported += len(batch)
+        return ids
 
     def add_one(self, raw: bytes, where: str) -> str | None:
-        """Archive and index one message (live intake); return its commit id.
+        """Archive and index one message; return its commit id, or None.
 
-        Returns None when the message is a duplicate or is rejected; the reason
-        is logged once.
+        None means a duplicate or a rejected message (the reason is logged).
         """
-        pending: list[tuple[bytes, ParsedMessage]] = []
-        self._take(raw, where, pending, set())
-        if not pending:
+        parsed = self.accept(raw, where)
+        if parsed is None or not self.is_new(parsed, set()):
             return None
-        ids = self.archive.append(pending)
-        with self.index.conn:
-            self.index.add([(ids[0], pending[0][1])])
-        self.counts.imported += 1
-        return ids[0]
+        return self.store([(raw, parsed)])[0]
+
+
+def _saver(
+    save: Callable[[str], None] | None, position: str
+) -> Callable[[], None] | None:
+    return (lambda: save(position)) if save else None

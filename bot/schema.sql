@@ -81,3 +81,11 @@ CREATE TABLE IF NOT EXISTS sources (
     source   TEXT PRIMARY KEY,
     position TEXT NOT NULL
 );
+
+-- State: how far each IMAP mailbox was read, saved with the messages it
+-- brought, so a restart resumes exactly where the last one stopped.
+CREATE TABLE IF NOT EXISTS imap_state (
+    account     TEXT PRIMARY KEY,       -- user@host/folder
+    uidvalidity INTEGER NOT NULL,
+    last_uid    INTEGER NOT NULL
+);

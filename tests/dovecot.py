@@ -1,0 +1,197 @@
+"""A real Dovecot IMAP server on 127.0.0.1, in a temporary directory.
+
+Each test gets its own throwaway config, passwd file and Maildir, on a free
+unprivileged port. As root, mail processes run as `nobody` (Dovecot refuses
+uid 0 for mail); otherwise everything runs as the current user. The directory
+is a world-readable one of its own (pytest's are 0700, which Dovecot's
+unprivileged auth and mail processes cannot enter), removed by `cleanup()`.
+"""
+
+from __future__ import annotations
+
+import grp
+import imaplib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
+USER, PASSWORD = "bot", "s3cret-pass"
+
+CONFIG = """\
+protocols = imap
+listen = 127.0.0.1
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+first_valid_uid = 0
+default_internal_user = {internal}
+default_login_user = {login}
+mail_location = maildir:{root}/mail/%u
+mailbox_idle_check_interval = 1 secs
+protocol imap {{
+  mail_max_userip_connections = 50
+{capability}}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service stats {{
+  unix_listener stats-reader {{
+    mode = 0666
+  }}
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dovecot:
+    """Start, stop and feed a private Dovecot."""
+
+    def __init__(self, idle: bool = True) -> None:
+        root = Path(tempfile.mkdtemp(prefix="kvm-digest-dovecot-"))
+        root.chmod(0o755)
+        self.root = root
+        self.port = free_port()
+        self.idle = idle
+        self.proc: subprocess.Popen | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        if os.getuid() == 0:
+            uid, gid = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+            internal, login = "dovecot", "dovenull"
+        else:
+            uid, gid = os.getuid(), os.getgid()
+            internal = login = pwd.getpwuid(uid).pw_name
+        for sub in ("mail", "home"):
+            (root / sub).mkdir(exist_ok=True)
+            if os.getuid() == 0:
+                os.chown(root / sub, uid, gid)
+        # A server without IDLE, for the polling fallback: list what it keeps.
+        capability = (
+            "" if idle else "  imap_capability = IMAP4rev1 SASL-IR LITERAL+ UIDPLUS\n"
+        )
+        (root / "dovecot.conf").write_text(
+            CONFIG.format(
+                root=root,
+                port=self.port,
+                uid=uid,
+                gid=gid,
+                internal=internal,
+                login=login,
+                capability=capability,
+            )
+        )
+        self.set_password(PASSWORD)
+
+    def set_password(self, password: str) -> None:
+        (self.root / "passwd").write_text(f"{USER}:{{PLAIN}}{password}::::\n")
+
+    def start(self) -> Dovecot:
+        self.proc = subprocess.Popen(
+            [DOVECOT, "-F", "-c", str(self.root / "dovecot.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while True:  # readiness: the port accepts connections
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(self.log()) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self) -> str:
+        path = self.root / "dovecot.log"
+        return path.read_text() if path.exists() else "(no log)"
+
+    def client(self) -> imaplib.IMAP4:
+        c = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+        c.login(USER, PASSWORD)
+        return c
+
+    def append(self, *raws: bytes, folder: str = "INBOX") -> None:
+        """APPEND messages the way a delivery agent would."""
+        c = self.client()
+        try:
+            for raw in raws:
+                crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                typ, data = c.append(folder, None, None, crlf)
+                assert typ == "OK", data
+        finally:
+            c.logout()
+
+    def uids(self, folder: str = "INBOX", criteria: str = "ALL") -> list[int]:
+        c = self.client()
+        try:
+            c.select(folder)
+            _, data = c.uid("search", None, criteria)
+            return [int(x) for x in data[0].split()]
+        finally:
+            c.logout()
+
+    def create(self, folder: str) -> None:
+        c = self.client()
+        try:
+            c.create(folder)
+        finally:
+            c.logout()
+
+    def set_uidvalidity(self, value: int, folder: str = "INBOX") -> None:
+        subprocess.run(
+            [
+                DOVEADM,
+                "-c",
+                str(self.root / "dovecot.conf"),
+                "mailbox",
+                "update",
+                "-u",
+                USER,
+                "--uid-validity",
+                str(value),
+                folder,
+            ],
+            check=True,
+            capture_output=True,
+        )
