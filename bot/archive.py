@@ -137,9 +137,7 @@ class Archive:
             tree = builder.write()
             sig = _signature(parsed)
             subject = parsed.subject.full or "(no subject)"
-            commit = self.repo.create_commit(
-                None, sig, sig, subject + "\n", tree, parents
-            )
+            commit = self.repo.create_commit(None, sig, sig, subject + "\n", tree, parents)
             parents = [commit]
             ids.append(str(commit))
         if ids:
@@ -155,9 +153,7 @@ def _signature(parsed: ParsedMessage) -> pygit2.Signature:
     when = parsed.date if parsed.date is not None else parsed.received
     if when is None or not 0 <= when < 2**37:
         when = 0
-    return pygit2.Signature(
-        name or addr or "unknown", addr or "unknown", when, parsed.date_offset
-    )
+    return pygit2.Signature(name or addr or "unknown", addr or "unknown", when, parsed.date_offset)
 
 
 class WriterLock:

@@ -79,9 +79,7 @@ def _diff_start(lines: list[str], i: int) -> bool:
     line = lines[i]
     if _DIFF_START.match(line):
         return True
-    return bool(
-        _OLD_FILE.match(line) and i + 1 < len(lines) and _NEW_FILE.match(lines[i + 1])
-    )
+    return bool(_OLD_FILE.match(line) and i + 1 < len(lines) and _NEW_FILE.match(lines[i + 1]))
 
 
 def cut_commit_message(lines: list[str]) -> list[str]:

@@ -24,6 +24,7 @@ from bot.errors import ConfigError, DigestError
 from bot.imap import Listener, Route
 from bot.importer import Counts, Importer
 from bot.index import Index
+from bot.outbox import Outbox
 from bot.sources import open_source
 
 log = logging.getLogger("kvm-digest")
@@ -119,9 +120,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
                 counts: Counts = importer.run(
                     source.read(start),
                     source.label,
-                    save_position=lambda pos, key=source.key: index.set_source_position(
-                        key, pos
-                    ),
+                    save_position=lambda pos, key=source.key: index.set_source_position(key, pos),
                     progress=bar,
                 )
             print(f"{source.label}: {counts}")
@@ -192,14 +191,97 @@ async def until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> N
     await main(stop)
 
 
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    """The daemon: everything in one process until SIGTERM."""
+    from bot.daemon import Daemon
+
+    if config.imap.host:
+        read_secret(
+            "[imap]",
+            config.imap.password,
+            config.imap.password_file,
+            config.imap.password_env,
+        )
+    s = config.smtp
+    read_secret("[smtp]", s.password, s.password_file, s.password_env)
+    asyncio.run(until_signalled(Daemon(config).run))
+    return 0
+
+
+def _state(config: Config) -> Index:
+    """The index for state commands (subscribers, outbox), without the lock."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return Index(config.index_path)
+
+
+def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
+    from bot import subscribers
+
+    index = _state(config)
+    try:
+        with index.conn:
+            if args.action == "list":
+                for sub in subscribers.listing(index.conn):
+                    print(
+                        f"{sub.address}\t{sub.schedule}\t{sub.status}\t"
+                        f"{sub.hard_failures} hard failures"
+                    )
+            elif args.action == "add":
+                for address in args.addresses:
+                    subscribers.subscribe(index.conn, address, args.schedule)
+                    print(f"added {address.lower()} ({args.schedule})")
+            else:
+                for address in args.addresses:
+                    if not subscribers.unsubscribe(index.conn, address):
+                        raise DigestError(f"{address} is not subscribed")
+                    print(f"removed {address.lower()}")
+    finally:
+        index.close()
+    return 0
+
+
+def cmd_send_now(args: argparse.Namespace, config: Config) -> int:
+    """Run a schedule's digest now; a running daemon sends the queued mail."""
+    from bot import periodic
+    from bot.daemon import Daemon
+
+    index = reader(config)
+    try:
+        daemon = Daemon(config)
+        outbox = Outbox(index.conn, daemon.me)
+        result = periodic.run(index.conn, config, outbox, daemon.env, args.schedule)
+    finally:
+        index.close()
+    print(
+        f"{args.schedule} digest: {result.messages} messages, "
+        f"queued for {result.recipients} subscribers"
+    )
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
+    index = _state(config)
+    try:
+        rows = index.conn.execute(
+            "SELECT id, kind, recipient, status, attempts, last_error FROM outbox"
+            " WHERE status IN ("
+            + ("'failed'" if args.failed else "'queued', 'failed'")
+            + ") ORDER BY id"
+        ).fetchall()
+    finally:
+        index.close()
+    for row_id, kind, recipient, status, attempts, error in rows:
+        print(f"{row_id}\t{kind}\t{recipient}\t{status}\t{attempts} attempts\t{error}")
+    if not rows:
+        print("the outbox is empty" if not args.failed else "no failed mail")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     where = config.source or "built-in defaults (no config file found)"
     print(f"configuration from {where} is valid")
     print(f"data directory: {config.data_dir}")
-    print(
-        f"archive: {config.archive_path}"
-        + (" (mirror, read-only)" if config.is_mirror else "")
-    )
+    print(f"archive: {config.archive_path}" + (" (mirror, read-only)" if config.is_mirror else ""))
     return 0
 
 
@@ -239,9 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--since", metavar="DATE", help="YYYY-MM-DD[THH:MM], UTC")
     group.add_argument("--all", action="store_true", help="the whole archive")
-    p.add_argument(
-        "--until", metavar="DATE", help="end of the --since window (excluded)"
-    )
+    p.add_argument("--until", metavar="DATE", help="end of the --since window (excluded)")
     p.set_defaults(func=cmd_digest)
 
     p = sub.add_parser("reindex", help="rebuild the index from the archive")
@@ -249,6 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("listen", help="consume the list's mailbox live (IMAP IDLE)")
     p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("run", help="the daemon: intake, commands, schedule, delivery")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("subscribers", help="list, add or remove digest subscribers")
+    p.add_argument("action", choices=["list", "add", "remove"])
+    p.add_argument("addresses", nargs="*", metavar="ADDRESS")
+    p.add_argument("--schedule", choices=["daily", "weekly"], default="daily")
+    p.set_defaults(func=cmd_subscribers)
+
+    p = sub.add_parser("send-now", help="queue a schedule's next digest now")
+    p.add_argument("--schedule", choices=["daily", "weekly"], default="daily")
+    p.set_defaults(func=cmd_send_now)
+
+    p = sub.add_parser("outbox", help="show queued and failed outgoing mail")
+    p.add_argument("--failed", action="store_true", help="only failed mail")
+    p.set_defaults(func=cmd_outbox)
 
     p = sub.add_parser("check-config", help="validate the configuration")
     p.set_defaults(func=cmd_check_config)
@@ -258,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose + (1 if args.command == "listen" else 0))
+    setup_logging(args.verbose + (1 if args.command in ("listen", "run") else 0))
     try:
         config = configmod.load(args.config, args.data_dir, args.archive)
         return args.func(args, config)

@@ -94,6 +94,59 @@ class ImapSection:
 class CommandsSection:
     address: str = ""
     """The bot's own address (e.g. kvm-digest@example.org); empty: no commands."""
+    name: str = "KVM digest"
+    """The display name on the bot's mail."""
+    listen: str = "127.0.0.1:8024"
+    """Where the LMTP/SMTP server for command mail listens (host:port)."""
+    protocol: str = "lmtp"
+    max_size: int = 1024 * 1024
+    per_address_per_hour: int = 10
+    per_hour: int = 500
+    token_hours: int = 72
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("lmtp", "smtp"):
+            raise ConfigError(f"[commands] protocol must be lmtp or smtp, not {self.protocol!r}")
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"[commands] listen must be host:port, e.g. 127.0.0.1:8024, not {self.listen!r}"
+            )
+
+
+@dataclass(frozen=True)
+class SmtpSection:
+    """The relay the bot sends through."""
+
+    host: str = "localhost"
+    port: int = 25
+    security: str = "starttls"
+    """"tls" (SMTPS), "starttls" (when offered; required if user is set), "none"."""
+    verify: bool = True
+    user: str = ""
+    password: str = ""
+    password_file: str = ""
+    password_env: str = ""
+    timeout: int = 60
+    connections: int = 4
+    backoff_max: int = 3600
+    max_attempts: int = 50
+    hard_failures: int = 3
+    """5xx answers after which a subscriber is disabled."""
+
+    def __post_init__(self) -> None:
+        if self.security not in ("tls", "starttls", "none"):
+            raise ConfigError(
+                f"[smtp] security must be tls, starttls or none, not {self.security!r}"
+            )
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    daily: str = "0 6 * * *"
+    """Cron expression (UTC) for daily digests."""
+    weekly: str = "0 6 * * mon"
+    send_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +160,8 @@ class Config:
     import_: ImportSection = field(default_factory=ImportSection)
     imap: ImapSection = field(default_factory=ImapSection)
     commands: CommandsSection = field(default_factory=CommandsSection)
+    smtp: SmtpSection = field(default_factory=SmtpSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
     source: Path | None = None
     data_dir_override: str | None = None
 
@@ -116,11 +171,7 @@ class Config:
 
     @property
     def archive_path(self) -> Path:
-        return (
-            Path(self.archive.path)
-            if self.archive.path
-            else self.data_dir / "archive.git"
-        )
+        return Path(self.archive.path) if self.archive.path else self.data_dir / "archive.git"
 
     @property
     def is_mirror(self) -> bool:
@@ -151,8 +202,7 @@ def read_secret(where: str, value: str, file: str, env: str) -> str:
             raise ConfigError(f"{where} password_file {file}: {err.strerror}") from err
         if mode & 0o077:
             raise ConfigError(
-                f"{where} password_file {file} can be read by other users; "
-                f"run chmod 600 {file}"
+                f"{where} password_file {file} can be read by other users; run chmod 600 {file}"
             )
         return path.read_text(encoding="utf-8").strip()
     if env:
@@ -166,18 +216,14 @@ def load(
     path: Path | None = None, data_dir: str | None = None, archive: str | None = None
 ) -> Config:
     """Read and check the config file; a missing default file means defaults."""
-    explicit = path or (
-        Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None
-    )
+    explicit = path or (Path(os.environ[ENV_CONFIG]) if os.environ.get(ENV_CONFIG) else None)
     path = explicit or DEFAULT_PATH
     table: dict[str, typing.Any] = {}
     if path.exists():
         try:
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(
-                f"{path} is not valid TOML ({err}); fix the file"
-            ) from err
+            raise ConfigError(f"{path} is not valid TOML ({err}); fix the file") from err
         except OSError as err:
             raise ConfigError(f"cannot read {path}: {err.strerror}") from err
     elif explicit:
@@ -208,9 +254,7 @@ def from_table(table: dict[str, typing.Any], where: str = "the config") -> Confi
     return Config(**values)
 
 
-def _section(
-    cls: type, table: dict[str, typing.Any], name: str, where: str
-) -> typing.Any:
+def _section(cls: type, table: dict[str, typing.Any], name: str, where: str) -> typing.Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key, value in table.items():

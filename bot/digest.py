@@ -60,9 +60,7 @@ def person(name: str, addr: str) -> str:
     return f"{name} <{addr}>" if name else addr
 
 
-def _ranked(
-    counts: Counter[str], shown: dict[str, str], top: int
-) -> list[tuple[int, str]]:
+def _ranked(counts: Counter[str], shown: dict[str, str], top: int) -> list[tuple[int, str]]:
     """Count descending, ties by the shown text, case-insensitively."""
     order = sorted(counts, key=lambda k: (-counts[k], shown[k].casefold(), shown[k]))
     return [(counts[k], shown[k]) for k in order[:top]]
@@ -75,8 +73,7 @@ def statistics(conn: sqlite3.Connection, rng: Range, top: int):
     domains: Counter[str] = Counter()
     total = 0
     for name, addr in conn.execute(
-        "SELECT author_name, author_addr FROM messages WHERE seq > ? AND seq <= ? "
-        "ORDER BY seq",
+        "SELECT author_name, author_addr FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq",
         (rng.start_seq, rng.end_seq),
     ):
         total += 1
@@ -155,11 +152,7 @@ def entries(conn: sqlite3.Connection, rng: Range) -> list[Entry]:
         author = person(author_name, author_addr)
         if author_addr.lower() != from_addr.lower():
             author += f" (sent by {person(from_name, from_addr)})"
-        out.append(
-            Entry(
-                subject=subject, duplicate=False, title=title, author=author, body=body
-            )
-        )
+        out.append(Entry(subject=subject, duplicate=False, title=title, author=author, body=body))
     return out
 
 

@@ -140,18 +140,12 @@ class Session:
         task.cancel()
         if lost in done:
             raise ImapDown("the connection to the IMAP server was lost")
-        raise ImapDown(
-            f"the IMAP server did not answer within {timeout or self.s.timeout}s"
-        )
+        raise ImapDown(f"the IMAP server did not answer within {timeout or self.s.timeout}s")
 
-    async def ok(
-        self, aw: Awaitable[Any], what: str, timeout: float | None = None
-    ) -> Any:
+    async def ok(self, aw: Awaitable[Any], what: str, timeout: float | None = None) -> Any:
         response = await self.call(aw, timeout)
         if response.result != "OK":
-            text = b" ".join(bytes(x) for x in response.lines[-1:]).decode(
-                errors="replace"
-            )
+            text = b" ".join(bytes(x) for x in response.lines[-1:]).decode(errors="replace")
             raise ImapDown(f"{what} failed: {response.result} {text}")
         return response
 
@@ -175,9 +169,7 @@ class Session:
         try:
             await self.call(self.client.wait_hello_from_server())
         except (OSError, ssl.SSLError) as err:
-            raise ImapDown(
-                f"cannot connect to {self.s.host}:{self.s.port}: {err}"
-            ) from err
+            raise ImapDown(f"cannot connect to {self.s.host}:{self.s.port}: {err}") from err
         if self.s.security == "starttls":
             await self._starttls()
         await self._authenticate()
@@ -187,9 +179,7 @@ class Session:
         assert self.client is not None
         protocol = self.client.protocol
         if "STARTTLS" not in protocol.capabilities:
-            raise ImapDown(
-                f'{self.s.host} does not offer STARTTLS; use security = "tls"'
-            )
+            raise ImapDown(f'{self.s.host} does not offer STARTTLS; use security = "tls"')
         await self.ok(protocol.simple_command("STARTTLS"), "STARTTLS")
         loop = asyncio.get_running_loop()
         transport = await self.call(
@@ -207,9 +197,7 @@ class Session:
         assert self.client is not None
         protocol = self.client.protocol
         if self.s.auth == "plain":
-            token = base64.b64encode(
-                f"\0{self.s.user}\0{self.password}".encode()
-            ).decode()
+            token = base64.b64encode(f"\0{self.s.user}\0{self.password}".encode()).decode()
             command = aioimaplib.Command(
                 "AUTHENTICATE", protocol.new_tag(), "PLAIN", token, loop=protocol.loop
             )
@@ -219,11 +207,7 @@ class Session:
         else:
             response = await self.call(self.client.login(self.s.user, self.password))
         if response.result != "OK":
-            text = (
-                bytes(response.lines[-1]).decode(errors="replace")
-                if response.lines
-                else ""
-            )
+            text = bytes(response.lines[-1]).decode(errors="replace") if response.lines else ""
             raise AuthFailed(
                 f"the IMAP server {self.s.host} refused user {self.s.user!r} ({text}); "
                 "check [imap] user and the password"
@@ -278,9 +262,7 @@ class Listener:
             session = Session(self.s, password)
             try:
                 await session.open()
-                log.info(
-                    "connected to %s:%d as %s", self.s.host, self.s.port, self.s.user
-                )
+                log.info("connected to %s:%d as %s", self.s.host, self.s.port, self.s.user)
                 delay = 1.0
                 await self.serve(session, stop)
             except AuthFailed as err:
@@ -330,9 +312,7 @@ class Listener:
         last_uid = await self.fetch_new(session, uidvalidity, last_uid)
         idle = session.has("IDLE")
         if not idle:
-            log.info(
-                "%s has no IDLE; polling every %ds", self.s.host, self.s.poll_interval
-            )
+            log.info("%s has no IDLE; polling every %ds", self.s.host, self.s.poll_interval)
         while not stop.is_set():
             if not self.ready.is_set():
                 log.info("waiting for new mail in %s", self.s.folder)
@@ -354,12 +334,8 @@ class Listener:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while client.has_pending_idle():
-                push = asyncio.ensure_future(
-                    client.wait_server_push(self.s.idle_restart + 60)
-                )
-                done, _ = await asyncio.wait(
-                    {push, stopper}, return_when=asyncio.FIRST_COMPLETED
-                )
+                push = asyncio.ensure_future(client.wait_server_push(self.s.idle_restart + 60))
+                done, _ = await asyncio.wait({push, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 if stopper in done:
                     push.cancel()
                     break
@@ -385,10 +361,7 @@ class Listener:
             client.uid_search(f"UID {last_uid + 1}:*", charset=None), "UID SEARCH"
         )
         uids = sorted(
-            int(w)
-            for line in found.lines[:-1]
-            for w in bytes(line).split()
-            if w.isdigit()
+            int(w) for line in found.lines[:-1] for w in bytes(line).split() if w.isdigit()
         )
         uids = [u for u in uids if u > last_uid]  # "n:*" always matches the last UID
         for start in range(0, len(uids), self.s.batch):
@@ -416,9 +389,7 @@ class Listener:
             messages: list[tuple[int, bytes]] = []
             if wanted:
                 response = await session.ok(
-                    client.uid(
-                        "fetch", ",".join(map(str, wanted)), "(UID BODY.PEEK[])"
-                    ),
+                    client.uid("fetch", ",".join(map(str, wanted)), "(UID BODY.PEEK[])"),
                     "UID FETCH",
                     timeout=self.s.timeout * 5,
                 )
@@ -428,9 +399,7 @@ class Listener:
             await self.after_stored(session, [uid for uid, _ in messages])
         return last_uid
 
-    def take(
-        self, messages: list[tuple[int, bytes]], uidvalidity: int, last_uid: int
-    ) -> None:
+    def take(self, messages: list[tuple[int, bytes]], uidvalidity: int, last_uid: int) -> None:
         """Route and store one fetched batch, then record its last UID."""
         batch: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
@@ -479,13 +448,9 @@ class Listener:
             )
         if self.s.move_to:
             if session.has("MOVE"):
-                await session.ok(
-                    client.uid("move", uid_set, self.s.move_to), "UID MOVE"
-                )
+                await session.ok(client.uid("move", uid_set, self.s.move_to), "UID MOVE")
             else:
-                await session.ok(
-                    client.uid("copy", uid_set, self.s.move_to), "UID COPY"
-                )
+                await session.ok(client.uid("copy", uid_set, self.s.move_to), "UID COPY")
                 await session.ok(
                     client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Deleted)"),
                     "flagging moved mail deleted",

@@ -31,18 +31,14 @@ class Counts:
     rejected: int = 0
 
     def __str__(self) -> str:
-        return (
-            f"{self.imported} imported, {self.duplicates} duplicates, "
-            f"{self.rejected} rejected"
-        )
+        return f"{self.imported} imported, {self.duplicates} duplicates, {self.rejected} rejected"
 
 
 def check(raw: bytes, max_size: int) -> ParsedMessage:
     """Parse a message for the archive; raise MailError with the reason not to."""
     if len(raw) > max_size:
         raise MailError(
-            f"it is {len(raw)} bytes, more than the limit of {max_size} "
-            "([import] max_message_size)"
+            f"it is {len(raw)} bytes, more than the limit of {max_size} ([import] max_message_size)"
         )
     return parse_message(raw)
 
@@ -131,7 +127,5 @@ class Importer:
         return self.store([(raw, parsed)])[0]
 
 
-def _saver(
-    save: Callable[[str], None] | None, position: str
-) -> Callable[[], None] | None:
+def _saver(save: Callable[[str], None] | None, position: str) -> Callable[[], None] | None:
     return (lambda: save(position)) if save else None

@@ -56,9 +56,7 @@ class Index:
     # -- meta ------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
-        row = self.conn.execute(
-            "SELECT value FROM meta WHERE key = ?", (key,)
-        ).fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
@@ -107,8 +105,7 @@ class Index:
         is_dup = (
             p.is_entry
             and self.conn.execute(
-                "SELECT 1 FROM messages"
-                " WHERE is_entry AND subject = ? AND from_key = ?",
+                "SELECT 1 FROM messages WHERE is_entry AND subject = ? AND from_key = ?",
                 (s.full, from_key),
             ).fetchone()
             is not None
@@ -145,9 +142,7 @@ class Index:
         }
         columns = ", ".join(row)
         values = ", ".join(f":{name}" for name in row)
-        cur = self.conn.execute(
-            f"INSERT INTO messages ({columns}) VALUES ({values})", row
-        )
+        cur = self.conn.execute(f"INSERT INTO messages ({columns}) VALUES ({values})", row)
         seq = cur.lastrowid
         self.conn.executemany(
             "INSERT INTO refs (seq, pos, ref) VALUES (?, ?, ?)",
@@ -155,9 +150,7 @@ class Index:
         )
         series.place(self.conn, seq)
 
-    def catch_up(
-        self, archive: Archive, progress: Callable[[int], None] | None = None
-    ) -> int:
+    def catch_up(self, archive: Archive, progress: Callable[[int], None] | None = None) -> int:
         """Index archive commits the index has not seen; return how many.
 
         When the archive's history no longer holds the last indexed commit
@@ -165,9 +158,7 @@ class Index:
         """
         last = self.last_commit()
         if last and not archive.contains(last):
-            log.warning(
-                "archive history no longer contains %s; rebuilding the index", last
-            )
+            log.warning("archive history no longer contains %s; rebuilding the index", last)
             self.clear()
             last = None
         if archive.head() == last:
@@ -207,16 +198,12 @@ class Index:
         return self.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
     def max_seq(self) -> int:
-        return self.conn.execute(
-            "SELECT COALESCE(MAX(seq), 0) FROM messages"
-        ).fetchone()[0]
+        return self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
 
     # -- import sources (state) ------------------------------------------
 
     def source_position(self, key: str) -> str | None:
-        row = self.conn.execute(
-            "SELECT position FROM sources WHERE source = ?", (key,)
-        ).fetchone()
+        row = self.conn.execute("SELECT position FROM sources WHERE source = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_source_position(self, key: str, position: str) -> None:

@@ -160,9 +160,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         in_reply_to=in_reply_to[0] if in_reply_to else None,
         references=references,
         recipients=recipients,
-        commit_message=split.commit_message
-        if kind in ("patch", "cover", "pull")
-        else "",
+        commit_message=split.commit_message if kind in ("patch", "cover", "pull") else "",
         size=len(raw),
     )
 

@@ -106,9 +106,7 @@ def parse_when(text: str) -> int:
 def _id_at(conn: sqlite3.Connection, seq: int) -> str:
     if seq <= 0:
         return NULL_ID
-    row = conn.execute(
-        "SELECT commit_id FROM messages WHERE seq = ?", (seq,)
-    ).fetchone()
+    row = conn.execute("SELECT commit_id FROM messages WHERE seq = ?", (seq,)).fetchone()
     return row[0]
 
 
@@ -125,9 +123,7 @@ def by_time(conn: sqlite3.Connection, since: int, until: int | None = None) -> R
         (since, until if until is not None else 2**62),
     ).fetchone()
     if row[0] is None:
-        first, last = conn.execute(
-            "SELECT MIN(received), MAX(received) FROM messages"
-        ).fetchone()
+        first, last = conn.execute("SELECT MIN(received), MAX(received) FROM messages").fetchone()
         held = (
             "the archive is empty"
             if first is None

@@ -19,16 +19,12 @@ def plus_base(address: str) -> str:
     return local.split("+", 1)[0] + at + domain
 
 
-def route(
-    parsed: ParsedMessage, list_id: str, list_address: str, bot_address: str
-) -> str:
+def route(parsed: ParsedMessage, list_id: str, list_address: str, bot_address: str) -> str:
     """LIST, COMMAND or OTHER for one parsed message."""
     if list_id and parsed.list_id == list_id.lower():
         return LIST
     if list_address and list_address.lower() in parsed.recipients:
         return LIST
-    if bot_address and plus_base(bot_address) in {
-        plus_base(r) for r in parsed.recipients
-    }:
+    if bot_address and plus_base(bot_address) in {plus_base(r) for r in parsed.recipients}:
         return COMMAND
     return OTHER

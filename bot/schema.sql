@@ -89,3 +89,69 @@ CREATE TABLE IF NOT EXISTS imap_state (
     uidvalidity INTEGER NOT NULL,
     last_uid    INTEGER NOT NULL
 );
+
+-- State: digest subscribers. Addresses are stored lower-cased.
+CREATE TABLE IF NOT EXISTS subscribers (
+    address       TEXT PRIMARY KEY,
+    schedule      TEXT NOT NULL DEFAULT 'daily',
+    status        TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'unsubscribed')),
+    created       INTEGER NOT NULL,
+    changed       INTEGER NOT NULL,
+    hard_failures INTEGER NOT NULL DEFAULT 0
+);
+
+-- State: double opt-in tokens, stored hashed, single use.
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY,
+    address    TEXT NOT NULL,
+    schedule   TEXT NOT NULL,
+    expires    INTEGER NOT NULL
+);
+
+-- State: where each periodic schedule's last digest ended.
+CREATE TABLE IF NOT EXISTS schedules (
+    name     TEXT PRIMARY KEY,
+    end_seq  INTEGER NOT NULL,
+    end_id   TEXT NOT NULL,
+    last_run INTEGER NOT NULL
+);
+
+-- State: each digest rendered once, whatever the number of subscribers.
+CREATE TABLE IF NOT EXISTS digests (
+    id        INTEGER PRIMARY KEY,
+    schedule  TEXT NOT NULL,
+    start_id  TEXT NOT NULL,
+    end_id    TEXT NOT NULL,
+    subject   TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    created   INTEGER NOT NULL
+);
+
+-- State: every outgoing mail, written before it is sent.
+CREATE TABLE IF NOT EXISTS outbox (
+    id           INTEGER PRIMARY KEY,
+    kind         TEXT NOT NULL,          -- digest, reply
+    recipient    TEXT NOT NULL,
+    message_id   TEXT NOT NULL,
+    digest_id    INTEGER REFERENCES digests(id),
+    message      BLOB,                   -- the whole mail, for non-digests
+    status       TEXT NOT NULL DEFAULT 'queued'
+                 CHECK (status IN ('queued', 'sent', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL,
+    last_error   TEXT NOT NULL DEFAULT '',
+    created      INTEGER NOT NULL,
+    sent_at      INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt);
+CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox(recipient, created);
+
+-- State: command mail, queued durably before the server says 250.
+CREATE TABLE IF NOT EXISTS inbound (
+    id       INTEGER PRIMARY KEY,
+    received INTEGER NOT NULL,
+    sender   TEXT NOT NULL,              -- envelope sender ('' for bounces)
+    rcpt     TEXT NOT NULL,              -- the bot address it came to
+    raw      BLOB NOT NULL,
+    done     INTEGER NOT NULL DEFAULT 0
+);

@@ -65,9 +65,7 @@ def series_key(root_id: str, version: int, from_key: str) -> str:
 
 def load(conn: sqlite3.Connection, seq: int) -> Node:
     """One message's threading columns by archive position."""
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,)
-    ).fetchone()
+    row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq = ?", (seq,)).fetchone()
     return Node(*row)
 
 
@@ -189,6 +187,4 @@ def place(conn: sqlite3.Connection, seq: int) -> None:
 
 def _set(conn: sqlite3.Connection, node: Node, series_id: str | None) -> None:
     if series_id != node.series_id:
-        conn.execute(
-            "UPDATE messages SET series_id = ? WHERE seq = ?", (series_id, node.seq)
-        )
+        conn.execute("UPDATE messages SET series_id = ? WHERE seq = ?", (series_id, node.seq))

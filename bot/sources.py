@@ -117,9 +117,7 @@ class GitSource(Source):
     def read(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
         epochs = [Archive.open(e) for e in self.epochs()]
         # Resume in the epoch that holds `after`; earlier epochs are done.
-        start = next(
-            (i for i, a in enumerate(epochs) if after and a.contains(after)), 0
-        )
+        start = next((i for i, a in enumerate(epochs) if after and a.contains(after)), 0)
         for archive in epochs[start:]:
             for commit_id, raw in archive.walk(self._position(archive, after)):
                 if raw is not None:
@@ -132,11 +130,7 @@ def open_source(path: Path, cache_dir: Path) -> Source:
     if path.is_dir():
         if (path / "cur").is_dir() and (path / "new").is_dir():
             return MaildirSource("maildir", path, key, str(path))
-        if (
-            (path / "git").is_dir()
-            or (path / "HEAD").exists()
-            or (path / ".git").exists()
-        ):
+        if (path / "git").is_dir() or (path / "HEAD").exists() or (path / ".git").exists():
             return GitSource("git", path, key, str(path))
         raise MailError(
             f"{path} is a directory but neither a Maildir (cur/, new/) nor a "

@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_REPLY_PREFIX = re.compile(
-    r"^\s*(?:re|aw|sv|antw|fwd?)\s*(?:\[\d+\]|\(\d+\))?\s*:\s*", re.I
-)
+_REPLY_PREFIX = re.compile(r"^\s*(?:re|aw|sv|antw|fwd?)\s*(?:\[\d+\]|\(\d+\))?\s*:\s*", re.I)
 _BRACKET = re.compile(r"^\s*\[([^\[\]]*)\]\s*")
 _COUNTER = re.compile(r"^0*(\d{1,4})/0*(\d{1,4})$")
 _VERSION = re.compile(r"^v(\d{1,3})$", re.I)

@@ -55,9 +55,7 @@ def store(tmp_path: Path) -> Store:
 def kvmarm_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The kvmarm bundle as a bare public-inbox epoch (read-only, shared)."""
     path = tmp_path_factory.mktemp("kvmarm") / "0.git"
-    subprocess.run(
-        ["git", "clone", "--quiet", "--bare", str(BUNDLE), str(path)], check=True
-    )
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(BUNDLE), str(path)], check=True)
     return path
 
 

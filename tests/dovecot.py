@@ -98,9 +98,7 @@ class Dovecot:
             if os.getuid() == 0:
                 os.chown(root / sub, uid, gid)
         # A server without IDLE, for the polling fallback: list what it keeps.
-        capability = (
-            "" if idle else "  imap_capability = IMAP4rev1 SASL-IR LITERAL+ UIDPLUS\n"
-        )
+        capability = "" if idle else "  imap_capability = IMAP4rev1 SASL-IR LITERAL+ UIDPLUS\n"
         (root / "dovecot.conf").write_text(
             CONFIG.format(
                 root=root,

@@ -98,9 +98,7 @@ class Store:
             self.importer.add_one(raw, "test")
 
     def row(self, message_id: str) -> dict:
-        cur = self.index.conn.execute(
-            "SELECT * FROM messages WHERE message_id = ?", (message_id,)
-        )
+        cur = self.index.conn.execute("SELECT * FROM messages WHERE message_id = ?", (message_id,))
         names = [d[0] for d in cur.description]
         found = cur.fetchone()
         assert found is not None, f"{message_id} is not indexed"

@@ -127,9 +127,7 @@ def test_bad_config(cli, tmp_path):
     one_line_error(cli("--config", bad, "check-config"), "must be a whole number")
     bad.write_text("[digest\n")
     one_line_error(cli("--config", bad, "check-config"), "is not valid TOML")
-    one_line_error(
-        cli("--config", tmp_path / "missing.toml", "check-config"), "does not exist"
-    )
+    one_line_error(cli("--config", tmp_path / "missing.toml", "check-config"), "does not exist")
 
 
 def test_shipped_example_config_is_valid(cli):

@@ -97,12 +97,7 @@ async def listening(store: Store, server: Dovecot, **changes) -> AsyncIterator[R
 
 
 def message_ids(store: Store) -> list[str]:
-    return [
-        r[0]
-        for r in store.index.conn.execute(
-            "SELECT message_id FROM messages ORDER BY seq"
-        )
-    ]
+    return [r[0] for r in store.index.conn.execute("SELECT message_id FROM messages ORDER BY seq")]
 
 
 async def test_backlog_of_real_kvmarm_mail(store, dovecot):
@@ -115,9 +110,7 @@ async def test_backlog_of_real_kvmarm_mail(store, dovecot):
     assert state == (20,)
 
 
-async def test_message_appended_while_idle_is_indexed_within_two_seconds(
-    store, dovecot
-):
+async def test_message_appended_while_idle_is_indexed_within_two_seconds(store, dovecot):
     async with listening(store, dovecot) as run:
         await run.ready()
         await asyncio.to_thread(dovecot.append, SLICE[0])
@@ -140,9 +133,7 @@ async def test_dovecot_restarted_mid_idle(store, dovecot):
     assert store.index.count() == 6
 
 
-async def test_listener_restart_between_batches_loses_and_doubles_nothing(
-    store, dovecot
-):
+async def test_listener_restart_between_batches_loses_and_doubles_nothing(store, dovecot):
     dovecot.append(*SLICE[:10])
     async with listening(store, dovecot) as run:
         await run.until(10)
@@ -172,14 +163,13 @@ async def test_uidvalidity_change_rescans_without_doubling(store, dovecot, caplo
             await run.ready()
     assert store.index.count() == 5
     assert any("UIDVALIDITY" in r.getMessage() for r in caplog.records)
-    assert store.index.conn.execute(
-        "SELECT uidvalidity, last_uid FROM imap_state"
-    ).fetchone() == (12345, 5)
+    assert store.index.conn.execute("SELECT uidvalidity, last_uid FROM imap_state").fetchone() == (
+        12345,
+        5,
+    )
 
 
-async def test_wrong_password_is_logged_and_retried_never_leaked(
-    store, dovecot, caplog
-):
+async def test_wrong_password_is_logged_and_retried_never_leaked(store, dovecot, caplog):
     dovecot.append(SLICE[0])
     with caplog.at_level(logging.DEBUG):
         async with listening(store, dovecot, password="wrong-password") as run:

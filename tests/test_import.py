@@ -26,9 +26,7 @@ def test_mboxrd_quoting_is_undone(cli, tmp_path, data_dir):
     box = tmp_path / "in.mbox"
     raw = mail("[PATCH] quoted", "q@x", body=body).decode()
     box.write_text(
-        "From mboxrd@z Thu Jan  1 00:00:00 1970\n"
-        + raw.replace("\n>From ", "\n>>From ")
-        + "\n"
+        "From mboxrd@z Thu Jan  1 00:00:00 1970\n" + raw.replace("\n>From ", "\n>>From ") + "\n"
     )
     assert cli("import", box).code == 0
     stored = subprocess.run(
@@ -46,13 +44,9 @@ def test_maildir_and_eml(cli, tmp_path, data_dir):
     eml = tmp_path / "one.eml"
     eml.write_bytes(mail("[PATCH] single", "eml@x", minutes=10))
     assert (
-        cli("import", tmp_path / "md")
-        .out.strip()
-        .endswith("3 imported, 0 duplicates, 0 rejected")
+        cli("import", tmp_path / "md").out.strip().endswith("3 imported, 0 duplicates, 0 rejected")
     )
-    assert (
-        cli("import", eml).out.strip().endswith("1 imported, 0 duplicates, 0 rejected")
-    )
+    assert cli("import", eml).out.strip().endswith("1 imported, 0 duplicates, 0 rejected")
     assert indexed(data_dir) == 4
 
 
@@ -89,20 +83,12 @@ def test_reimport_is_idempotent_and_dedupes_copies(cli, tmp_path, data_dir):
     # The same message with other transport headers is the same message...
     copy = tmp_path / "copy.eml"
     first = mailbox.mbox(SLICE)[0].as_bytes()
-    copy.write_bytes(
-        b"Received: from elsewhere; Mon, 1 Jan 2024 00:00:00 +0000\n" + first
-    )
-    assert (
-        cli("import", copy).out.strip().endswith("0 imported, 1 duplicates, 0 rejected")
-    )
+    copy.write_bytes(b"Received: from elsewhere; Mon, 1 Jan 2024 00:00:00 +0000\n" + first)
+    assert cli("import", copy).out.strip().endswith("0 imported, 1 duplicates, 0 rejected")
     # ...but the same Message-ID with other content is another message.
     other = tmp_path / "other.eml"
     other.write_bytes(first.replace(b"\n\n", b"\n\nAn edited copy.\n", 1))
-    assert (
-        cli("import", other)
-        .out.strip()
-        .endswith("1 imported, 0 duplicates, 0 rejected")
-    )
+    assert cli("import", other).out.strip().endswith("1 imported, 0 duplicates, 0 rejected")
 
 
 def test_resumes_a_git_source_where_it_stopped(cli, data_dir, kvmarm_git, tmp_path):
@@ -140,11 +126,7 @@ def test_resumes_a_git_source_where_it_stopped(cli, data_dir, kvmarm_git, tmp_pa
         ],
         check=True,
     )
-    assert (
-        cli("import", partial)
-        .out.strip()
-        .endswith("10 imported, 0 duplicates, 0 rejected")
-    )
+    assert cli("import", partial).out.strip().endswith("10 imported, 0 duplicates, 0 rejected")
     subprocess.run(
         [
             "git",
@@ -157,11 +139,7 @@ def test_resumes_a_git_source_where_it_stopped(cli, data_dir, kvmarm_git, tmp_pa
         ],
         check=True,
     )
-    assert (
-        cli("import", partial)
-        .out.strip()
-        .endswith("15 imported, 0 duplicates, 0 rejected")
-    )
+    assert cli("import", partial).out.strip().endswith("15 imported, 0 duplicates, 0 rejected")
     assert indexed(data_dir) == 25
 
 

@@ -22,11 +22,7 @@ def section(text: str, start: str, end: str) -> list[str]:
 
 
 def test_slice_digest(cli):
-    assert (
-        cli("import", SLICE)
-        .out.strip()
-        .endswith("27 imported, 0 duplicates, 0 rejected")
-    )
+    assert cli("import", SLICE).out.strip().endswith("27 imported, 0 duplicates, 0 rejected")
     text = cli("digest", "--all").out
     # No Mailman footer or signature reaches the digest.
     assert "mailing list" not in text.replace("KVM mailing list update", "")
@@ -39,8 +35,7 @@ def test_slice_digest(cli):
     )
     # Folded subjects are whole.
     assert series[0] == (
-        "[RFC PATCH 0/5] KVM: arm64: Add support for contiguous "
-        "PTE/PMD hugepages at stage2"
+        "[RFC PATCH 0/5] KVM: arm64: Add support for contiguous PTE/PMD hugepages at stage2"
     )
     # Patches sent in reply to a pull request form one series.
     assert "    Marc Zyngier <marc.zyngier@arm.com>, 2/56 patches" in series
@@ -58,9 +53,7 @@ def test_slice_digest(cli):
     # The pull request is an entry that ends with its diffstat.
     pull = text[text.index("New:  KVM/arm updates for 5.2-rc2") :]
     pull = pull[: pull.index("-" * 70)]
-    assert pull.rstrip().endswith(
-        "8 files changed, 177 insertions(+), 164 deletions(-)"
-    )
+    assert pull.rstrip().endswith("8 files changed, 177 insertions(+), 164 deletions(-)")
 
 
 def test_slice_no_references_series(cli):
@@ -68,13 +61,8 @@ def test_slice_no_references_series(cli):
     text = cli("digest", "--all").out
     # 1/2 and 2/2 of this series carry no References at all; the same sender,
     # version and total within the hour make them one series.
-    assert (
-        "[PATCH 1/2] arm64: KVM: regmap: Mark expected switch fall-through"
-        in text.splitlines()
-    )
-    i = text.splitlines().index(
-        "[PATCH 1/2] arm64: KVM: regmap: Mark expected switch fall-through"
-    )
+    assert "[PATCH 1/2] arm64: KVM: regmap: Mark expected switch fall-through" in text.splitlines()
+    i = text.splitlines().index("[PATCH 1/2] arm64: KVM: regmap: Mark expected switch fall-through")
     assert text.splitlines()[i + 1].endswith(", 2/2 patches")
 
 

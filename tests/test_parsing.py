@@ -134,9 +134,7 @@ def test_kinds(subject, body, kind):
 
 def test_in_body_headers_are_removed_and_name_the_author():
     body = "From: Marc Zyngier <maz@kernel.org>\nDate: Mon, 1 Jan 2024\n\n" + PATCH_BODY
-    parsed = parse_message(
-        mail("[PATCH 01/32] x", "ib@y", frm="S <s@arm.com>", body=body)
-    )
+    parsed = parse_message(mail("[PATCH 01/32] x", "ib@y", frm="S <s@arm.com>", body=body))
     assert (parsed.author_name, parsed.author_addr) == (
         "Marc Zyngier",
         "maz@kernel.org",

@@ -46,18 +46,13 @@ def original_lines(name: str) -> list[str]:
     return path.read_text().splitlines()
 
 
-def test_000_differs_from_the_original_only_by_the_documented_improvements(
-    cli, data_dir
-):
+def test_000_differs_from_the_original_only_by_the_documented_improvements(cli, data_dir):
     text, _, _ = digest_for(cli, data_dir, "000")
     ours = text.splitlines()
     original = original_lines("000")
     # 1. subjects unfolded in full
     assert "New:  KVM: arm64: gic: Enable GICv3 CPUIF trapping on GICv5" in original
-    assert (
-        "New:  KVM: arm64: gic: Enable GICv3 CPUIF trapping on GICv5 hosts if required"
-        in ours
-    )
+    assert "New:  KVM: arm64: gic: Enable GICv3 CPUIF trapping on GICv5 hosts if required" in ours
     # 2. bodies decoded
     assert "1. A PCIe-fault brings B=E2=80=99s link down, then A=E2=80=99s." in original
     assert "1. A PCIe-fault brings B’s link down, then A’s." in ours
@@ -89,13 +84,10 @@ def test_002_in_body_author_and_out_of_order_cover(cli, data_dir):
     text, _, _ = digest_for(cli, data_dir, "002")
     lines = text.splitlines()
     assert (
-        "Author: Marc Zyngier <maz@kernel.org> (sent by Sascha Bischoff "
-        "<Sascha.Bischoff@arm.com>)"
+        "Author: Marc Zyngier <maz@kernel.org> (sent by Sascha Bischoff <Sascha.Bischoff@arm.com>)"
     ) in lines
     # The in-body From line and the blank line after it are gone.
-    i = lines.index(
-        "[PATCH 01/32] KVM: arm64: Account for RES1 bits in DECLARE_FEAT_MAP()"
-    )
+    i = lines.index("[PATCH 01/32] KVM: arm64: Account for RES1 bits in DECLARE_FEAT_MAP()")
     assert lines[i + 2] == ""
     assert lines[i + 3].startswith("None of the registers we manage")
     # Marc Zyngier counts for kernel.org, through the in-body From.
@@ -104,7 +96,4 @@ def test_002_in_body_author_and_out_of_order_cover(cli, data_dir):
     # The cover letter arrived after its patch and still names the series.
     assert "[PATCH 0/1] Clean up TSAN warnings" in lines
     j = lines.index("[PATCH 0/1] Clean up TSAN warnings")
-    assert (
-        lines[j + 1]
-        == "    Marc Morcos <marcmorcos@google.com>, 1/1 patches, cover letter"
-    )
+    assert lines[j + 1] == "    Marc Morcos <marcmorcos@google.com>, 1/1 patches, cover letter"

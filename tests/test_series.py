@@ -33,9 +33,7 @@ def cover_series(version: int = 1, total: int = 3, prefix: str = "s") -> list[by
 
 def patch_lines(store: Store) -> list[str]:
     rng = ranges.everything(store.index.conn)
-    return [
-        f"{s.subject} | {s.summary}" for s in digest.patch_list(store.index.conn, rng)
-    ]
+    return [f"{s.subject} | {s.summary}" for s in digest.patch_list(store.index.conn, rng)]
 
 
 def test_with_cover_letter(store):
@@ -162,9 +160,7 @@ def test_reply_before_its_parent_is_resolved_when_the_parent_arrives(store):
     assert store.series_of("r1@x") is None
     store.add(*cover_series(1, 2))
     assert store.series_of("r1@x") == store.series_of("s-0@x")
-    assert patch_lines(store) == [
-        "[PATCH 0/2] the thing | 2/2 patches, cover letter, 1 replies"
-    ]
+    assert patch_lines(store) == ["[PATCH 0/2] the thing | 2/2 patches, cover letter, 1 replies"]
 
 
 def test_reply_without_references_finds_its_patch_by_subject(store):

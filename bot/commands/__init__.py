@@ -1,0 +1,64 @@
+"""Email commands, one small class per module, as in Mailman 3.
+
+A command has a `name`, a one-line `description`, `examples`, and one method,
+`run(ctx, args) -> str`, which returns the text of its part of the reply or
+raises CommandError with a plain sentence. Commands are found by scanning
+this package, so adding a command touches one file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sqlite3
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import jinja2
+
+from bot.config import Config
+from bot.errors import DigestError
+from bot.mail import Identity
+
+
+class CommandError(DigestError):
+    """A command could not be done; the message says why, for the reply."""
+
+
+@dataclass
+class Context:
+    """What a command may use: the index, the config, who asked."""
+
+    conn: sqlite3.Connection
+    config: Config
+    me: Identity
+    sender: str
+    """The asker's address (header From), lower-cased."""
+    env: jinja2.Environment
+    reply_subject: str | None = None
+    """Set by a command that needs the reply to carry a given subject."""
+    notes: list[str] = field(default_factory=list)
+
+
+class Command:
+    """Base class: subclasses set the class attributes and implement run()."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    examples: ClassVar[tuple[str, ...]] = ()
+    alone: ClassVar[bool] = False
+    """True when its result is the whole reply if it is the only command."""
+
+    def run(self, ctx: Context, args: list[str]) -> str:
+        raise NotImplementedError
+
+
+def registry() -> dict[str, Command]:
+    """Every command in this package, by name."""
+    found: dict[str, Command] = {}
+    for module in pkgutil.iter_modules(__path__):
+        mod = importlib.import_module(f"{__name__}.{module.name}")
+        for value in vars(mod).values():
+            if isinstance(value, type) and issubclass(value, Command) and value.name:
+                found[value.name] = value()
+    return dict(sorted(found.items()))

@@ -1,0 +1,40 @@
+"""status: subscription state, schedule, the last digest's range."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bot import subscribers
+from bot.commands import Command, Context
+
+
+class Status(Command):
+    name = "status"
+    description = "your subscription, its schedule and the last digest's range"
+    examples = ("status",)
+
+    def run(self, ctx: Context, args: list[str]) -> str:
+        sub = subscribers.get(ctx.conn, ctx.sender)
+        if sub is None or sub.status == "unsubscribed":
+            lines = [f"{ctx.sender} is not subscribed."]
+            schedule = "daily"
+        else:
+            lines = [f"{ctx.sender}: {sub.status}, {sub.schedule} digest."]
+            schedule = sub.schedule
+        row = ctx.conn.execute(
+            "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (schedule,),
+        ).fetchone()
+        abbrev = ctx.config.digest.abbrev
+        if row:
+            when = datetime.fromtimestamp(row[2], UTC).strftime("%Y-%m-%d %H:%M UTC")
+            lines.append(
+                f"The last {schedule} digest, on {when}, covered "
+                f"{row[0][:abbrev]}..{row[1][:abbrev]}."
+            )
+        else:
+            lines.append(f"No {schedule} digest has been sent yet.")
+        expression = getattr(ctx.config.schedule, schedule)
+        lines.append(f"The {schedule} digest goes out at cron '{expression}' (UTC).")
+        return "\n".join(lines)

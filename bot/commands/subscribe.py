@@ -1,0 +1,61 @@
+"""subscribe, confirm, unsubscribe: the digest subscription, double opt-in."""
+
+from __future__ import annotations
+
+from bot import subscribers
+from bot.commands import Command, CommandError, Context
+
+
+class Subscribe(Command):
+    name = "subscribe"
+    description = "ask to receive the digest, daily (default) or weekly"
+    examples = ("subscribe", "subscribe weekly")
+
+    def run(self, ctx: Context, args: list[str]) -> str:
+        schedule = args[0].lower() if args else "daily"
+        if schedule not in subscribers.SCHEDULES or len(args) > 1:
+            raise CommandError("subscribe takes daily or weekly, e.g. 'subscribe weekly'")
+        current = subscribers.get(ctx.conn, ctx.sender)
+        if current and current.status == "active" and current.schedule == schedule:
+            return f"{ctx.sender} already receives the {schedule} digest."
+        hours = ctx.config.commands.token_hours
+        token = subscribers.request(ctx.conn, ctx.sender, schedule, hours)
+        ctx.reply_subject = f"confirm {token}"
+        return (
+            f"Someone, probably you, asked to send the {schedule} {ctx.me.list_title}\n"
+            f"digest to {ctx.sender}. To confirm, reply to this mail and keep\n"
+            f"its subject, or send a mail to {ctx.me.address} that says:\n"
+            f"\n    confirm {token}\n\n"
+            f"The request expires in {hours} hours. If you did not ask, ignore this mail."
+        )
+
+
+class Confirm(Command):
+    name = "confirm"
+    description = "complete a subscription with the token you were sent"
+    examples = ("confirm 0123456789abcdef0123456789abcdef",)
+
+    def run(self, ctx: Context, args: list[str]) -> str:
+        if len(args) != 1:
+            raise CommandError("confirm takes the token from the confirmation mail")
+        schedule = subscribers.confirm(ctx.conn, args[0], ctx.sender)
+        if schedule is None:
+            raise CommandError(
+                "that confirmation token is unknown, used, expired or was sent to "
+                "another address; send 'subscribe' again"
+            )
+        return f"{ctx.sender} now receives the {schedule} digest."
+
+
+class Unsubscribe(Command):
+    name = "unsubscribe"
+    description = "stop receiving the digest (from the subscribed address)"
+    examples = ("unsubscribe",)
+
+    def run(self, ctx: Context, args: list[str]) -> str:
+        if not subscribers.unsubscribe(ctx.conn, ctx.sender):
+            raise CommandError(f"{ctx.sender} is not subscribed")
+        return (
+            f"{ctx.sender} will not receive the digest any more. Goodbye, and\n"
+            f"thanks for reading; 'subscribe' brings it back."
+        )

@@ -1,0 +1,92 @@
+"""Composing the bot's own mail: plain text, correct headers.
+
+The standard library's EmailMessage does the encoding (RFC 2047 for headers,
+quoted-printable when a line is too long for SMTP, CRLF line ends); this
+module decides which headers a digest or a reply carries: RFC 5322 basics,
+RFC 2369 list headers and RFC 3834's Auto-Submitted, so other robots do not
+answer us.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formataddr, formatdate, make_msgid
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+MAX_LINE = 998
+"""RFC 5322's limit on a line, in bytes, without the CRLF."""
+
+
+def header_safe(text: str) -> str:
+    """User text made safe for a header: no CR, LF or other controls."""
+    return " ".join(_UNSAFE.sub(" ", text).split())
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the bot is on the wire."""
+
+    address: str
+    name: str = "KVM digest"
+    list_title: str = "KVM"
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2] or "localhost"
+
+    def plus(self, tag: str) -> str:
+        """`bot@example.org` -> `bot+tag@example.org`."""
+        local, _, domain = self.address.partition("@")
+        return f"{local}+{tag}@{domain}"
+
+    @property
+    def list_id(self) -> str:
+        """RFC 2919: a label and a dotted id derived from the bot's address."""
+        local, _, domain = self.address.partition("@")
+        return f"{self.list_title} digest <{local}.{domain}>"
+
+    def new_message_id(self) -> str:
+        return make_msgid(domain=self.domain)
+
+
+def compose(
+    me: Identity,
+    to: str,
+    subject: str,
+    body: str,
+    message_id: str,
+    *,
+    digest: bool = False,
+    in_reply_to: str | None = None,
+    references: str | None = None,
+) -> bytes:
+    """One plain-text message, ready for SMTP.
+
+    Digests carry the list headers (List-Id, List-Unsubscribe...),
+    `Auto-Submitted: auto-generated` and `Precedence: bulk`; command replies
+    are threaded under the command mail and say `auto-replied`.
+    """
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = formataddr((me.name, me.address))
+    msg["To"] = header_safe(to)
+    msg["Subject"] = header_safe(subject)
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = header_safe(in_reply_to)
+        msg["References"] = header_safe(references or in_reply_to)
+    if digest:
+        msg["List-Id"] = me.list_id
+        msg["List-Unsubscribe"] = f"<mailto:{me.plus('unsubscribe')}?subject=unsubscribe>"
+        msg["List-Help"] = f"<mailto:{me.plus('help')}?subject=help>"
+        msg["List-Subscribe"] = f"<mailto:{me.plus('subscribe')}?subject=subscribe>"
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["Precedence"] = "bulk"
+    else:
+        msg["Auto-Submitted"] = "auto-replied"
+    too_long = any(len(line.encode()) > MAX_LINE for line in body.splitlines())
+    msg.set_content(body, charset="utf-8", cte="quoted-printable" if too_long else "8bit")
+    return msg.as_bytes()

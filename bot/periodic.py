@@ -1,0 +1,113 @@
+"""Periodic digests: each schedule picks up where its last digest ended.
+
+A run takes the range from the schedule's last end to the archive head,
+renders the digest once, queues it for the schedule's subscribers and moves
+the schedule's end, all in one transaction: consecutive digests never overlap
+and never leave a gap, across restarts too, because the state is in the
+index. A new schedule starts at the archive head when it is first seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import jinja2
+from apscheduler.triggers.cron import CronTrigger
+
+from bot import digest as digestmod
+from bot import ranges, subscribers
+from bot.config import Config
+from bot.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one run did."""
+
+    schedule: str
+    digest_id: int | None
+    recipients: int
+    messages: int
+
+
+def trigger(expression: str) -> CronTrigger:
+    """A cron trigger in UTC (five fields, or six with seconds first)."""
+    fields = expression.split()
+    if len(fields) == 6:
+        second, minute, hour, day, month, dow = fields
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=dow,
+            timezone=UTC,
+        )
+    return CronTrigger.from_crontab(expression, timezone=UTC)
+
+
+def ensure(conn: sqlite3.Connection, name: str) -> None:
+    """Start a schedule at the archive head if it has no state yet."""
+    rng = ranges.everything(conn)
+    conn.execute(
+        "INSERT OR IGNORE INTO schedules (name, end_seq, end_id, last_run) VALUES (?, ?, ?, ?)",
+        (name, rng.end_seq, rng.end_id, int(time.time())),
+    )
+
+
+def missed(conn: sqlite3.Connection, name: str, expression: str) -> bool:
+    """True when a run of `name` was due while the daemon was down."""
+    row = conn.execute("SELECT last_run FROM schedules WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        return False
+    last = datetime.fromtimestamp(row[0], UTC)
+    due = trigger(expression).get_next_fire_time(None, last)
+    return due is not None and due <= datetime.now(UTC)
+
+
+def run(
+    conn: sqlite3.Connection,
+    config: Config,
+    outbox: Outbox,
+    env: jinja2.Environment,
+    name: str,
+) -> Run:
+    """Render and queue the next digest of schedule `name`."""
+    with conn:
+        ensure(conn, name)
+        start_seq = conn.execute(
+            "SELECT end_seq FROM schedules WHERE name = ?", (name,)
+        ).fetchone()[0]
+        rng = ranges.after(conn, start_seq)
+        readers = subscribers.active(conn, name)
+        digest_id = None
+        count = rng.end_seq - rng.start_seq
+        if readers and (not rng.empty or config.schedule.send_empty):
+            d = digestmod.build(
+                conn, rng, config.list.title, config.digest.top, config.digest.abbrev
+            )
+            body = digestmod.render(d, env)
+            digest_id = conn.execute(
+                "INSERT INTO digests (schedule, start_id, end_id, subject, body, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, rng.start_id, rng.end_id, d.subject, body, int(time.time())),
+            ).lastrowid
+            outbox.enqueue_digest(digest_id, readers)
+        conn.execute(
+            "UPDATE schedules SET end_seq = ?, end_id = ?, last_run = ? WHERE name = ?",
+            (rng.end_seq, rng.end_id, int(time.time()), name),
+        )
+    log.info(
+        "%s digest: %d messages, %s",
+        name,
+        count,
+        f"queued for {len(readers)} subscribers" if digest_id else "nothing sent",
+    )
+    return Run(name, digest_id, len(readers) if digest_id else 0, count)

@@ -1,0 +1,83 @@
+"""A real SMTP relay for the tests: aiosmtpd on 127.0.0.1, in its own thread.
+
+It records every message it accepts, can refuse chosen recipients with a
+given reply (4xx or 5xx), and can be stopped and started again on the same
+port to play a relay outage. `wait_for(n)` blocks on a condition variable.
+"""
+
+from __future__ import annotations
+
+import email
+import threading
+from dataclasses import dataclass, field
+from email.message import Message
+
+from aiosmtpd.controller import Controller
+
+from tests.dovecot import free_port
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> Message:
+        return email.message_from_bytes(self.data)
+
+
+@dataclass
+class SinkHandler:
+    received: list[Received] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+    """recipient -> SMTP reply, e.g. "550 5.1.1 no such user"."""
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower() in self.refuse:
+            return self.refuse[address.lower()]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.cond:
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            )
+            self.cond.notify_all()
+        return "250 2.0.0 Ok: queued"
+
+
+class Sink:
+    """Start/stop a recording SMTP server on a fixed port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.handler = SinkHandler()
+        self.controller: Controller | None = None
+
+    def start(self) -> Sink:
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def received(self) -> list[Received]:
+        with self.handler.cond:
+            return list(self.handler.received)
+
+    def wait_for(self, n: int, timeout: float = 20) -> list[Received]:
+        with self.handler.cond:
+            ok = self.handler.cond.wait_for(lambda: len(self.handler.received) >= n, timeout)
+            assert ok, f"{len(self.handler.received)} messages arrived, expected {n}"
+            return list(self.handler.received)
+
+    def to(self, address: str) -> list[Received]:
+        return [r for r in self.received if address in r.recipients]
