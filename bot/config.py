@@ -195,7 +195,8 @@ def read_secret(where: str, value: str, file: str, env: str) -> str:
     A password file that others can read is refused: it would not be secret.
     """
     if file:
-        path = Path(file)
+        # `${CREDENTIALS_DIRECTORY}/imap-password` works with systemd's LoadCredential=.
+        path = Path(os.path.expandvars(file))
         try:
             mode = path.stat().st_mode
         except OSError as err:

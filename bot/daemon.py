@@ -121,7 +121,7 @@ class Daemon:
             if not expression:
                 continue
             with index.conn:
-                periodic.ensure(index.conn, name)
+                new = periodic.ensure(index.conn, name)
             scheduler.add_job(
                 self._digest_job,
                 periodic.trigger(expression),
@@ -131,7 +131,7 @@ class Daemon:
                 max_instances=1,
                 misfire_grace_time=3600,
             )
-            if periodic.missed(index.conn, name, expression):
+            if not new and periodic.missed(index.conn, name, expression):
                 # However many runs were missed, one digest covers them all.
                 log.info(
                     "the %s digest was due while the daemon was down; sending it now",
@@ -140,7 +140,9 @@ class Daemon:
                 scheduler.add_job(self._digest_job, args=(index, outbox, name), id=f"{name}-missed")
         return scheduler
 
-    def _digest_job(self, index: Index, outbox: Outbox, name: str) -> None:
+    async def _digest_job(self, index: Index, outbox: Outbox, name: str) -> None:
+        # A coroutine, so APScheduler runs it on the event loop, where the
+        # index connection lives, not in its thread pool.
         periodic.run(index.conn, self.config, outbox, self.env, name)
 
     async def _desk_worker(self, desk: Desk, stop: asyncio.Event) -> None:

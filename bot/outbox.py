@@ -250,15 +250,23 @@ class Sender:
         try:
             message = self.outbox.render(item)
             await self.relay.send(self.outbox.me.address, item.recipient, message)
+        except aiosmtplib.SMTPRecipientsRefused as err:
+            # One recipient per message, so the one refusal is ours.
+            refusal = err.recipients[0]
+            self._refused(item, refusal.code, f"{refusal.code} {refusal.message}")
+            return
         except aiosmtplib.SMTPResponseException as err:
-            error = f"{err.code} {err.message}"
-            if 500 <= err.code < 600:
-                self.outbox.failed(item, error, self.s)
-            else:
-                self.outbox.retry(item, error, self.s)
+            self._refused(item, err.code, f"{err.code} {err.message}")
             return
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
             self.outbox.retry(item, f"{type(err).__name__}: {err}", self.s)
             return
         self.outbox.sent(item)
         self.sent.set()
+
+    def _refused(self, item: Queued, code: int, error: str) -> None:
+        """5xx fails this recipient for good; anything else is tried again."""
+        if 500 <= code < 600:
+            self.outbox.failed(item, error, self.s)
+        else:
+            self.outbox.retry(item, error, self.s)

@@ -53,13 +53,17 @@ def trigger(expression: str) -> CronTrigger:
     return CronTrigger.from_crontab(expression, timezone=UTC)
 
 
-def ensure(conn: sqlite3.Connection, name: str) -> None:
-    """Start a schedule at the archive head if it has no state yet."""
+def ensure(conn: sqlite3.Connection, name: str) -> bool:
+    """Start a schedule at the archive head if it has no state yet.
+
+    Returns True when the schedule was new (it cannot have missed a run).
+    """
     rng = ranges.everything(conn)
-    conn.execute(
+    cur = conn.execute(
         "INSERT OR IGNORE INTO schedules (name, end_seq, end_id, last_run) VALUES (?, ?, ?, ?)",
         (name, rng.end_seq, rng.end_id, int(time.time())),
     )
+    return cur.rowcount > 0
 
 
 def missed(conn: sqlite3.Connection, name: str, expression: str) -> bool:

@@ -8,6 +8,7 @@ port to play a relay outage. `wait_for(n)` blocks on a condition variable.
 from __future__ import annotations
 
 import email
+import email.policy
 import threading
 from dataclasses import dataclass, field
 from email.message import Message
@@ -25,7 +26,8 @@ class Received:
 
     @property
     def message(self) -> Message:
-        return email.message_from_bytes(self.data)
+        """Parsed as a mail client would: folded headers come back unfolded."""
+        return email.message_from_bytes(self.data, policy=email.policy.default)
 
 
 @dataclass
@@ -77,6 +79,13 @@ class Sink:
         with self.handler.cond:
             ok = self.handler.cond.wait_for(lambda: len(self.handler.received) >= n, timeout)
             assert ok, f"{len(self.handler.received)} messages arrived, expected {n}"
+            return list(self.handler.received)
+
+    def wait_until(self, done, timeout: float = 30) -> list[Received]:
+        """Block until `done(received)` is true."""
+        with self.handler.cond:
+            ok = self.handler.cond.wait_for(lambda: done(self.handler.received), timeout)
+            assert ok, f"gave up after {len(self.handler.received)} messages"
             return list(self.handler.received)
 
     def to(self, address: str) -> list[Received]:

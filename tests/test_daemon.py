@@ -1,0 +1,249 @@
+"""`kvm-digest run` end to end, as a process, with real parts all round.
+
+Dovecot holds the list mail, an aiosmtpd sink is the relay, commands arrive
+over LMTP, and the daily schedule fires every two seconds. Waiting is on the
+daemon's own log lines and on the sink's condition variable.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from tests.dovecot import PASSWORD, USER, Dovecot, free_port
+from tests.mailfactory import DATA
+from tests.smtpsink import Sink
+
+SLICE = [m.as_bytes() for m in mailbox.mbox(DATA / "kvmarm-slice.mbox")]
+BOT = "kvm-digest@example.org"
+RANGE = re.compile(r"update from ([0-9a-f]+) to ([0-9a-f]+)")
+
+
+class DaemonProcess:
+    """`kvm-digest run` in a subprocess; its log lines are collected."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "--config", str(config), "run"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 30) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(
+                lambda: (
+                    sum(text in line for line in self.lines) >= count
+                    or self.proc.poll() is not None
+                ),
+                timeout,
+            )
+            assert ok and self.proc.poll() is None, f"no {text!r} in the daemon's log:\n" + "".join(
+                self.lines
+            )
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def log(self) -> str:
+        with self.cond:
+            return "".join(self.lines)
+
+
+@pytest.fixture
+def dovecot():
+    server = Dovecot().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def sink():
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+def write_config(tmp_path: Path, dovecot: Dovecot, sink: Sink, connections: int = 4) -> Path:
+    config = tmp_path / "kvm-digest.toml"
+    lmtp_port = free_port()
+    config.write_text(f"""
+[list]
+id = "kvmarm.lists.cs.columbia.edu"
+address = "kvmarm@lists.cs.columbia.edu"
+[data]
+dir = "{tmp_path / "var"}"
+[imap]
+host = "127.0.0.1"
+port = {dovecot.port}
+security = "none"
+user = "{USER}"
+password_env = "TEST_IMAP_PASSWORD"
+[commands]
+address = "{BOT}"
+listen = "127.0.0.1:{lmtp_port}"
+[smtp]
+host = "127.0.0.1"
+port = {sink.port}
+security = "none"
+connections = {connections}
+[schedule]
+daily = "*/2 * * * * *"
+weekly = ""
+""")
+    return config
+
+
+@pytest.fixture
+def config(tmp_path, dovecot, sink, monkeypatch):
+    monkeypatch.setenv("TEST_IMAP_PASSWORD", PASSWORD)
+    return write_config(tmp_path, dovecot, sink)
+
+
+def lmtp_port(config: Path) -> int:
+    return int(re.search(r'listen = "127.0.0.1:(\d+)"', config.read_text()).group(1))
+
+
+def subscribe(config: Path, *addresses: str) -> None:
+    assert main(["--config", str(config), "subscribers", "add", *addresses]) == 0
+
+
+def digests_to(sink: Sink, address: str) -> list[tuple[str, str]]:
+    return [
+        RANGE.search(r.message["Subject"]).groups()
+        for r in sink.to(address)
+        if r.message["Subject"].startswith("KVM mailing list update")
+    ]
+
+
+def test_schedule_commands_adjacent_digests_and_sigterm(config, dovecot, sink):
+    subscribe(config, "reader@example.org")
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_log("kvm-digest is running")
+        dovecot.append(*SLICE[:3])
+        sink.wait_for(1)
+        dovecot.append(*SLICE[3:5])
+        sink.wait_for(2)
+        # A command over LMTP, answered through the relay.
+        with smtplib.LMTP("127.0.0.1", lmtp_port(config)) as client:
+            client.sendmail(
+                "una@example.org",
+                [BOT],
+                b"From: una@example.org\r\nTo: "
+                + BOT.encode()
+                + b"\r\nSubject: help\r\nMessage-ID: <h@example.org>\r\n\r\n",
+            )
+        sink.wait_for(3)
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        daemon.proc.kill()
+    (first, second) = digests_to(sink, "reader@example.org")
+    assert first[1] == second[0]  # adjacent: the second starts where the first ended
+    assert [r.message["Subject"] for r in sink.to("una@example.org")] == ["Re: help"]
+    assert "stopped; outbox {'sent': 3}" in daemon.log
+
+
+def test_relay_outage_the_digest_arrives_once_when_it_returns(config, dovecot, sink):
+    subscribe(config, "reader@example.org")
+    sink.stop()
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_log("kvm-digest is running")
+        dovecot.append(SLICE[0])
+        daemon.wait_log("will retry mail 1 to reader@example.org")
+        sink.start()
+        sink.wait_for(1)
+        daemon.wait_log("daily digest: 0 messages")  # later runs find nothing new
+        assert daemon.stop() == 0
+    finally:
+        daemon.proc.kill()
+    assert len(sink.to("reader@example.org")) == 1
+
+
+def test_sigkill_mid_send_then_restart(config, dovecot, sink):
+    readers = [f"reader{i:03d}@example.org" for i in range(300)]
+    subscribe(config, *readers)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_log("kvm-digest is running")
+        dovecot.append(SLICE[0])
+        sink.wait_for(30)  # mid-send
+        daemon.stop(signal.SIGKILL)
+    finally:
+        daemon.proc.kill()
+    assert len(sink.received) < 300, "the kill came too late to test anything"
+    assert len(sink.received) >= 30
+    again = DaemonProcess(config)
+    try:
+        again.wait_log("kvm-digest is running")
+        sink.wait_until(lambda got: {r.recipients[0] for r in got} >= set(readers), 60)
+        again.wait_log("daily digest: 0 messages")
+        assert again.stop() == 0
+    finally:
+        again.proc.kill()
+    copies = Counter(r.recipients[0] for r in sink.received)
+    assert set(copies) == set(readers)  # everyone got the digest
+    # SMTP cannot tell us about a 250 that a kill interrupted before we
+    # recorded it: at most the message in flight on each connection can
+    # arrive twice, with the same Message-ID. Everything else, exactly once.
+    twice = [r for r, n in copies.items() if n > 1]
+    assert max(copies.values()) <= 2 and len(twice) <= 4, f"duplicates: {twice}"
+    for reader in twice:
+        ids = {r.message["Message-ID"] for r in sink.to(reader)}
+        assert len(ids) == 1
+    subjects = {r.message["Subject"] for r in sink.received}
+    assert len(subjects) == 1  # one digest, not a second one for the same range
+
+
+def test_systemd_unit_verifies(tmp_path):
+    unit = Path(__file__).resolve().parents[1] / "systemd" / "kvm-digest.service"
+    text = unit.read_text()
+    for needed in (
+        "Type=notify",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "StateDirectory=kvm-digest",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "RestrictAddressFamilies=",
+        "CapabilityBoundingSet=\n",
+        "WatchdogSec=",
+    ):
+        assert needed in text
+    # verify checks that ExecStart exists: point it at this checkout's script.
+    local = tmp_path / "kvm-digest.service"
+    local.write_text(
+        text.replace(
+            "/opt/kvm-digest/.venv/bin/kvm-digest", str(Path(sys.executable).parent / "kvm-digest")
+        )
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(local)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""

@@ -1,0 +1,194 @@
+"""Delivery and periodic digests, in-process, against a real SMTP relay."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bot import periodic, subscribers
+from bot.config import from_table
+from bot.digest import environment
+from bot.mail import Identity
+from bot.outbox import Outbox, Sender
+from tests.mailfactory import Store, mail
+from tests.smtpsink import Sink
+
+BOT = "kvm-digest@example.org"
+
+
+@pytest.fixture
+def sink():
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+class Setup:
+    def __init__(self, root, sink: Sink, **schedule) -> None:
+        self.config = from_table(
+            {
+                "list": {"id": "kvm.vger.kernel.org"},
+                "commands": {"address": BOT},
+                "smtp": {
+                    "host": "127.0.0.1",
+                    "port": sink.port,
+                    "security": "none",
+                    "hard_failures": 2,
+                },
+                "schedule": schedule,
+            }
+        )
+        self.store = Store(root)
+        self.conn = self.store.index.conn
+        self.outbox = Outbox(self.conn, Identity(BOT))
+        self.sender = Sender(self.outbox, self.config.smtp)
+        self.env = environment()
+
+    def subscribe(self, *addresses: str, schedule: str = "daily") -> None:
+        with self.conn:
+            for a in addresses:
+                subscribers.subscribe(self.conn, a, schedule)
+
+    def post(self, n: int, start: int = 0) -> None:
+        self.store.add(
+            *[mail(f"[PATCH] change {i}", f"m{i}@x", minutes=i) for i in range(start, start + n)]
+        )
+
+    def run(self, name: str = "daily") -> periodic.Run:
+        return periodic.run(self.conn, self.config, self.outbox, self.env, name)
+
+
+@pytest.fixture
+def setup(tmp_path, sink):
+    return Setup(tmp_path / "s", sink)
+
+
+async def test_digest_reaches_every_subscriber_with_list_headers(setup, sink):
+    setup.subscribe("a@example.org", "b@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    setup.post(3)
+    result = setup.run()
+    assert (result.recipients, result.messages) == (2, 3)
+    await setup.sender.flush()
+    received = sink.wait_for(2)
+    assert sorted(r.recipients[0] for r in received) == ["a@example.org", "b@example.org"]
+    msg = received[0].message
+    assert msg["Subject"].startswith("KVM mailing list update from ")
+    assert msg["List-Id"] == "KVM digest <kvm-digest.example.org>"
+    assert msg["List-Unsubscribe"].strip() == (
+        "<mailto:kvm-digest+unsubscribe@example.org?subject=unsubscribe>"
+    )
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["Precedence"] == "bulk"
+    assert msg["To"] == received[0].recipients[0]
+    assert msg["Message-ID"] and msg["Date"]
+    assert msg.get_content_type() == "text/plain"
+    assert msg.get_content_charset() == "utf-8"
+    assert "New:  change 0" in msg.get_payload(decode=True).decode()
+    # One rendering per digest, not per subscriber; distinct Message-IDs.
+    assert setup.conn.execute("SELECT COUNT(*) FROM digests").fetchone() == (1,)
+    assert received[0].message["Message-ID"] != received[1].message["Message-ID"]
+
+
+async def test_consecutive_digests_cover_adjacent_ranges(setup, sink):
+    setup.subscribe("a@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    setup.post(2)
+    setup.run()
+    setup.post(3, start=2)
+    setup.run()
+    first, second = setup.conn.execute(
+        "SELECT start_id, end_id FROM digests ORDER BY id"
+    ).fetchall()
+    assert first[1] == second[0]  # the second starts where the first ended
+    await setup.sender.flush()
+    bodies = [r.message.get_payload(decode=True).decode() for r in sink.wait_for(2)]
+    assert "change 1" in bodies[0] and "change 1" not in bodies[1]
+    assert "change 2" in bodies[1] and "change 2" not in bodies[0]
+
+
+async def test_empty_range_sends_nothing(setup, sink):
+    setup.subscribe("a@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    assert setup.run().digest_id is None
+    assert await setup.sender.flush() == 0
+
+
+async def test_relay_outage_retries_then_delivers_once(setup, sink):
+    setup.subscribe("a@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    setup.post(1)
+    setup.run()
+    sink.stop()
+    await setup.sender.flush()
+    (row,) = setup.conn.execute("SELECT status, attempts, last_error FROM outbox").fetchall()
+    assert row[0] == "queued" and row[1] == 1 and row[2]
+    sink.start()
+    with setup.conn:  # the retry is due now
+        setup.conn.execute("UPDATE outbox SET next_attempt = ?", (int(time.time()),))
+    await setup.sender.flush()
+    await setup.sender.flush()  # nothing is due any more: nothing twice
+    assert len(sink.wait_for(1)) == 1
+    assert setup.outbox.counts() == {"sent": 1}
+
+
+async def test_4xx_retries_and_5xx_fails_only_that_recipient(setup, sink):
+    sink.handler.refuse = {
+        "busy@example.org": "451 4.3.0 try later",
+        "gone@example.org": "550 5.1.1 no such user",
+    }
+    setup.subscribe("ok@example.org", "busy@example.org", "gone@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    setup.post(1)
+    setup.run()
+    await setup.sender.flush()
+    status = dict(setup.conn.execute("SELECT recipient, status FROM outbox").fetchall())
+    assert status == {
+        "ok@example.org": "sent",
+        "busy@example.org": "queued",
+        "gone@example.org": "failed",
+    }
+    assert [r.recipients for r in sink.received] == [["ok@example.org"]]
+
+
+async def test_subscriber_disabled_after_hard_failures(setup, sink):
+    sink.handler.refuse = {"gone@example.org": "550 5.1.1 no such user"}
+    setup.subscribe("gone@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    for round_ in range(2):  # [smtp] hard_failures = 2
+        setup.post(1, start=round_)
+        setup.run()
+        await setup.sender.flush()
+    assert subscribers.get(setup.conn, "gone@example.org").status == "disabled"
+    # Re-subscribing brings it back.
+    with setup.conn:
+        subscribers.subscribe(setup.conn, "gone@example.org")
+    assert subscribers.get(setup.conn, "gone@example.org").status == "active"
+
+
+def test_missed_run_is_detected(setup):
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+        setup.conn.execute("UPDATE schedules SET last_run = ?", (int(time.time()) - 2 * 86400,))
+    assert periodic.missed(setup.conn, "daily", "0 6 * * *")
+    setup.run()
+    assert not periodic.missed(setup.conn, "daily", "0 6 * * *")
+
+
+def test_long_lines_go_quoted_printable():
+    from email import message_from_bytes
+
+    from bot.mail import compose
+
+    raw = compose(Identity(BOT), "a@example.org", "s", "x" * 1200 + "\n", "<id@x>", digest=True)
+    msg = message_from_bytes(raw)
+    assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    assert msg.get_payload(decode=True).decode().replace("\r\n", "\n") == "x" * 1200 + "\n"
