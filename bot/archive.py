@@ -12,11 +12,16 @@ is opened read-only and indexed in place.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import os
 import re
+import subprocess
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pygit2
 
@@ -84,20 +89,52 @@ class Archive:
     def walk(self, after: str | None = None) -> Iterator[tuple[str, bytes | None]]:
         """Yield (commit id, raw message) oldest first, after commit `after`.
 
+        git itself lists the commits (rev-list) and inflates the blobs
+        (cat-file --batch), so that work runs on another core while we parse.
         public-inbox records deletions as commits without `m`; those yield
         None so the caller can still move its position past them.
         """
         head = self.head()
         if head is None:
             return
-        walker = self.repo.walk(head, _SORT)
-        if after:
-            walker.hide(after)
-        for commit in walker:
-            # pygit2's Tree has no .get(); a deletion commit has no "m".
-            entry = commit.tree["m"] if "m" in commit.tree else None  # noqa: SIM401
-            data = self.repo[entry.id].data if entry is not None else None
-            yield str(commit.id), data
+        revs = self._git(
+            "rev-list", "--reverse", "--topo-order", head, *([f"^{after}"] if after else [])
+        ).split()
+        if not revs:
+            return
+        proc = subprocess.Popen(
+            ["git", "-C", str(self.path), "cat-file", "--batch"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        requests = b"".join(rev + b":m\n" for rev in revs)
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, requests), daemon=True)
+        feeder.start()
+        try:
+            for rev in revs:
+                header = proc.stdout.readline().split()
+                if len(header) != 3:  # "<rev>:m missing": a deletion commit
+                    yield rev.decode(), None
+                    continue
+                data = proc.stdout.read(int(header[2]))
+                proc.stdout.read(1)  # the newline after each object
+                yield rev.decode(), data
+        finally:
+            proc.kill()
+            proc.wait()
+            feeder.join()
+
+    def _git(self, *args: str) -> bytes:
+        result = subprocess.run(
+            ["git", "-C", str(self.path), *args], capture_output=True, check=False
+        )
+        if result.returncode != 0:
+            raise DigestError(
+                f"git {args[0]} failed in {self.path}: "
+                f"{result.stderr.decode(errors='replace').strip()}"
+            )
+        return result.stdout
 
     def count(self, after: str | None = None) -> int:
         """How many commits `walk(after)` would yield."""
@@ -115,11 +152,21 @@ class Archive:
         return self.repo[commit.tree["m"].id].data
 
     def append(self, messages: Iterable[tuple[bytes, ParsedMessage]]) -> list[str]:
-        """Append messages as commits; return their ids in order.
+        """Append messages as commits and wait until they are on disk."""
+        pending = self.start_append(list(messages))
+        pending.wait()
+        return pending.ids
 
-        The objects are written first and flushed to disk, then the branch
-        moves once: a crash leaves either the old head or the new head, never
-        a head that points at a missing object.
+    def start_append(self, batch: list[tuple[bytes, ParsedMessage]]) -> PendingAppend:
+        """Start appending messages as commits; `wait()` on the result.
+
+        The objects are written and flushed to disk first, then the branch
+        moves: a crash leaves either the old head or the new head, never a
+        head that points at a missing object. Large batches (an import) go
+        through one `git fast-import`, as public-inbox does: it packs them on
+        the other core while the caller indexes them and parses the next
+        batch, and its commit ids are computed here, so nobody waits for them.
+        Small batches (live mail) are written in-process with libgit2.
         """
         if not self.writable:
             raise DigestError(
@@ -127,33 +174,159 @@ class Archive:
                 "reaches it through `git fetch`, not through kvm-digest"
             )
         head = self.head()
+        if len(batch) >= FAST_IMPORT_BATCH:
+            return FastImport(self.path, head, batch)
         parents = [pygit2.Oid(hex=head)] if head else []
         ids: list[str] = []
         blob_mode = pygit2.enums.FileMode.BLOB
-        for raw, parsed in messages:
+        for raw, parsed in batch:
             blob = self.repo.create_blob(raw)
             builder = self.repo.TreeBuilder()
             builder.insert("m", blob, blob_mode)
             tree = builder.write()
             sig = _signature(parsed)
-            subject = parsed.subject.full or "(no subject)"
-            commit = self.repo.create_commit(None, sig, sig, subject + "\n", tree, parents)
+            commit = self.repo.create_commit(
+                None, sig, sig, _message(parsed).decode(), tree, parents
+            )
             parents = [commit]
             ids.append(str(commit))
         if ids:
             os.sync()
             self.repo.references.create(BRANCH, parents[0], force=True)
-        return ids
+        return PendingAppend(ids)
 
 
-def _signature(parsed: ParsedMessage) -> pygit2.Signature:
-    """Author and committer from the message's From and Date, as public-inbox."""
+class PendingAppend:
+    """Commits being written; `ids` are known before they are on disk."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+
+    def wait(self) -> None:
+        """Return once the commits and the branch are on disk; raise if not."""
+
+
+class FastImport(PendingAppend):
+    """One `git fast-import` writing a batch, in parallel with its caller."""
+
+    def __init__(self, path: Path, head: str | None, batch: list[tuple[bytes, ParsedMessage]]):
+        self.path = path
+        stream = bytearray(b"feature done\n")
+        ids = []
+        parent = head
+        for i, (raw, parsed) in enumerate(batch):
+            ident = _ident(parsed)
+            message = _message(parsed)
+            stream += b"blob\nmark :%d\ndata %d\n%s\n" % (i + 1, len(raw), raw)
+            stream += b"commit %s\nauthor %s\ncommitter %s\ndata %d\n%s" % (
+                BRANCH.encode(),
+                ident,
+                ident,
+                len(message),
+                message,
+            )
+            if i == 0 and head:
+                stream += b"from %s\n" % head.encode()
+            stream += b"deleteall\nM 100644 :%d m\n\n" % (i + 1)
+            parent = _commit_id(raw, parent, ident, message)
+            ids.append(parent)
+        stream += b"done\n"
+        super().__init__(ids)
+        # The pack and the ref are fsynced before git exits, as os.sync() does
+        # for the in-process path.
+        self.proc = subprocess.Popen(
+            [
+                "git",
+                "-C",
+                str(path),
+                "-c",
+                "core.fsync=committed",
+                "-c",
+                "core.fsyncMethod=fsync",
+                "fast-import",
+                "--quiet",
+                "--done",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        # A thread feeds the pipe (it releases the GIL while writing), so the
+        # caller goes on at once.
+        self.feeder = threading.Thread(
+            target=_feed, args=(self.proc.stdin, bytes(stream)), daemon=True
+        )
+        self.feeder.start()
+
+    def wait(self) -> None:
+        self.feeder.join()
+        assert self.proc.stderr is not None
+        error = self.proc.stderr.read().decode(errors="replace").strip()
+        if self.proc.wait() != 0:
+            raise DigestError(
+                f"git fast-import could not write to {self.path}: {error}; check the "
+                "disk and the archive's permissions"
+            )
+        head = Archive.open(self.path).head()
+        if head != self.ids[-1]:
+            raise DigestError(
+                f"the archive's head is {head}, not the expected {self.ids[-1]}; "
+                "run `git fsck` on it and `kvm-digest reindex`"
+            )
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    """Write all of `data` to a child's stdin and close it (run in a thread)."""
+    with contextlib.suppress(BrokenPipeError):
+        pipe.write(data)
+        pipe.close()
+
+
+FAST_IMPORT_BATCH = 64
+"""Batches at least this large go through git fast-import."""
+
+
+def _identity(parsed: ParsedMessage) -> tuple[str, str, int, int]:
+    """Author name, address, time and offset from the message, as public-inbox."""
     name = _SIG_CRUD.sub(" ", parsed.from_name).strip()
     addr = _SIG_CRUD.sub("", parsed.from_addr).strip()
     when = parsed.date if parsed.date is not None else parsed.received
     if when is None or not 0 <= when < 2**37:
         when = 0
-    return pygit2.Signature(name or addr or "unknown", addr or "unknown", when, parsed.date_offset)
+    return name or addr or "unknown", addr or "unknown", when, parsed.date_offset
+
+
+def _tz(offset_minutes: int) -> str:
+    sign = "-" if offset_minutes < 0 else "+"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    return f"{sign}{hours:02d}{minutes:02d}"
+
+
+def _signature(parsed: ParsedMessage) -> pygit2.Signature:
+    name, addr, when, offset = _identity(parsed)
+    return pygit2.Signature(name, addr, when, offset)
+
+
+def _ident(parsed: ParsedMessage) -> bytes:
+    name, addr, when, offset = _identity(parsed)
+    return f"{name} <{addr}> {when} {_tz(offset)}".encode()
+
+
+def _message(parsed: ParsedMessage) -> bytes:
+    """The commit message: the subject, as public-inbox writes it."""
+    return (parsed.subject.full or "(no subject)").encode("utf-8", "replace") + b"\n"
+
+
+def _commit_id(raw: bytes, parent: str | None, ident: bytes, message: bytes) -> str:
+    """The id git gives a commit of a one-file tree {m: raw}, computed here."""
+    blob = hashlib.sha1(b"blob %d\0%s" % (len(raw), raw)).digest()
+    tree_body = b"100644 m\0" + blob
+    tree = hashlib.sha1(b"tree %d\0%s" % (len(tree_body), tree_body)).hexdigest()
+    body = b"tree %s\n" % tree.encode()
+    if parent:
+        body += b"parent %s\n" % parent.encode()
+    body += b"author %s\ncommitter %s\n\n%s" % (ident, ident, message)
+    return hashlib.sha1(b"commit %d\0%s" % (len(body), body)).hexdigest()
 
 
 class WriterLock:

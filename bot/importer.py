@@ -59,21 +59,30 @@ class Importer:
         save_position: Callable[[str], None] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> Counts:
-        """Import (position, raw) pairs; positions are saved with each batch."""
+        """Import (position, raw) pairs; positions are saved with each batch.
+
+        Batches overlap: while git writes batch N and its index rows wait
+        uncommitted, batch N+1 is parsed; N is committed before N+1 is written.
+        """
         pending: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
         read = 0
         position = None
+        inflight: Callable[[], None] | None = None
         for position, raw in messages:
             read += 1
             parsed = self.accept(raw, f"{where} #{position}")
             if parsed is not None and self.is_new(parsed, seen):
                 pending.append((raw, parsed))
             if read % BATCH == 0:
-                self.store(pending, _saver(save_position, position))
+                if inflight:
+                    inflight()
+                inflight = self.begin(pending, _saver(save_position, position))
                 pending, seen = [], set()
                 if progress:
                     progress(BATCH)
+        if inflight:
+            inflight()
         if position is not None:
             self.store(pending, _saver(save_position, position))
             if progress:
@@ -108,13 +117,43 @@ class Importer:
         That is where a source's position is saved, so a position is never
         ahead of what the archive and index hold.
         """
-        ids = self.archive.append(batch)
-        with self.index.conn:
-            self.index.add(zip(ids, (p for _, p in batch), strict=True))
+        ids: list[str] = []
+        self.begin(batch, on_commit, ids)()
+        return ids
+
+    def begin(
+        self,
+        batch: list[tuple[bytes, ParsedMessage]],
+        on_commit: Callable[[], None] | None = None,
+        ids: list[str] | None = None,
+    ) -> Callable[[], None]:
+        """Start storing a batch; call the result to finish (and commit) it.
+
+        The index rows are written at once but committed only after git has
+        the commits on disk: the index is never ahead of the archive.
+        """
+        conn = self.index.conn
+        try:
+            pending = self.archive.start_append(batch)
+            self.index.add(zip(pending.ids, (p for _, p in batch), strict=True))
             if on_commit:
                 on_commit()
-        self.counts.imported += len(batch)
-        return ids
+        except BaseException:
+            conn.rollback()
+            raise
+        if ids is not None:
+            ids.extend(pending.ids)
+
+        def finish() -> None:
+            try:
+                pending.wait()
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+            self.counts.imported += len(batch)
+
+        return finish
 
     def add_one(self, raw: bytes, where: str) -> str | None:
         """Archive and index one message; return its commit id, or None.
