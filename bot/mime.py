@@ -83,8 +83,8 @@ def body_texts(raw: bytes, headers: Headers, body: bytes) -> list[str]:
 
 def _unsurrogate(value: str) -> str:
     """Turn raw 8-bit header bytes (kept as surrogates) back into text."""
-    if not _SURROGATE.search(value):
-        return value
+    if value.isascii() or not _SURROGATE.search(value):
+        return value  # isascii() is O(1) for ASCII strings: the common case
     data = value.encode("ascii", "surrogateescape")
     return decode_text(data, None)
 
@@ -212,9 +212,9 @@ def text_parts(msg: email.message.Message) -> list[str]:
         if part.is_multipart():
             continue
         ctype = part.get_content_type()
-        filename = part.get_filename() or ""
-        is_patch_file = bool(_PATCH_NAME.search(str(filename)))
-        if ctype in ("text/plain", "text/x-patch", "text/x-diff") or is_patch_file:
+        if ctype in ("text/plain", "text/x-patch", "text/x-diff") or _PATCH_NAME.search(
+            str(part.get_filename() or "")
+        ):
             texts.append(_part_text(part))
         elif ctype == "text/html":
             html.append(_part_text(part))
