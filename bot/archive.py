@@ -125,6 +125,19 @@ class Archive:
             proc.wait()
             feeder.join()
 
+    def message_commits(self) -> list[str]:
+        """Every commit that holds a message, oldest first (deletions left out)."""
+        head = self.head()
+        if head is None:
+            return []
+        revs = self._git("rev-list", "--reverse", "--topo-order", head).split()
+        checked = subprocess.run(
+            ["git", "-C", str(self.path), "cat-file", "--batch-check"],
+            input=b"".join(rev + b":m\n" for rev in revs), capture_output=True, check=False,
+        ).stdout.splitlines()
+        return [rev.decode() for rev, line in zip(revs, checked, strict=True)
+                if not line.endswith(b"missing")]
+
     def _git(self, *args: str) -> bytes:
         result = subprocess.run(
             ["git", "-C", str(self.path), *args], capture_output=True, check=False

@@ -277,6 +277,25 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
+    """Check that the archive and the index agree (without changing either)."""
+    from bot import fsck
+
+    archive = open_archive(config)
+    index = Index(config.index_path)
+    try:
+        report = fsck.check(archive, index)
+    finally:
+        index.close()
+    if report.ok:
+        print(f"ok: {report.messages} messages; the archive and the index agree")
+        return 0
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    print("run `kvm-digest reindex` to rebuild the index from the archive")
+    return 1
+
+
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     where = config.source or "built-in defaults (no config file found)"
     print(f"configuration from {where} is valid")
@@ -346,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("outbox", help="show queued and failed outgoing mail")
     p.add_argument("--failed", action="store_true", help="only failed mail")
     p.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser("fsck", help="check that the archive and the index agree")
+    p.set_defaults(func=cmd_fsck)
 
     p = sub.add_parser("check-config", help="validate the configuration")
     p.set_defaults(func=cmd_check_config)

@@ -122,11 +122,11 @@ class Dovecot:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 15
-        while True:  # readiness: the port accepts connections
+        while True:  # readiness: a real LOGIN works (the auth worker is up too)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
+                self.client().logout()
+                return self
+            except (OSError, imaplib.IMAP4.error):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(self.log()) from None
                 time.sleep(0.05)

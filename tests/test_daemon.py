@@ -62,6 +62,13 @@ class DaemonProcess:
                 self.lines
             )
 
+    def expect(self, wait, *args, **kwargs):
+        """Run a sink wait; on failure, show the daemon's log too."""
+        try:
+            return wait(*args, **kwargs)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n--- daemon log ---\n{self.log}") from None
+
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
@@ -101,6 +108,7 @@ port = {dovecot.port}
 security = "none"
 user = "{USER}"
 password_env = "TEST_IMAP_PASSWORD"
+backoff_max = 2
 [commands]
 address = "{BOT}"
 listen = "127.0.0.1:{lmtp_port}"
@@ -144,9 +152,9 @@ def test_schedule_commands_adjacent_digests_and_sigterm(config, dovecot, sink):
     try:
         daemon.wait_log("kvm-digest is running")
         dovecot.append(*SLICE[:3])
-        sink.wait_for(1)
+        daemon.expect(sink.wait_for, 1)
         dovecot.append(*SLICE[3:5])
-        sink.wait_for(2)
+        daemon.expect(sink.wait_for, 2)
         # A command over LMTP, answered through the relay.
         with smtplib.LMTP("127.0.0.1", lmtp_port(config)) as client:
             client.sendmail(
@@ -156,7 +164,7 @@ def test_schedule_commands_adjacent_digests_and_sigterm(config, dovecot, sink):
                 + BOT.encode()
                 + b"\r\nSubject: help\r\nMessage-ID: <h@example.org>\r\n\r\n",
             )
-        sink.wait_for(3)
+        daemon.expect(sink.wait_for, 3)
         assert daemon.stop(signal.SIGTERM) == 0
     finally:
         daemon.proc.kill()
@@ -175,7 +183,7 @@ def test_relay_outage_the_digest_arrives_once_when_it_returns(config, dovecot, s
         dovecot.append(SLICE[0])
         daemon.wait_log("will retry mail 1 to reader@example.org")
         sink.start()
-        sink.wait_for(1)
+        daemon.expect(sink.wait_for, 1)
         daemon.wait_log("daily digest: 0 messages")  # later runs find nothing new
         assert daemon.stop() == 0
     finally:
@@ -190,7 +198,7 @@ def test_sigkill_mid_send_then_restart(config, dovecot, sink):
     try:
         daemon.wait_log("kvm-digest is running")
         dovecot.append(SLICE[0])
-        sink.wait_for(30)  # mid-send
+        daemon.expect(sink.wait_for, 30, timeout=30)  # mid-send
         daemon.stop(signal.SIGKILL)
     finally:
         daemon.proc.kill()
@@ -199,7 +207,9 @@ def test_sigkill_mid_send_then_restart(config, dovecot, sink):
     again = DaemonProcess(config)
     try:
         again.wait_log("kvm-digest is running")
-        sink.wait_until(lambda got: {r.recipients[0] for r in got} >= set(readers), 60)
+        again.expect(
+            sink.wait_until, lambda got: {r.recipients[0] for r in got} >= set(readers), 60
+        )
         again.wait_log("daily digest: 0 messages")
         assert again.stop() == 0
     finally:
