@@ -74,12 +74,9 @@ def mail(
         lines.append(f"In-Reply-To: <{irt}>")
     if refs:
         lines.append("References: " + " ".join(f"<{r}>" for r in refs))
-    lines += [
-        "MIME-Version: 1.0",
-        "Content-Type: text/plain; charset=utf-8",
-        "List-Id: <kvm.vger.kernel.org>",
-    ]
-    for name, value in (headers or {}).items():
+    lines += ["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8"]
+    # The list's List-Id unless the caller gives its own.
+    for name, value in {"List-Id": "<kvm.vger.kernel.org>", **(headers or {})}.items():
         lines.append(f"{name}: {value}")
     return ("\n".join(lines) + "\n\n" + body).encode()
 
