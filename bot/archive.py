@@ -133,10 +133,15 @@ class Archive:
         revs = self._git("rev-list", "--reverse", "--topo-order", head).split()
         checked = subprocess.run(
             ["git", "-C", str(self.path), "cat-file", "--batch-check"],
-            input=b"".join(rev + b":m\n" for rev in revs), capture_output=True, check=False,
+            input=b"".join(rev + b":m\n" for rev in revs),
+            capture_output=True,
+            check=False,
         ).stdout.splitlines()
-        return [rev.decode() for rev, line in zip(revs, checked, strict=True)
-                if not line.endswith(b"missing")]
+        return [
+            rev.decode()
+            for rev, line in zip(revs, checked, strict=True)
+            if not line.endswith(b"missing")
+        ]
 
     def _git(self, *args: str) -> bytes:
         result = subprocess.run(

@@ -32,17 +32,20 @@ def check(archive: Archive, index: Index) -> Report:
     report = Report(messages=len(commits))
     doubled = [c for c, n in Counter(rows).items() if n > 1]
     if doubled:
-        report.problems.append(f"{len(doubled)} commits are indexed more than once, "
-                               f"e.g. {doubled[0]}")
+        report.problems.append(
+            f"{len(doubled)} commits are indexed more than once, e.g. {doubled[0]}"
+        )
     archived, indexed = set(commits), set(rows)
     missing = [c for c in commits if c not in indexed]
     extra = [r for r in rows if r not in archived]
     if missing:
-        report.problems.append(f"{len(missing)} archived messages are not in the index, "
-                               f"e.g. {missing[0]}")
+        report.problems.append(
+            f"{len(missing)} archived messages are not in the index, e.g. {missing[0]}"
+        )
     if extra:
-        report.problems.append(f"{len(extra)} index rows name commits the archive does "
-                               f"not have, e.g. {extra[0]}")
+        report.problems.append(
+            f"{len(extra)} index rows name commits the archive does not have, e.g. {extra[0]}"
+        )
     if not missing and not extra and not doubled and rows != commits:
         report.problems.append("the index holds the archive's messages in another order")
     head = archive.head()
@@ -51,8 +54,11 @@ def check(archive: Archive, index: Index) -> Report:
         report.problems.append(f"the index last saw {last}, the archive's head is {head}")
     twice = index.conn.execute(
         "SELECT digest_id, recipient, COUNT(*) FROM outbox WHERE kind = 'digest'"
-        " AND status = 'sent' GROUP BY digest_id, recipient HAVING COUNT(*) > 1").fetchall()
+        " AND status = 'sent' GROUP BY digest_id, recipient HAVING COUNT(*) > 1"
+    ).fetchall()
     if twice:
-        report.problems.append(f"{len(twice)} digests were sent twice to the same "
-                               f"subscriber, e.g. digest {twice[0][0]} to {twice[0][1]}")
+        report.problems.append(
+            f"{len(twice)} digests were sent twice to the same "
+            f"subscriber, e.g. digest {twice[0][0]} to {twice[0][1]}"
+        )
     return report

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from bot.cli import main
 from tests.mailfactory import BUNDLE, Store
+
+# In CI, property tests are derandomized: a failure there reproduces anywhere.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @dataclass

@@ -35,15 +35,24 @@ class SinkHandler:
     received: list[Received] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     """recipient -> SMTP reply, e.g. "550 5.1.1 no such user"."""
+    refuse_all: str = ""
+    """An answer to every RCPT, e.g. "421 4.3.2 going down", while set."""
+    drop_after_data: bool = False
+    """Take the whole message, then hang up without answering."""
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.refuse_all:
+            return self.refuse_all
         if address.lower() in self.refuse:
             return self.refuse[address.lower()]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.drop_after_data:
+            server.transport.close()
+            return "421 4.4.2 connection dropped"
         with self.cond:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)

@@ -27,13 +27,17 @@ USER = "Una User <una@example.org>"
 class Bot:
     """The command side of the bot, in-process, on a real LMTP port."""
 
-    def __init__(self, root: Path, sink: Sink, max_days: int = 3650) -> None:
+    def __init__(self, root: Path, sink: Sink, max_days: int = 3650, per_hour: int = 500) -> None:
         self.port = free_port()
         self.config = from_table(
             {
                 "data": {"dir": str(root)},
                 "list": {"id": "kvmarm.lists.cs.columbia.edu"},
-                "commands": {"address": BOT, "listen": f"127.0.0.1:{self.port}"},
+                "commands": {
+                    "address": BOT,
+                    "listen": f"127.0.0.1:{self.port}",
+                    "per_hour": per_hour,
+                },
                 "smtp": {"host": "127.0.0.1", "port": sink.port, "security": "none"},
                 "digest": {"max_messages": 20, "max_days": max_days},
             }
@@ -264,3 +268,25 @@ async def test_no_header_injection_from_user_text(bot, sink):
     msg = sink.wait_for(1)[0].message
     assert msg["Bcc"] is None
     assert "\n" not in msg["Subject"]
+
+
+async def test_rate_limits_hold_under_a_flood_of_1000_command_mails(tmp_path, sink):
+    flooded = await Bot(tmp_path / "flood", sink, per_hour=100).start()
+
+    def flood():
+        with smtplib.LMTP("127.0.0.1", flooded.port) as client:
+            for i in range(1000):
+                sender = f"user{i}@example.org"
+                client.sendmail(sender, [BOT], command("help\n", frm=sender))
+
+    try:
+        await asyncio.to_thread(flood)
+        assert flooded.desk.process() == 1000  # every mail queued and handled
+        await flooded.sender.flush()
+    finally:
+        await flooded.close()
+    assert len(sink.received) == 100  # [commands] per_hour
+    pending = flooded.store.index.conn.execute(
+        "SELECT COUNT(*) FROM inbound WHERE NOT done"
+    ).fetchone()
+    assert pending == (0,)

@@ -192,3 +192,69 @@ def test_long_lines_go_quoted_printable():
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
     assert max(len(line) for line in raw.split(b"\r\n")) <= 78
     assert msg.get_payload(decode=True).decode().replace("\r\n", "\n") == "x" * 1200 + "\n"
+
+
+def make_due(setup: Setup) -> None:
+    with setup.conn:
+        setup.conn.execute("UPDATE outbox SET next_attempt = ?", (int(time.time()),))
+
+
+async def test_relay_answering_421_for_a_while(setup, sink):
+    setup.subscribe("a@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    setup.post(1)
+    setup.run()
+    sink.handler.refuse_all = "421 4.3.2 service shutting down"
+    for _ in range(3):  # three tries during the bad minute
+        await setup.sender.flush()
+        make_due(setup)
+    (row,) = setup.conn.execute("SELECT status, attempts, last_error FROM outbox").fetchall()
+    assert row[:2] == ("queued", 3) and row[2].startswith("421")
+    sink.handler.refuse_all = ""
+    await setup.sender.flush()
+    assert len(sink.wait_for(1)) == 1
+    assert setup.outbox.counts() == {"sent": 1}
+
+
+async def test_relay_that_takes_the_data_then_drops_the_connection(setup, sink):
+    setup.subscribe("a@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    setup.post(1)
+    setup.run()
+    sink.handler.drop_after_data = True
+    await setup.sender.flush()
+    assert setup.outbox.counts() == {"queued": 1}  # no 250, so not sent: kept
+    sink.handler.drop_after_data = False
+    make_due(setup)
+    await setup.sender.flush()
+    assert len(sink.wait_for(1)) == 1
+    assert setup.outbox.counts() == {"sent": 1}
+
+
+async def test_dns_failure_keeps_the_mail_queued(tmp_path, sink):
+    broken = Setup(tmp_path / "dns", sink)
+    broken.sender.s = from_table(
+        {"smtp": {"host": "relay.invalid", "port": 25, "security": "none"}}
+    ).smtp
+    broken.sender.relay.s = broken.sender.s
+    broken.subscribe("a@example.org")
+    with broken.conn:
+        periodic.ensure(broken.conn, "daily")
+    broken.post(1)
+    broken.run()
+    await broken.sender.flush()
+    (row,) = broken.conn.execute("SELECT status, last_error FROM outbox").fetchall()
+    assert row[0] == "queued" and row[1]
+
+
+def test_no_shell_anywhere():
+    """Every subprocess gets an argument list; nothing goes through a shell."""
+    import re
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "bot"
+    for path in source.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"shell\s*=\s*True|os\.system\(|os\.popen\(", text), path

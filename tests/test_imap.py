@@ -321,3 +321,21 @@ def test_listen_refuses_a_password_file_others_can_read(cli, tmp_path):
     result = cli("--config", config, "listen")
     assert result.code == 1
     assert f"can be read by other users; run chmod 600 {secret}" in result.err
+
+
+async def test_dns_failure_is_retried_not_fatal(store, caplog):
+    listener = Listener(
+        ImapSection(
+            host="imap.invalid", port=993, user="u", password="p", timeout=5, backoff_max=1
+        ),
+        store.importer,
+        KVMARM,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.run(stop))
+    while listener.failures < 2:
+        listener.session_ended.clear()
+        await asyncio.wait_for(listener.session_ended.wait(), 20)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert any("cannot connect to imap.invalid:993" in r.getMessage() for r in caplog.records)
