@@ -208,6 +208,8 @@ class Sender:
             while not stop.is_set():
                 batch = self.outbox.due(self.s.connections * 25)
                 if not batch:
+                    # Idle connections go stale (relays time them out): close them.
+                    await self.relay.close()
                     await self._sleep(stop)
                     continue
                 queue: asyncio.Queue[Queued] = asyncio.Queue()
