@@ -66,6 +66,8 @@ class ImapSection:
     """"tls" (IMAPS), "starttls", or "none" (plain; for loopback tests only)."""
     verify: bool = True
     """Check the server's TLS certificate; turning it off is explicit."""
+    cafile: str = ""
+    """CA certificates to trust instead of the system's (a private CA)."""
     user: str = ""
     password: str = ""
     password_file: str = ""
@@ -123,6 +125,7 @@ class SmtpSection:
     security: str = "starttls"
     """"tls" (SMTPS), "starttls" (when offered; required if user is set), "none"."""
     verify: bool = True
+    cafile: str = ""
     user: str = ""
     password: str = ""
     password_file: str = ""

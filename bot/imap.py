@@ -150,7 +150,7 @@ class Session:
         return response
 
     def _tls_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=self.s.cafile or None)
         if not self.s.verify:
             # Only when configured: [imap] verify = false (a self-signed server).
             context.check_hostname = False
@@ -180,7 +180,8 @@ class Session:
         protocol = self.client.protocol
         if "STARTTLS" not in protocol.capabilities:
             raise ImapDown(f'{self.s.host} does not offer STARTTLS; use security = "tls"')
-        await self.ok(protocol.simple_command("STARTTLS"), "STARTTLS")
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        await self.ok(protocol.execute(command), "STARTTLS")
         loop = asyncio.get_running_loop()
         transport = await self.call(
             loop.start_tls(

@@ -10,6 +10,7 @@ threaded reply in the outbox, marking the mail done in the same transaction.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import sqlite3
@@ -138,11 +139,17 @@ class Desk:
         return bool(self.me.address) and plus_base(rcpt) == plus_base(self.me.address)
 
     def queue(self, raw: bytes, sender: str, rcpt: str) -> None:
-        """Store one command mail durably (commits)."""
+        """Store one command mail durably (commits); a copy already queued is dropped.
+
+        A mail fetched again after a crash (IMAP), or delivered both to the
+        mailbox and over LMTP, is answered once.
+        """
+        digest = hashlib.sha256(plus_base(rcpt).encode() + b"\0" + raw).hexdigest()
         with self.conn:
             self.conn.execute(
-                "INSERT INTO inbound (received, sender, rcpt, raw) VALUES (?, ?, ?, ?)",
-                (int(time.time()), sender, rcpt, raw),
+                "INSERT OR IGNORE INTO inbound (received, sender, rcpt, raw, raw_hash)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (int(time.time()), sender, rcpt, raw, digest),
             )
         self.pending.set()
 

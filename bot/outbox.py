@@ -169,6 +169,7 @@ class Relay:
             # None: STARTTLS when offered; True: required (always with AUTH).
             start_tls=False if s.security != "starttls" else (True if s.user else None),
             validate_certs=s.verify,
+            cert_bundle=s.cafile or None,
         )
         await client.connect()
         if s.user:

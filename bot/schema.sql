@@ -153,5 +153,6 @@ CREATE TABLE IF NOT EXISTS inbound (
     sender   TEXT NOT NULL,              -- envelope sender ('' for bounces)
     rcpt     TEXT NOT NULL,              -- the bot address it came to
     raw      BLOB NOT NULL,
+    raw_hash TEXT NOT NULL UNIQUE,       -- the same mail fetched twice is one
     done     INTEGER NOT NULL DEFAULT 0
 );

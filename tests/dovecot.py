@@ -70,6 +70,59 @@ service stats {{
 """
 
 
+def make_certificates(root: Path) -> None:
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kvm-digest test CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
+    (root / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,7 +132,7 @@ def free_port() -> int:
 class Dovecot:
     """Start, stop and feed a private Dovecot."""
 
-    def __init__(self, idle: bool = True) -> None:
+    def __init__(self, idle: bool = True, tls: bool = False) -> None:
         root = Path(tempfile.mkdtemp(prefix="kvm-digest-dovecot-"))
         root.chmod(0o755)
         self.root = root
@@ -99,17 +152,29 @@ class Dovecot:
                 os.chown(root / sub, uid, gid)
         # A server without IDLE, for the polling fallback: list what it keeps.
         capability = "" if idle else "  imap_capability = IMAP4rev1 SASL-IR LITERAL+ UIDPLUS\n"
-        (root / "dovecot.conf").write_text(
-            CONFIG.format(
-                root=root,
-                port=self.port,
-                uid=uid,
-                gid=gid,
-                internal=internal,
-                login=login,
-                capability=capability,
-            )
+        config = CONFIG.format(
+            root=root,
+            port=self.port,
+            uid=uid,
+            gid=gid,
+            internal=internal,
+            login=login,
+            capability=capability,
         )
+        self.tls_port = 0
+        self.cafile = root / "ca.pem"
+        if tls:
+            self.tls_port = free_port()
+            make_certificates(root)
+            config = config.replace(
+                "ssl = no\n",
+                f"ssl = yes\nssl_cert = <{root}/server.pem\nssl_key = <{root}/server.key\n",
+            )
+            config = config.replace(
+                "  inet_listener imaps {\n    port = 0\n",
+                f"  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {self.tls_port}\n",
+            )
+        (root / "dovecot.conf").write_text(config)
         self.set_password(PASSWORD)
 
     def set_password(self, password: str) -> None:

@@ -137,3 +137,27 @@ def test_shipped_example_config_is_valid(cli):
     result = cli("--config", shipped, "check-config")
     assert result.code == 0
     assert "is valid" in result.out
+
+
+def test_admin_commands(cli, data_dir):
+    assert cli("subscribers", "add", "A@Example.org", "--schedule", "weekly").out == (
+        "added a@example.org (weekly)\n"
+    )
+    assert cli("subscribers", "list").out == "a@example.org\tweekly\tactive\t0 hard failures\n"
+    assert cli("outbox").out == "the outbox is empty\n"
+    cli("import", SLICE)
+    from bot.index import Index
+
+    index = Index(data_dir / "index.sqlite3")
+    with index.conn:
+        from bot import periodic
+
+        periodic.ensure(index.conn, "weekly")
+        index.conn.execute("UPDATE schedules SET end_seq = 20")
+    index.close()
+    sent = cli("send-now", "--schedule", "weekly")
+    assert sent.out == "weekly digest: 7 messages, queued for 1 subscribers\n"
+    queued = cli("outbox").out.split("\t")
+    assert queued[1:4] == ["digest", "a@example.org", "queued"]
+    assert cli("subscribers", "remove", "a@example.org").out == "removed a@example.org\n"
+    one_line_error(cli("subscribers", "remove", "a@example.org"), "is not subscribed")

@@ -165,13 +165,25 @@ def test_schedule_commands_adjacent_digests_and_sigterm(config, dovecot, sink):
                 + b"\r\nSubject: help\r\nMessage-ID: <h@example.org>\r\n\r\n",
             )
         daemon.expect(sink.wait_for, 3)
+        # A command that reaches the bot's mailbox is answered the same way.
+        by_imap = (
+            f"From: Vera <vera@example.org>\r\nTo: {BOT}\r\nSubject: status\r\n"
+            "Message-ID: <s@example.org>\r\n\r\n"
+        ).encode()
+        dovecot.append(by_imap)
+        daemon.expect(sink.wait_for, 4)
+        # Delivered a second time (here by LMTP): dropped as a copy before the
+        # server's 250, so still one answer.
+        with smtplib.LMTP("127.0.0.1", lmtp_port(config)) as client:
+            client.sendmail("vera@example.org", [BOT], by_imap)
         assert daemon.stop(signal.SIGTERM) == 0
     finally:
         daemon.proc.kill()
     (first, second) = digests_to(sink, "reader@example.org")
     assert first[1] == second[0]  # adjacent: the second starts where the first ended
     assert [r.message["Subject"] for r in sink.to("una@example.org")] == ["Re: help"]
-    assert "stopped; outbox {'sent': 3}" in daemon.log
+    assert [r.message["Subject"] for r in sink.to("vera@example.org")] == ["Re: status"]
+    assert "stopped; outbox {'sent': 4}" in daemon.log
 
 
 def test_relay_outage_the_digest_arrives_once_when_it_returns(config, dovecot, sink):

@@ -339,3 +339,63 @@ async def test_dns_failure_is_retried_not_fatal(store, caplog):
     stop.set()
     await asyncio.wait_for(task, 10)
     assert any("cannot connect to imap.invalid:993" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def tls_dovecot():
+    server = Dovecot(tls=True).start()
+    yield server
+    server.cleanup()
+
+
+async def test_imaps_verifies_the_certificate_against_a_ca(store, tls_dovecot):
+    tls_dovecot.append(SLICE[0])
+    async with listening(
+        store,
+        tls_dovecot,
+        security="tls",
+        port=tls_dovecot.tls_port,
+        host="localhost",
+        cafile=str(tls_dovecot.cafile),
+    ) as run:
+        await run.until(1)
+    assert store.index.count() == 1
+
+
+async def test_imaps_refuses_an_untrusted_certificate_by_default(store, tls_dovecot, caplog):
+    tls_dovecot.append(SLICE[0])
+    async with listening(
+        store, tls_dovecot, security="tls", port=tls_dovecot.tls_port, host="localhost"
+    ) as run:
+        while run.listener.failures < 1:
+            run.listener.session_ended.clear()
+            await asyncio.wait_for(run.listener.session_ended.wait(), 20)
+    assert store.index.count() == 0
+    assert any("CERTIFICATE_VERIFY_FAILED" in r.getMessage() for r in caplog.records)
+
+
+async def test_verify_false_is_an_explicit_choice(store, tls_dovecot):
+    tls_dovecot.append(SLICE[0])
+    async with listening(
+        store,
+        tls_dovecot,
+        security="tls",
+        port=tls_dovecot.tls_port,
+        host="localhost",
+        verify=False,
+    ) as run:
+        await run.until(1)
+
+
+async def test_starttls_and_authenticate_plain(store, tls_dovecot):
+    tls_dovecot.append(SLICE[0])
+    async with listening(
+        store,
+        tls_dovecot,
+        security="starttls",
+        host="localhost",
+        cafile=str(tls_dovecot.cafile),
+        auth="plain",
+    ) as run:
+        await run.until(1)
+    assert store.index.count() == 1
