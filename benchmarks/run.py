@@ -30,6 +30,7 @@ from bot import digest as digestmod  # noqa: E402
 from bot import ranges  # noqa: E402
 from bot.archive import Archive  # noqa: E402
 from bot.index import Index  # noqa: E402
+from tests.mailfactory import first_commits  # noqa: E402
 
 BUNDLE = ROOT.parent / "shared" / "data" / "kvmarm-2019-2021.bundle"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -69,25 +70,7 @@ def epoch(work: Path, count: int | None = None) -> Path:
         subprocess.run(["git", "clone", "--quiet", "--bare", str(BUNDLE), str(full)], check=True)
     if count is None:
         return full
-    revs = subprocess.run(
-        ["git", "-C", str(full), "rev-list", "--reverse", "master"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    subprocess.run(["git", "init", "--quiet", "--bare", str(path)], check=True)
-    subprocess.run(
-        [
-            "git",
-            "-C",
-            str(path),
-            "fetch",
-            "--quiet",
-            str(full),
-            f"{revs[count - 1]}:refs/heads/master",
-        ],
-        check=True,
-    )
+    first_commits(full, path, count)
     return path
 
 
@@ -252,22 +235,14 @@ def bench_digest(work: Path) -> dict:
 
 
 async def live_latency(count: int) -> list[float]:
-    from bot.config import ImapSection
     from bot.imap import Listener, Route
-    from tests.dovecot import PASSWORD, USER, Dovecot
+    from tests.dovecot import Dovecot
     from tests.mailfactory import Store, mail
 
     server = Dovecot().start()
     root = Path(tempfile.mkdtemp(prefix="kvm-digest-live-"))
     store = Store(root)
-    settings = ImapSection(
-        host="127.0.0.1",
-        port=server.port,
-        security="none",
-        user=USER,
-        password=PASSWORD,
-        timeout=10,
-    )
+    settings = server.imap_settings()
     listener = Listener(settings, store.importer, Route("kvm.vger.kernel.org", "", ""))
     stop = asyncio.Event()
     task = asyncio.create_task(listener.run(stop))

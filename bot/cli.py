@@ -19,7 +19,7 @@ from bot import config as configmod
 from bot import digest as digestmod
 from bot import ranges
 from bot.archive import Archive, WriterLock
-from bot.config import Config, read_secret
+from bot.config import Config
 from bot.errors import ConfigError, DigestError
 from bot.imap import Listener, Route
 from bot.importer import Counts, Importer
@@ -172,7 +172,7 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError("[imap] host and user must be set to listen; see the README")
     if config.is_mirror:
         raise DigestError("the archive is a read-only mirror; listening needs our own")
-    read_secret("[imap]", imap.password, imap.password_file, imap.password_env)
+    imap.secret()
     with writer(config) as (archive, index):
         importer = Importer(archive, index, config.import_.max_message_size)
         routes = Route(config.list.id, config.list.address, config.commands.address)
@@ -195,15 +195,10 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """The daemon: everything in one process until SIGTERM."""
     from bot.daemon import Daemon
 
+    # Check the password sources now: a bad one is a config error, not a retry loop.
     if config.imap.host:
-        read_secret(
-            "[imap]",
-            config.imap.password,
-            config.imap.password_file,
-            config.imap.password_env,
-        )
-    s = config.smtp
-    read_secret("[smtp]", s.password, s.password_file, s.password_env)
+        config.imap.secret()
+    config.smtp.secret()
     asyncio.run(until_signalled(Daemon(config).run))
     return 0
 

@@ -14,6 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from bot.errors import ConfigError
 
@@ -57,13 +58,14 @@ class ImportSection:
 
 
 @dataclass(frozen=True)
-class ImapSection:
-    """The mailbox the bot is subscribed with (see README, "Live intake")."""
+class ServerSection:
+    """What [imap] and [smtp] share: where the server is and how to log in."""
 
+    name: ClassVar[str] = ""
     host: str = ""
-    port: int = 993
+    port: int = 0
     security: str = "tls"
-    """"tls" (IMAPS), "starttls", or "none" (plain; for loopback tests only)."""
+    """"tls" (implicit TLS), "starttls", or "none" (plain; for loopback tests only)."""
     verify: bool = True
     """Check the server's TLS certificate; turning it off is explicit."""
     cafile: str = ""
@@ -72,22 +74,37 @@ class ImapSection:
     password: str = ""
     password_file: str = ""
     password_env: str = ""
+    timeout: int = 60
+
+    def __post_init__(self) -> None:
+        if self.security not in ("tls", "starttls", "none"):
+            raise ConfigError(
+                f"[{self.name}] security must be tls, starttls or none, not {self.security!r}"
+            )
+
+    def secret(self) -> str:
+        """The password, from the config, its own file or the environment."""
+        return read_secret(f"[{self.name}]", self.password, self.password_file, self.password_env)
+
+
+@dataclass(frozen=True)
+class ImapSection(ServerSection):
+    """The mailbox the bot is subscribed with (see README, "Live intake")."""
+
+    name: ClassVar[str] = "imap"
+    port: int = 993
     auth: str = "login"
     """"login" (IMAP LOGIN) or "plain" (AUTHENTICATE PLAIN)."""
     folder: str = "INBOX"
     batch: int = 100
     idle_restart: int = 29 * 60
     poll_interval: int = 60
-    timeout: int = 60
     mark_seen: bool = False
     move_to: str = ""
     backoff_max: int = 300
 
     def __post_init__(self) -> None:
-        if self.security not in ("tls", "starttls", "none"):
-            raise ConfigError(
-                f"[imap] security must be tls, starttls or none, not {self.security!r}"
-            )
+        super().__post_init__()
         if self.auth not in ("login", "plain"):
             raise ConfigError(f"[imap] auth must be login or plain, not {self.auth!r}")
 
@@ -117,31 +134,18 @@ class CommandsSection:
 
 
 @dataclass(frozen=True)
-class SmtpSection:
-    """The relay the bot sends through."""
+class SmtpSection(ServerSection):
+    """The relay the bot sends through; with a user, STARTTLS is required."""
 
+    name: ClassVar[str] = "smtp"
     host: str = "localhost"
     port: int = 25
     security: str = "starttls"
-    """"tls" (SMTPS), "starttls" (when offered; required if user is set), "none"."""
-    verify: bool = True
-    cafile: str = ""
-    user: str = ""
-    password: str = ""
-    password_file: str = ""
-    password_env: str = ""
-    timeout: int = 60
     connections: int = 4
     backoff_max: int = 3600
     max_attempts: int = 50
     hard_failures: int = 3
     """5xx answers after which a subscriber is disabled."""
-
-    def __post_init__(self) -> None:
-        if self.security not in ("tls", "starttls", "none"):
-            raise ConfigError(
-                f"[smtp] security must be tls, starttls or none, not {self.security!r}"
-            )
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import aioimaplib
 
-from bot.config import ImapSection, read_secret
+from bot.config import ImapSection
 from bot.importer import Importer
 from bot.message import ParsedMessage
 from bot.routing import COMMAND, LIST, route
@@ -257,9 +257,7 @@ class Listener:
     async def run(self, stop: asyncio.Event) -> None:
         delay = 1.0
         while not stop.is_set():
-            password = read_secret(
-                "[imap]", self.s.password, self.s.password_file, self.s.password_env
-            )
+            password = self.s.secret()
             session = Session(self.s, password)
             try:
                 await session.open()

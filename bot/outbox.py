@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
-from bot.config import SmtpSection, read_secret
+from bot.config import SmtpSection
 from bot.mail import Identity, compose
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class Relay:
 
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.s
-        password = read_secret("[smtp]", s.password, s.password_file, s.password_env)
+        password = s.secret()
         client = aiosmtplib.SMTP(
             hostname=s.host,
             port=s.port,

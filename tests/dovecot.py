@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bot.config import ImapSection
+
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 USER, PASSWORD = "bot", "s3cret-pass"
@@ -176,6 +178,19 @@ class Dovecot:
             )
         (root / "dovecot.conf").write_text(config)
         self.set_password(PASSWORD)
+
+    def imap_settings(self, **changes) -> ImapSection:
+        """[imap] settings for this server, plain on loopback, quick to retry."""
+        base = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "security": "none",
+            "user": USER,
+            "password": PASSWORD,
+            "timeout": 10,
+            "backoff_max": 1,
+        }
+        return ImapSection(**{**base, **changes})
 
     def set_password(self, password: str) -> None:
         (self.root / "passwd").write_text(f"{USER}:{{PLAIN}}{password}::::\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -79,6 +80,30 @@ def mail(
     for name, value in {"List-Id": "<kvm.vger.kernel.org>", **(headers or {})}.items():
         lines.append(f"{name}: {value}")
     return ("\n".join(lines) + "\n\n" + body).encode()
+
+
+def first_commits(source: Path, dest: Path, count: int) -> Path:
+    """A bare copy of a public-inbox epoch cut to its first `count` commits."""
+    revs = subprocess.run(
+        ["git", "-C", str(source), "rev-list", "--reverse", "master"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    subprocess.run(["git", "init", "--quiet", "--bare", str(dest)], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(dest),
+            "fetch",
+            "--quiet",
+            str(source),
+            f"{revs[count - 1]}:refs/heads/master",
+        ],
+        check=True,
+    )
+    return dest
 
 
 class Store:

@@ -14,36 +14,13 @@ import subprocess
 import sys
 
 from bot.cli import main
+from tests.mailfactory import first_commits
 
 SEED = int(os.environ.get("KVM_DIGEST_CRASH_SEED", "20261121"))
 
 
-def epoch_of(kvmarm_git, tmp_path, count: int):
-    revs = subprocess.run(
-        ["git", "-C", str(kvmarm_git), "rev-list", "--reverse", "master"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    path = tmp_path / "source.git"
-    subprocess.run(["git", "init", "--quiet", "--bare", str(path)], check=True)
-    subprocess.run(
-        [
-            "git",
-            "-C",
-            str(path),
-            "fetch",
-            "--quiet",
-            str(kvmarm_git),
-            f"{revs[count - 1]}:refs/heads/master",
-        ],
-        check=True,
-    )
-    return path
-
-
 def test_sigkill_the_importer_at_random_points(tmp_path, kvmarm_git, capsys):
-    source = epoch_of(kvmarm_git, tmp_path, 6000)
+    source = first_commits(kvmarm_git, tmp_path / "source.git", 6000)
     data = tmp_path / "var"
     rng = random.Random(SEED)
     command = [sys.executable, "-m", "bot.cli", "--data-dir", str(data), "import", str(source)]

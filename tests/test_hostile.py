@@ -13,9 +13,8 @@ import smtplib
 
 import pytest
 
-from bot.config import ImapSection
 from bot.imap import Listener, Route
-from tests.dovecot import PASSWORD, USER, Dovecot
+from tests.dovecot import Dovecot
 from tests.mailfactory import DATA, mail
 
 HOSTILE = DATA / "hostile"
@@ -93,15 +92,7 @@ async def test_hostile_mail_through_imap(store, caplog):
     try:
         raws = [p.read_bytes() for p in FILES if p.name not in REJECTED]
         server.append(*raws, good(99))
-        settings = ImapSection(
-            host="127.0.0.1",
-            port=server.port,
-            security="none",
-            user=USER,
-            password=PASSWORD,
-            timeout=10,
-            batch=5,
-        )
+        settings = server.imap_settings(batch=5)
         listener = Listener(settings, store.importer, Route("kvmarm.lists.cs.columbia.edu", "", ""))
         stop = asyncio.Event()
         task = asyncio.create_task(listener.run(stop))

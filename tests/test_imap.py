@@ -13,7 +13,6 @@ import logging
 import mailbox
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import pytest
 
@@ -31,17 +30,7 @@ SLICE = [m.as_bytes() for m in mailbox.mbox(DATA / "kvmarm-slice.mbox")]
 
 
 def settings(server: Dovecot, **changes) -> ImapSection:
-    base = ImapSection(
-        host="127.0.0.1",
-        port=server.port,
-        security="none",
-        user=USER,
-        password=PASSWORD,
-        timeout=10,
-        batch=7,
-        backoff_max=1,
-    )
-    return replace(base, **changes)
+    return server.imap_settings(**{"batch": 7, **changes})
 
 
 @pytest.fixture
