@@ -194,6 +194,16 @@ class Archive:
         head = self.head()
         if len(batch) >= FAST_IMPORT_BATCH:
             return FastImport(self.path, head, batch)
+        try:
+            return PendingAppend(self._write(head, batch))
+        except (pygit2.GitError, OSError) as err:
+            raise DigestError(
+                f"cannot write to the archive {self.path}: {err}; free some disk space "
+                "or fix its permissions (nothing was lost: the head did not move)"
+            ) from err
+
+    def _write(self, head: str | None, batch: list[tuple[bytes, ParsedMessage]]) -> list[str]:
+        """Write commits in-process with libgit2; move the branch last."""
         parents = [pygit2.Oid(hex=head)] if head else []
         ids: list[str] = []
         blob_mode = pygit2.enums.FileMode.BLOB
@@ -211,7 +221,7 @@ class Archive:
         if ids:
             os.sync()
             self.repo.references.create(BRANCH, parents[0], force=True)
-        return PendingAppend(ids)
+        return ids
 
 
 class PendingAppend:
@@ -280,10 +290,12 @@ class FastImport(PendingAppend):
         self.feeder.join()
         assert self.proc.stderr is not None
         error = self.proc.stderr.read().decode(errors="replace").strip()
-        if self.proc.wait() != 0:
+        if (status := self.proc.wait()) != 0:
+            said = error.splitlines()[-1] if error else f"exit status {status}"
             raise DigestError(
-                f"git fast-import could not write to {self.path}: {error}; check the "
-                "disk and the archive's permissions"
+                f"cannot write to the archive {self.path} (git fast-import: {said}); free "
+                "some disk space or fix its permissions (nothing was lost: the head did "
+                "not move)"
             )
         head = Archive.open(self.path).head()
         if head != self.ids[-1]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -381,6 +382,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    except (OSError, sqlite3.Error) as err:
+        # A full disk or a read-only data dir: say so in one line; the
+        # transaction in progress was rolled back and the archive head moves last.
+        print(
+            f"kvm-digest: error: cannot read or write the data directory ({err}); free "
+            "some disk space or fix its permissions, then run the command again",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import re
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 import aioimaplib
 
 from bot.config import ImapSection
+from bot.errors import DigestError
 from bot.importer import Importer
 from bot.message import ParsedMessage
 from bot.routing import COMMAND, LIST, route
@@ -269,6 +271,11 @@ class Listener:
                 self._failed()
             except (ImapDown, aioimaplib.AioImapException, OSError) as err:
                 log.warning("IMAP session ended: %s", err)
+                self._failed()
+            except (DigestError, sqlite3.Error) as err:
+                # Storage failed (a full disk?): the UID did not move, so the
+                # mail is fetched again once a retry succeeds.
+                log.error("cannot store fetched mail: %s; will retry", err)
                 self._failed()
             finally:
                 await session.close()

@@ -8,10 +8,12 @@ agreement, with every message exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 from bot.cli import main
 from tests.mailfactory import first_commits
@@ -71,3 +73,80 @@ def test_fsck_reports_an_index_that_disagrees(cli, data_dir):
     assert "kvm-digest reindex" in result.out
     assert cli("reindex").code == 0
     assert cli("fsck").code == 0
+
+
+def run_limited(command: list[str], fsize: int) -> subprocess.CompletedProcess:
+    """Run a command that may not write any file past `fsize` bytes (a full disk)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.run(command, capture_output=True, text=True, preexec_fn=limit)
+
+
+def test_a_full_disk_is_a_clear_error_and_corrupts_nothing(tmp_path, kvmarm_git, capsys):
+    source = first_commits(kvmarm_git, tmp_path / "source.git", 3000)
+    data = tmp_path / "var"
+    command = [sys.executable, "-m", "bot.cli", "--data-dir", str(data), "import", str(source)]
+    # No file may grow past 2 MB: the first pack of 1,000 messages (~3 MB) fails.
+    full = run_limited(command, 2 * 1024 * 1024)
+    assert full.returncode == 1
+    errors = [line for line in full.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, full.stderr
+    assert "free some disk space" in errors[0]
+    # Space again: the import resumes and everything agrees.
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    capsys.readouterr()
+    assert main(["--data-dir", str(data), "fsck"]) == 0
+    assert "ok: 3000 messages" in capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """Make a directory read-only: a read-only bind mount as root (root ignores
+    permission bits), plain permissions otherwise."""
+    if os.getuid() == 0:
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", str(path)], check=True)
+    else:
+        paths = [path, *path.rglob("*")]
+        for p in paths:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            for p in paths:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_a_read_only_data_dir_is_a_clear_error(tmp_path):
+    from tests.mailfactory import DATA
+
+    data = tmp_path / "var"
+    command = [sys.executable, "-m", "bot.cli", "--data-dir", str(data)]
+    assert (
+        subprocess.run(
+            [*command, "import", str(DATA / "kvmarm-slice.mbox")], capture_output=True
+        ).returncode
+        == 0
+    )
+    before = subprocess.run([*command, "digest", "--all"], capture_output=True).stdout
+    with read_only(data):
+        result = subprocess.run(
+            [*command, "import", str(DATA / "reference" / "000.mbox")],
+            capture_output=True,
+            text=True,
+        )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kvm-digest: error: "), result.stderr
+    assert "fix its permissions" in lines[0] or "fix the permissions" in lines[0]
+    after = subprocess.run([*command, "digest", "--all"], capture_output=True).stdout
+    assert after == before  # nothing changed
