@@ -461,4 +461,8 @@ class Listener:
                     client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Deleted)"),
                     "flagging moved mail deleted",
                 )
-                await session.ok(client.expunge(), "EXPUNGE")
+                if session.has("UIDPLUS"):
+                    # Only our messages, not whatever else is flagged \Deleted.
+                    await session.ok(client.uid("expunge", uid_set), "UID EXPUNGE")
+                else:
+                    await session.ok(client.expunge(), "EXPUNGE")

@@ -161,3 +161,18 @@ def test_admin_commands(cli, data_dir):
     assert queued[1:4] == ["digest", "a@example.org", "queued"]
     assert cli("subscribers", "remove", "a@example.org").out == "removed a@example.org\n"
     one_line_error(cli("subscribers", "remove", "a@example.org"), "is not subscribed")
+
+
+def test_data_dir_from_environment_and_config(tmp_path, monkeypatch, capsys):
+    from bot.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\ndir = "{tmp_path / "from-config"}"\n')
+    assert main(["--config", str(config), "check-config"]) == 0
+    assert f"data directory: {tmp_path / 'from-config'}" in capsys.readouterr().out
+    monkeypatch.setenv("KVM_DIGEST_DATA", str(tmp_path / "from-env"))
+    assert main(["--config", str(config), "check-config"]) == 0
+    assert f"data directory: {tmp_path / 'from-env'}" in capsys.readouterr().out
+    assert main(["--config", str(config), "--data-dir", "cli", "check-config"]) == 0
+    assert "data directory: cli" in capsys.readouterr().out

@@ -388,3 +388,17 @@ async def test_starttls_and_authenticate_plain(store, tls_dovecot):
     ) as run:
         await run.until(1)
     assert store.index.count() == 1
+
+
+async def test_move_falls_back_to_copy_and_expunge_without_move(store):
+    server = Dovecot(idle=False).start()  # advertises UIDPLUS but not MOVE
+    try:
+        server.create("Archive")
+        server.append(*SLICE[:2])
+        async with listening(store, server, poll_interval=1, move_to="Archive") as run:
+            await run.until(2)
+            await run.ready()
+        assert server.uids("INBOX") == []
+        assert len(server.uids("Archive")) == 2
+    finally:
+        server.cleanup()
