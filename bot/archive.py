@@ -29,6 +29,12 @@ from bot.errors import DigestError
 from bot.message import ParsedMessage
 
 BRANCH = "refs/heads/master"
+
+# libgit2 caches every object it looks up (each new commit's parent, for
+# one), up to 256 MB: a live daemon's RSS would grow by ~500 bytes a message
+# for years. We never re-read through libgit2 (walks use git cat-file), so
+# the cache buys nothing. Measured in the soak: benchmarks/load.py.
+pygit2.settings.enable_caching(False)
 _SIG_CRUD = re.compile(r"[<>\x00-\x1f\x7f]+")
 _SORT = pygit2.GIT_SORT_TOPOLOGICAL | pygit2.GIT_SORT_REVERSE
 
