@@ -297,6 +297,26 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     print(f"configuration from {where} is valid")
     print(f"data directory: {config.data_dir}")
     print(f"archive: {config.archive_path}" + (" (mirror, read-only)" if config.is_mirror else ""))
+    imap, smtp, commands = config.imap, config.smtp, config.commands
+    if imap.host:
+        imap.secret()  # a missing or world-readable password file fails here
+        print(
+            f"imap: {imap.user}@{imap.host}:{imap.port} ({imap.security}), folder "
+            f"{imap.folder}" + ("" if imap.verify else ", certificates NOT checked")
+        )
+    else:
+        print("imap: not configured (no live intake)")
+    if commands.address:
+        print(f"commands: {commands.address}, {commands.protocol.upper()} on {commands.listen}")
+    else:
+        print("commands: not configured (no command mail)")
+    smtp.secret()
+    print(
+        f"smtp relay: {smtp.host}:{smtp.port} ({smtp.security})"
+        + ("" if smtp.verify else ", certificates NOT checked")
+    )
+    schedule = config.schedule
+    print(f"schedule (UTC): daily {schedule.daily or 'off'}, weekly {schedule.weekly or 'off'}")
     return 0
 
 

@@ -151,9 +151,24 @@ class SmtpSection(ServerSection):
 @dataclass(frozen=True)
 class ScheduleSection:
     daily: str = "0 6 * * *"
-    """Cron expression (UTC) for daily digests."""
+    """Cron expression (UTC) for daily digests; empty: none."""
     weekly: str = "0 6 * * mon"
     send_empty: bool = False
+
+    def __post_init__(self) -> None:
+        from bot.periodic import trigger  # APScheduler parses cron; only needed here
+
+        for name in ("daily", "weekly"):
+            expression = getattr(self, name)
+            if not expression:
+                continue
+            try:
+                trigger(expression)
+            except ValueError as err:
+                raise ConfigError(
+                    f"[schedule] {name} = {expression!r} is not a cron expression ({err}); "
+                    'write five fields, e.g. "0 6 * * *" for 06:00 UTC daily'
+                ) from None
 
 
 @dataclass(frozen=True)
