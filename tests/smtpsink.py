@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import ssl
 import threading
 from dataclasses import dataclass, field
 from email.message import Message
+from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
@@ -64,13 +66,24 @@ class SinkHandler:
 class Sink:
     """Start/stop a recording SMTP server on a fixed port."""
 
-    def __init__(self) -> None:
+    def __init__(self, certificates: Path | None = None) -> None:
+        """With `certificates` (see tests.dovecot.make_certificates): STARTTLS required."""
         self.port = free_port()
         self.handler = SinkHandler()
         self.controller: Controller | None = None
+        self.tls: ssl.SSLContext | None = None
+        if certificates is not None:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(certificates / "server.pem", certificates / "server.key")
 
     def start(self) -> Sink:
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            tls_context=self.tls,
+            require_starttls=self.tls is not None,
+        )
         self.controller.start()
         return self
 

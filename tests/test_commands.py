@@ -290,3 +290,34 @@ async def test_rate_limits_hold_under_a_flood_of_1000_command_mails(tmp_path, si
         "SELECT COUNT(*) FROM inbound WHERE NOT done"
     ).fetchone()
     assert pending == (0,)
+
+
+async def test_digest_for_time_windows(bot, sink):
+    await bot.ask(command("digest since 2019-05-01 until 2019-06-01\n"))
+    first = sink.wait_for(1)[0]
+    assert first.message["Subject"].startswith("KVM mailing list update from ")
+    assert "New:  KVM/arm updates for 5.2-rc2" in reply_text(first)  # posted 2019-05-24
+    from datetime import UTC, datetime
+
+    days = (datetime.now(UTC) - datetime(2021, 6, 1, tzinfo=UTC)).days
+    await bot.ask(command(f"DIGEST last {days} days\n"))
+    last = reply_text(sink.wait_for(2)[1])
+    assert "New:  A couple of EL2 refcounts fixes" in last  # 2021 mail only
+    assert "KVM/arm updates for 5.2-rc2" not in last
+
+
+async def test_smtp_instead_of_lmtp(tmp_path, sink):
+    bot = Bot(tmp_path / "smtp", sink)
+    server = await lmtp.serve(bot.desk, "127.0.0.1", bot.port, protocol="smtp")
+
+    def session():
+        with smtplib.SMTP("127.0.0.1", bot.port) as client:
+            return client.sendmail("una@example.org", [BOT], command("help\n"))
+
+    try:
+        assert await asyncio.to_thread(session) == {}
+        bot.desk.process()
+        await bot.sender.flush()
+    finally:
+        server.close()
+    assert "This is the KVM digest bot" in reply_text(sink.wait_for(1)[0])

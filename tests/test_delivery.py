@@ -258,3 +258,44 @@ def test_no_shell_anywhere():
     for path in source.rglob("*.py"):
         text = path.read_text()
         assert not re.search(r"shell\s*=\s*True|os\.system\(|os\.popen\(", text), path
+
+
+@pytest.fixture
+def tls_sink(tmp_path):
+    from tests.dovecot import make_certificates
+
+    (tmp_path / "certs").mkdir()
+    make_certificates(tmp_path / "certs")
+    s = Sink(tmp_path / "certs").start()
+    yield s
+    s.stop()
+
+
+def tls_setup(tmp_path, sink: Sink, **smtp) -> Setup:
+    setup = Setup(tmp_path / "tls", sink)
+    settings = from_table(
+        {"smtp": {"host": "localhost", "port": sink.port, "security": "starttls", **smtp}}
+    ).smtp
+    setup.sender.s = setup.sender.relay.s = settings
+    setup.subscribe("a@example.org")
+    with setup.conn:
+        periodic.ensure(setup.conn, "daily")
+    setup.post(1)
+    setup.run()
+    return setup
+
+
+async def test_starttls_to_the_relay_checks_its_certificate(tmp_path, tls_sink):
+    setup = tls_setup(tmp_path, tls_sink, cafile=str(tmp_path / "certs" / "ca.pem"))
+    await setup.sender.flush()
+    assert len(tls_sink.wait_for(1)) == 1
+    assert setup.outbox.counts() == {"sent": 1}
+
+
+async def test_an_untrusted_relay_certificate_is_refused_by_default(tmp_path, tls_sink):
+    setup = tls_setup(tmp_path, tls_sink)
+    await setup.sender.flush()
+    (row,) = setup.conn.execute("SELECT status, last_error FROM outbox").fetchall()
+    assert row[0] == "queued"
+    assert "CERTIFICATE_VERIFY_FAILED" in row[1]
+    assert tls_sink.received == []

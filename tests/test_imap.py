@@ -402,3 +402,33 @@ async def test_move_falls_back_to_copy_and_expunge_without_move(store):
         assert len(server.uids("Archive")) == 2
     finally:
         server.cleanup()
+
+
+async def test_a_hung_server_times_out_and_is_retried(store, caplog):
+    """A server that accepts the connection and then says nothing at all."""
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    listener = Listener(
+        ImapSection(
+            host="127.0.0.1",
+            port=port,
+            security="none",
+            user="u",
+            password="p",
+            timeout=1,
+            backoff_max=1,
+        ),
+        store.importer,
+        KVMARM,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.run(stop))
+    try:
+        while listener.failures < 2:
+            listener.session_ended.clear()
+            await asyncio.wait_for(listener.session_ended.wait(), 20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        silent.close()
+    assert any("did not answer within 1s" in r.getMessage() for r in caplog.records)
