@@ -269,3 +269,68 @@ def test_systemd_unit_verifies(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
+
+
+def test_sigkill_the_daemon_at_random_points(tmp_path, dovecot, sink, config, kvmarm_git):
+    """Kill the daemon again and again while mail arrives and digests go out."""
+    import os
+    import random
+    import time
+
+    from bot.archive import Archive
+    from bot.message import parse_message
+
+    rng = random.Random(int(os.environ.get("KVM_DIGEST_CRASH_SEED", "20261121")))
+    raws = [raw for _, raw in Archive.open(kvmarm_git).walk() if raw is not None][:240]
+    unique = {(p.message_id, p.content_hash) for p in map(parse_message, raws)}
+    readers = [f"r{i:02d}@example.org" for i in range(20)]
+    subscribe(config, *readers)
+    for start in range(0, len(raws), 40):
+        dovecot.append(*raws[start : start + 40])
+        daemon = DaemonProcess(config)
+        try:
+            daemon.wait_log("kvm-digest is running")
+            time.sleep(rng.uniform(0.1, 2.5))  # the random point of the kill
+        finally:
+            daemon.stop(signal.SIGKILL)
+    head = None
+    final = DaemonProcess(config)
+    try:
+        final.wait_log("kvm-digest is running")
+        final.wait_log("waiting for new mail", timeout=60)  # the backlog is stored
+        head = subprocess.run(
+            ["git", "-C", str(tmp_path / "var" / "archive.git"), "rev-parse", "master"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+        def done(got) -> bool:  # every reader has the digest that ends at the head
+            return all(
+                any(head[:9] in r.message["Subject"] for r in got if reader in r.recipients)
+                for reader in readers
+            )
+
+        final.expect(sink.wait_until, done, 60)
+        assert final.stop() == 0
+    finally:
+        final.proc.kill()
+    assert main(["--config", str(config), "fsck"]) == 0
+    from bot.index import Index
+
+    index = Index(tmp_path / "var" / "index.sqlite3")
+    try:
+        assert index.count() == len(unique)
+    finally:
+        index.close()
+    for reader in readers:
+        copies = {r.message["Message-ID"]: r.message["Subject"] for r in sink.to(reader)}
+        spans = [RANGE.search(s).groups() for s in copies.values()]
+        by_start = dict(spans)
+        assert len(by_start) == len(spans), f"{reader}: two digests start at one place"
+        # Follow A..B, B..C, ... from the beginning of the archive to its head.
+        at, steps = "000000000", 0
+        while at != head[:9]:
+            assert at in by_start, f"{reader}: no digest starts at {at}: a gap"
+            at, steps = by_start[at], steps + 1
+        assert steps == len(spans) >= 3, f"{reader}: {spans}"
