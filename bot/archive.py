@@ -170,11 +170,6 @@ class Archive:
             walker.hide(after)
         return sum(1 for _ in walker)
 
-    def read(self, commit_id: str) -> bytes:
-        """The raw message stored in one commit."""
-        commit = self.repo[commit_id]
-        return self.repo[commit.tree["m"].id].data
-
     def append(self, messages: Iterable[tuple[bytes, ParsedMessage]]) -> list[str]:
         """Append messages as commits and wait until they are on disk."""
         pending = self.start_append(list(messages))

@@ -197,9 +197,6 @@ class Index:
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
-    def max_seq(self) -> int:
-        return self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
-
     # -- import sources (state) ------------------------------------------
 
     def source_position(self, key: str) -> str | None:

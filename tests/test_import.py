@@ -113,32 +113,25 @@ def test_resumes_a_git_source_where_it_stopped(cli, data_dir, kvmarm_git, tmp_pa
         check=True,
     ).stdout
     ids = head.split()
+
+    def grow_to(count: int) -> None:  # upstream gains commits, as after a git fetch
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(partial),
+                "fetch",
+                "--quiet",
+                str(kvmarm_git),
+                f"+{ids[count - 1]}:refs/heads/master",
+            ],
+            check=True,
+        )
+
     # A source that has 10 commits, then later 25: the second run reads 15.
-    subprocess.run(
-        [
-            "git",
-            "-C",
-            str(partial),
-            "fetch",
-            "--quiet",
-            str(kvmarm_git),
-            f"+{ids[9]}:refs/heads/master",
-        ],
-        check=True,
-    )
+    grow_to(10)
     assert cli("import", partial).out.strip().endswith("10 imported, 0 duplicates, 0 rejected")
-    subprocess.run(
-        [
-            "git",
-            "-C",
-            str(partial),
-            "fetch",
-            "--quiet",
-            str(kvmarm_git),
-            f"+{ids[24]}:refs/heads/master",
-        ],
-        check=True,
-    )
+    grow_to(25)
     assert cli("import", partial).out.strip().endswith("15 imported, 0 duplicates, 0 rejected")
     assert indexed(data_dir) == 25
 
