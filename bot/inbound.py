@@ -111,7 +111,8 @@ def command_lines(mail: Mail, known: set[str]) -> tuple[list[str], str | None]:
         if text.split()[0].lower() not in known:
             stray = text
             break
-        found.append(text)
+        if text.lower() not in (f.lower() for f in found):  # "Re: confirm X" + "confirm X"
+            found.append(text)
     return found[:MAX_COMMANDS], (None if found else stray or subject or None)
 
 

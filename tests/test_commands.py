@@ -132,12 +132,17 @@ async def test_subscribe_confirm_by_plain_reply_then_status_and_unsubscribe(bot,
     assert not bot.store.index.conn.execute(
         "SELECT 1 FROM tokens WHERE token_hash = ?", (token,)
     ).fetchone()
-    # A plain reply: "Re: confirm TOKEN", a line of text, the quoted original.
+    # A plain reply: "Re: confirm TOKEN", the same command typed again (it
+    # counts once), a line of text, the quoted original.
     await bot.ask(
-        command("Yes please.\n\n> Someone, probably you, asked...\n", subject=f"Re: {subject}")
+        command(
+            f"Confirm {token}\nYes please.\n\n> Someone, probably you...\n",
+            subject=f"Re: {subject}",
+        )
     )
     text = reply_text(sink.wait_for(2)[1])
     assert "una@example.org now receives the weekly digest." in text
+    assert "Error" not in text
     await bot.ask(command("status\n"))
     assert "una@example.org: active, weekly digest." in reply_text(sink.wait_for(3)[2])
     await bot.ask(command(subject="unsubscribe"))
