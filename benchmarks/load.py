@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.dovecot import PASSWORD, USER, Dovecot, free_port  # noqa: E402
 from tests.mailfactory import mail  # noqa: E402
+from tests.smtpsink import relay_process  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BOT = "kvm-digest@example.org"
@@ -55,18 +56,7 @@ class Harness:
         self.tmp = Path(tempfile.mkdtemp(prefix="kvm-digest-load-"))
         self.dovecot = Dovecot().start()
         self.relay_port = free_port()
-        self.relay = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-c",
-                "aiosmtpd.handlers.Sink",
-                "-l",
-                f"127.0.0.1:{self.relay_port}",
-            ]
-        )
+        self.relay = relay_process(self.relay_port)
         self.lmtp_port = free_port()
         self.data = self.tmp / "var"
         self.config = self.tmp / "kvm-digest.toml"

@@ -302,20 +302,10 @@ async def fan_out(count: int) -> tuple[float, int]:
     from bot.outbox import Outbox, Sender
     from tests.dovecot import free_port
     from tests.mailfactory import DATA, Store
+    from tests.smtpsink import relay_process
 
     port = free_port()
-    relay = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-c",
-            "aiosmtpd.handlers.Sink",
-            "-l",
-            f"127.0.0.1:{port}",
-        ]
-    )
+    relay = relay_process(port)
     root = Path(tempfile.mkdtemp(prefix="kvm-digest-fanout-"))
     config = from_table(
         {

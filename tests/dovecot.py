@@ -192,6 +192,26 @@ class Dovecot:
         }
         return ImapSection(**{**base, **changes})
 
+    def config_toml(self, data_dir: Path, password: str) -> str:
+        """[list], [data] and [imap] of a config reading kvmarm mail from here.
+
+        `password` is the TOML line that says where the password comes from.
+        """
+        return f"""
+[list]
+id = "kvmarm.lists.cs.columbia.edu"
+address = "kvmarm@lists.cs.columbia.edu"
+[data]
+dir = "{data_dir}"
+[imap]
+host = "127.0.0.1"
+port = {self.port}
+security = "none"
+user = "{USER}"
+{password}
+backoff_max = 2
+"""
+
     def set_password(self, password: str) -> None:
         (self.root / "passwd").write_text(f"{USER}:{{PLAIN}}{password}::::\n")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import email
 import email.policy
 import ssl
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from email.message import Message
@@ -61,6 +63,22 @@ class SinkHandler:
             )
             self.cond.notify_all()
         return "250 2.0.0 Ok: queued"
+
+
+def relay_process(port: int) -> subprocess.Popen:
+    """aiosmtpd's own Sink handler as a relay process of its own (benchmarks)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-c",
+            "aiosmtpd.handlers.Sink",
+            "-l",
+            f"127.0.0.1:{port}",
+        ]
+    )
 
 
 class Sink:

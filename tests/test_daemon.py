@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from tests.dovecot import PASSWORD, USER, Dovecot, free_port
+from tests.dovecot import PASSWORD, Dovecot, free_port
 from tests.mailfactory import DATA
 from tests.smtpsink import Sink
 
@@ -96,19 +96,10 @@ def sink():
 def write_config(tmp_path: Path, dovecot: Dovecot, sink: Sink, connections: int = 4) -> Path:
     config = tmp_path / "kvm-digest.toml"
     lmtp_port = free_port()
-    config.write_text(f"""
-[list]
-id = "kvmarm.lists.cs.columbia.edu"
-address = "kvmarm@lists.cs.columbia.edu"
-[data]
-dir = "{tmp_path / "var"}"
-[imap]
-host = "127.0.0.1"
-port = {dovecot.port}
-security = "none"
-user = "{USER}"
-password_env = "TEST_IMAP_PASSWORD"
-backoff_max = 2
+    imap = dovecot.config_toml(tmp_path / "var", 'password_env = "TEST_IMAP_PASSWORD"')
+    config.write_text(
+        imap
+        + f"""
 [commands]
 address = "{BOT}"
 listen = "127.0.0.1:{lmtp_port}"
@@ -120,7 +111,8 @@ connections = {connections}
 [schedule]
 daily = "*/2 * * * * *"
 weekly = ""
-""")
+"""
+    )
     return config
 
 

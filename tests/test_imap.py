@@ -18,7 +18,7 @@ import pytest
 
 from bot.config import ImapSection
 from bot.imap import Listener, Route, fetched_messages
-from tests.dovecot import PASSWORD, USER, Dovecot
+from tests.dovecot import PASSWORD, Dovecot
 from tests.mailfactory import DATA, Store, mail
 
 KVMARM = Route(
@@ -255,19 +255,7 @@ def test_listen_command_runs_until_sigterm(tmp_path, dovecot):
     secret = tmp_path / "imap-password"
     secret.write_text(PASSWORD + "\n")
     secret.chmod(0o600)
-    config.write_text(f"""
-[list]
-id = "kvmarm.lists.cs.columbia.edu"
-address = "kvmarm@lists.cs.columbia.edu"
-[data]
-dir = "{tmp_path / "var"}"
-[imap]
-host = "127.0.0.1"
-port = {dovecot.port}
-security = "none"
-user = "{USER}"
-password_file = "{secret}"
-""")
+    config.write_text(dovecot.config_toml(tmp_path / "var", f'password_file = "{secret}"'))
     dovecot.append(*SLICE[:2])
     proc = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "--config", str(config), "listen"],
