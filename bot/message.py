@@ -143,7 +143,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     received = None
     if rcvd := get("received"):
         received = mime.parse_date(str(rcvd).rpartition(";")[2])
-    date = mime.parse_date(get("date"))
+    date, date_offset = mime.parse_date_and_offset(get("date"))
     return ParsedMessage(
         message_id=message_id,
         content_hash=chash,
@@ -153,7 +153,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         author_name=author_name,
         author_addr=author_addr,
         date=date,
-        date_offset=mime.date_offset_minutes(get("date")),
+        date_offset=date_offset,
         received=received if received is not None else date,
         list_id=_list_id(get("list-id")),
         kind=kind,

@@ -153,28 +153,29 @@ def parse_address(value: str | None) -> tuple[str, str]:
 
 def parse_date(value: str | None) -> int | None:
     """Seconds since the epoch for an RFC 5322 date, or None when unreadable."""
+    return parse_date_and_offset(value)[0]
+
+
+def parse_date_and_offset(value: str | None) -> tuple[int | None, int]:
+    """Epoch seconds (None when unreadable) and the zone offset in minutes.
+
+    One parse for both: the archive's commits need the offset, the index
+    the time, and the Date header is read once per message.
+    """
     if not value:
-        return None
+        return None, 0
     try:
         when = email.utils.parsedate_to_datetime(_unsurrogate(str(value)).strip())
     except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
-        return None
+        return None, 0
+    if not isinstance(when, datetime):
+        return None, 0
+    offset = when.utcoffset()
+    minutes = int(offset.total_seconds() // 60) if offset else 0
     try:
-        return int(when.timestamp())
+        return int(when.timestamp()), minutes
     except (OverflowError, OSError, ValueError):
-        return None
-
-
-def date_offset_minutes(value: str | None) -> int:
-    """The time zone offset of a Date header in minutes (0 when unknown)."""
-    try:
-        when = email.utils.parsedate_to_datetime(str(value).strip()) if value else None
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return 0
-    offset = when.utcoffset() if isinstance(when, datetime) else None
-    return int(offset.total_seconds() // 60) if offset else 0
+        return None, minutes
 
 
 def addresses(value: str | None) -> list[str]:
