@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sqlite3
@@ -65,7 +66,7 @@ def writer(config: Config) -> Iterator[tuple[Archive, Index]]:
         )
         index = Index(config.index_path)
         try:
-            with progress_bar(archive.count(index.last_commit()), "indexing") as bar:
+            with progress_bar(lambda: archive.count(index.last_commit()), "indexing") as bar:
                 index.catch_up(archive, bar)
             yield archive, index
         finally:
@@ -73,9 +74,17 @@ def writer(config: Config) -> Iterator[tuple[Archive, Index]]:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
-    """A progress bar on a terminal; silence elsewhere (logs, CI, systemd)."""
-    if not sys.stderr.isatty() or not total:
+def progress_bar(count: Callable[[], int], what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal; silence elsewhere (logs, CI, systemd).
+
+    `count` is only called when the bar is shown: counting means reading a
+    whole mbox or walking every commit, which is wasted work without one.
+    """
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    total = count()
+    if not total:
         yield lambda n: None
         return
     from tqdm import tqdm
@@ -117,7 +126,9 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
         for source in sources:
             importer = Importer(archive, index, config.import_.max_message_size)
             start = index.source_position(source.key) if source.resumable else None
-            with progress_bar(source.count(start), Path(source.label).name) as bar:
+            with progress_bar(
+                functools.partial(source.count, start), Path(source.label).name
+            ) as bar:
                 counts: Counts = importer.run(
                     source.read(start),
                     source.label,
@@ -134,7 +145,7 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
         archive = open_archive(config)
         index = Index(config.index_path)
         index.clear()
-        with progress_bar(archive.count(), "reindexing") as bar:
+        with progress_bar(archive.count, "reindexing") as bar:
             count = index.catch_up(archive, bar)
         index.close()
     print(f"indexed {count} messages")
