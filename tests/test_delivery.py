@@ -44,6 +44,8 @@ class Setup:
         self.outbox = Outbox(self.conn, Identity(BOT))
         self.sender = Sender(self.outbox, self.config.smtp)
         self.env = environment()
+        with self.conn:  # the daemon starts its schedule at the archive head
+            periodic.ensure(self.conn, "daily")
 
     def subscribe(self, *addresses: str, schedule: str = "daily") -> None:
         with self.conn:
@@ -66,8 +68,6 @@ def setup(tmp_path, sink):
 
 async def test_digest_reaches_every_subscriber_with_list_headers(setup, sink):
     setup.subscribe("a@example.org", "b@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     setup.post(3)
     result = setup.run()
     assert (result.recipients, result.messages) == (2, 3)
@@ -94,8 +94,6 @@ async def test_digest_reaches_every_subscriber_with_list_headers(setup, sink):
 
 async def test_consecutive_digests_cover_adjacent_ranges(setup, sink):
     setup.subscribe("a@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     setup.post(2)
     setup.run()
     setup.post(3, start=2)
@@ -112,16 +110,12 @@ async def test_consecutive_digests_cover_adjacent_ranges(setup, sink):
 
 async def test_empty_range_sends_nothing(setup, sink):
     setup.subscribe("a@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     assert setup.run().digest_id is None
     assert await setup.sender.flush() == 0
 
 
 async def test_relay_outage_retries_then_delivers_once(setup, sink):
     setup.subscribe("a@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     setup.post(1)
     setup.run()
     sink.stop()
@@ -143,8 +137,6 @@ async def test_4xx_retries_and_5xx_fails_only_that_recipient(setup, sink):
         "gone@example.org": "550 5.1.1 no such user",
     }
     setup.subscribe("ok@example.org", "busy@example.org", "gone@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     setup.post(1)
     setup.run()
     await setup.sender.flush()
@@ -160,8 +152,6 @@ async def test_4xx_retries_and_5xx_fails_only_that_recipient(setup, sink):
 async def test_subscriber_disabled_after_hard_failures(setup, sink):
     sink.handler.refuse = {"gone@example.org": "550 5.1.1 no such user"}
     setup.subscribe("gone@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     for round_ in range(2):  # [smtp] hard_failures = 2
         setup.post(1, start=round_)
         setup.run()
@@ -175,7 +165,6 @@ async def test_subscriber_disabled_after_hard_failures(setup, sink):
 
 def test_missed_run_is_detected(setup):
     with setup.conn:
-        periodic.ensure(setup.conn, "daily")
         setup.conn.execute("UPDATE schedules SET last_run = ?", (int(time.time()) - 2 * 86400,))
     assert periodic.missed(setup.conn, "daily", "0 6 * * *")
     setup.run()
@@ -201,8 +190,6 @@ def make_due(setup: Setup) -> None:
 
 async def test_relay_answering_421_for_a_while(setup, sink):
     setup.subscribe("a@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     setup.post(1)
     setup.run()
     sink.handler.refuse_all = "421 4.3.2 service shutting down"
@@ -219,8 +206,6 @@ async def test_relay_answering_421_for_a_while(setup, sink):
 
 async def test_relay_that_takes_the_data_then_drops_the_connection(setup, sink):
     setup.subscribe("a@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     setup.post(1)
     setup.run()
     sink.handler.drop_after_data = True
@@ -240,8 +225,6 @@ async def test_dns_failure_keeps_the_mail_queued(tmp_path, sink):
     ).smtp
     broken.sender.relay.s = broken.sender.s
     broken.subscribe("a@example.org")
-    with broken.conn:
-        periodic.ensure(broken.conn, "daily")
     broken.post(1)
     broken.run()
     await broken.sender.flush()
@@ -278,8 +261,6 @@ def tls_setup(tmp_path, sink: Sink, **smtp) -> Setup:
     ).smtp
     setup.sender.s = setup.sender.relay.s = settings
     setup.subscribe("a@example.org")
-    with setup.conn:
-        periodic.ensure(setup.conn, "daily")
     setup.post(1)
     setup.run()
     return setup
