@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot import digest as digestmod  # noqa: E402
-from bot import ranges  # noqa: E402
-from bot.archive import Archive  # noqa: E402
-from bot.index import Index  # noqa: E402
+from bot.digest import build as digestmod  # noqa: E402
+from bot.digest import ranges  # noqa: E402
+from bot.store.archive import Archive  # noqa: E402
+from bot.store.index import Index  # noqa: E402
 from tests.mailfactory import first_commits  # noqa: E402
 
 BUNDLE = ROOT.parent / "shared" / "data" / "kvmarm-2019-2021.bundle"
@@ -235,7 +235,7 @@ def bench_digest(work: Path) -> dict:
 
 
 async def live_latency(count: int) -> list[float]:
-    from bot.imap import Listener, Route
+    from bot.intake.imap import Listener, Route
     from tests.dovecot import Dovecot
     from tests.mailfactory import Store, mail
 
@@ -296,10 +296,10 @@ async def fan_out(count: int) -> tuple[float, int]:
     real relay would be (in-process it would share our GIL); completion is
     read from the outbox, where each mail is marked sent after the 250.
     """
-    from bot import periodic, subscribers
     from bot.config import from_table
-    from bot.mail import Identity
-    from bot.outbox import Outbox, Sender
+    from bot.delivery import periodic, subscribers
+    from bot.delivery.mail import Identity
+    from bot.delivery.outbox import Outbox, Sender
     from tests.dovecot import free_port
     from tests.mailfactory import DATA, Store
     from tests.smtpsink import relay_process

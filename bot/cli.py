@@ -18,16 +18,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from bot import config as configmod
-from bot import digest as digestmod
-from bot import ranges
-from bot.archive import Archive, WriterLock
 from bot.config import Config
+from bot.delivery.outbox import Outbox
+from bot.digest import build as digestmod
+from bot.digest import ranges
 from bot.errors import ConfigError, DigestError
-from bot.imap import Listener, Route
-from bot.importer import Counts, Importer
-from bot.index import Index
-from bot.outbox import Outbox
-from bot.sources import open_source
+from bot.intake.imap import Listener, Route
+from bot.intake.importer import Counts, Importer
+from bot.intake.sources import open_source
+from bot.store.archive import Archive, WriterLock
+from bot.store.index import Index
 
 log = logging.getLogger("kvm-digest")
 
@@ -222,7 +222,7 @@ def _state(config: Config) -> Index:
 
 
 def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
-    from bot import subscribers
+    from bot.delivery import subscribers
 
     index = _state(config)
     try:
@@ -249,8 +249,8 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_send_now(args: argparse.Namespace, config: Config) -> int:
     """Run a schedule's digest now; a running daemon sends the queued mail."""
-    from bot import periodic
     from bot.daemon import Daemon
+    from bot.delivery import periodic
 
     index = reader(config)
     try:
@@ -286,7 +286,7 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
     """Check that the archive and the index agree (without changing either)."""
-    from bot import fsck
+    from bot.store import fsck
 
     archive = open_archive(config)
     index = Index(config.index_path)

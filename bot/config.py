@@ -156,7 +156,7 @@ class ScheduleSection:
     send_empty: bool = False
 
     def __post_init__(self) -> None:
-        from bot.periodic import trigger  # APScheduler parses cron; only needed here
+        from bot.delivery.cron import trigger  # APScheduler: only when a schedule is set
 
         for name in ("daily", "weekly"):
             expression = getattr(self, name)

@@ -15,19 +15,20 @@ import logging
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot import periodic, systemd
-from bot.archive import Archive, WriterLock
+from bot import systemd
 from bot.config import Config
-from bot.digest import environment
+from bot.delivery import cron, periodic
+from bot.delivery.mail import Identity
+from bot.delivery.outbox import Outbox, Sender
+from bot.desk.inbound import Desk
+from bot.desk.lmtp import serve
+from bot.digest.build import environment
 from bot.errors import DigestError
-from bot.imap import Listener, Route
-from bot.importer import Importer
-from bot.inbound import Desk
-from bot.index import Index
-from bot.lmtp import serve
-from bot.mail import Identity
-from bot.message import ParsedMessage
-from bot.outbox import Outbox, Sender
+from bot.intake.imap import Listener, Route
+from bot.intake.importer import Importer
+from bot.parse.message import ParsedMessage
+from bot.store.archive import Archive, WriterLock
+from bot.store.index import Index
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Daemon:
                 new = periodic.ensure(index.conn, name)
             scheduler.add_job(
                 self._digest_job,
-                periodic.trigger(expression),
+                cron.trigger(expression),
                 args=(index, outbox, name),
                 id=name,
                 coalesce=True,

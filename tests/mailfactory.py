@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
-from bot.archive import Archive
-from bot.importer import Importer
-from bot.index import Index
+from bot.intake.importer import Importer
+from bot.store.archive import Archive
+from bot.store.index import Index
 
 DATA = Path(__file__).parent / "data"
 SHARED = Path(__file__).resolve().parents[2] / "shared"

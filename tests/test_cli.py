@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from bot import ranges
+from bot.digest import ranges
 from bot.errors import RangeError
 from tests.conftest import archive_ids
 from tests.mailfactory import DATA, mail
@@ -150,11 +150,11 @@ def test_admin_commands(cli, data_dir):
     assert cli("subscribers", "list").out == "a@example.org\tweekly\tactive\t0 hard failures\n"
     assert cli("outbox").out == "the outbox is empty\n"
     cli("import", SLICE)
-    from bot.index import Index
+    from bot.store.index import Index
 
     index = Index(data_dir / "index.sqlite3")
     with index.conn:
-        from bot import periodic
+        from bot.delivery import periodic
 
         periodic.ensure(index.conn, "weekly")
         index.conn.execute("UPDATE schedules SET end_seq = 20")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bot import lmtp
 from bot.config import from_table
-from bot.digest import environment
-from bot.inbound import Desk
-from bot.mail import Identity
-from bot.outbox import Outbox, Sender
+from bot.delivery.mail import Identity
+from bot.delivery.outbox import Outbox, Sender
+from bot.desk import lmtp
+from bot.desk.inbound import Desk
+from bot.digest.build import environment
 from tests.conftest import archive_ids
 from tests.dovecot import free_port
 from tests.mailfactory import DATA, Store

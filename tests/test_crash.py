@@ -44,7 +44,7 @@ def test_sigkill_the_importer_at_random_points(tmp_path, kvmarm_git, capsys):
     capsys.readouterr()
     assert main(["--data-dir", str(data), "fsck"]) == 0
     assert "ok: 6000 messages; the archive and the index agree" in capsys.readouterr().out
-    from bot.index import Index
+    from bot.store.index import Index
 
     index = Index(data / "index.sqlite3")
     try:
@@ -61,7 +61,7 @@ def test_fsck_reports_an_index_that_disagrees(cli, data_dir):
 
     assert cli("import", DATA / "kvmarm-slice.mbox").code == 0
     assert cli("fsck").out.strip() == "ok: 27 messages; the archive and the index agree"
-    from bot.index import Index
+    from bot.store.index import Index
 
     index = Index(data_dir / "index.sqlite3")
     with index.conn:

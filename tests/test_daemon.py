@@ -269,8 +269,8 @@ def test_sigkill_the_daemon_at_random_points(tmp_path, dovecot, sink, config, kv
     import random
     import time
 
-    from bot.archive import Archive
-    from bot.message import parse_message
+    from bot.parse.message import parse_message
+    from bot.store.archive import Archive
 
     rng = random.Random(int(os.environ.get("KVM_DIGEST_CRASH_SEED", "20261121")))
     raws = [raw for _, raw in Archive.open(kvmarm_git).walk() if raw is not None][:240]
@@ -308,7 +308,7 @@ def test_sigkill_the_daemon_at_random_points(tmp_path, dovecot, sink, config, kv
     finally:
         final.proc.kill()
     assert main(["--config", str(config), "fsck"]) == 0
-    from bot.index import Index
+    from bot.store.index import Index
 
     index = Index(tmp_path / "var" / "index.sqlite3")
     try:

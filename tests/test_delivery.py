@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from bot import periodic, subscribers
 from bot.config import from_table
-from bot.digest import environment
-from bot.mail import Identity
-from bot.outbox import Outbox, Sender
+from bot.delivery import periodic, subscribers
+from bot.delivery.mail import Identity
+from bot.delivery.outbox import Outbox, Sender
+from bot.digest.build import environment
 from tests.mailfactory import Store, mail
 from tests.smtpsink import Sink
 
@@ -174,7 +174,7 @@ def test_missed_run_is_detected(setup):
 def test_long_lines_go_quoted_printable():
     from email import message_from_bytes
 
-    from bot.mail import compose
+    from bot.delivery.mail import compose
 
     raw = compose(Identity(BOT), "a@example.org", "s", "x" * 1200 + "\n", "<id@x>", digest=True)
     msg = message_from_bytes(raw)

@@ -13,7 +13,7 @@ import smtplib
 
 import pytest
 
-from bot.imap import Listener, Route
+from bot.intake.imap import Listener, Route
 from tests.dovecot import Dovecot
 from tests.mailfactory import DATA, mail
 
@@ -142,7 +142,7 @@ async def test_hostile_mail_to_the_command_server(tmp_path):
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_parse_never_raises_anything_but_mail_error(path):
     from bot.errors import MailError
-    from bot.message import parse_message
+    from bot.parse.message import parse_message
 
     try:
         parsed = parse_message(path.read_bytes())
@@ -154,7 +154,7 @@ def test_parse_never_raises_anything_but_mail_error(path):
 
 def test_logging_stays_quiet_about_hostile_content(caplog):
     caplog.set_level(logging.DEBUG)
-    from bot.message import parse_lenient
+    from bot.parse.message import parse_lenient
 
     for path in FILES:
         parse_lenient(path.read_bytes())

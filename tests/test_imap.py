@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.config import ImapSection
-from bot.imap import Listener, Route, fetched_messages
+from bot.intake.imap import Listener, Route, fetched_messages
 from tests.dovecot import PASSWORD, Dovecot
 from tests.mailfactory import DATA, Store, mail
 
@@ -200,7 +200,7 @@ async def test_only_list_traffic_is_archived(store, dovecot, caplog):
         KVMARM,
         on_command=lambda raw, parsed: taken.append(raw),
     )
-    caplog.set_level(logging.INFO, logger="bot.imap")
+    caplog.set_level(logging.INFO, logger="bot.intake.imap")
     run = Running(listener, store)
     try:
         await run.until(1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mailbox
 import subprocess
 
-from bot.archive import Archive
-from bot.index import Index
+from bot.store.archive import Archive
+from bot.store.index import Index
 from tests.conftest import archive_ids
 from tests.mailfactory import DATA, PATCH_BODY, mail
 
@@ -139,7 +139,7 @@ def test_resumes_a_git_source_where_it_stopped(cli, data_dir, kvmarm_git, tmp_pa
 def test_crash_between_archive_and_index_heals_on_next_open(cli, data_dir):
     assert cli("import", SLICE).code == 0
     archive = Archive.open(data_dir / "archive.git", writable=True)
-    from bot.message import parse_message
+    from bot.parse.message import parse_message
 
     raw = mail("[PATCH] appended, then the process died", "crash@x", minutes=99)
     archive.append([(raw, parse_message(raw))])  # archive written, index not
@@ -174,7 +174,7 @@ def test_mirror_mode_indexes_a_public_inbox_epoch_in_place(cli, tmp_path, data_d
     assert out.out.startswith(f"From 000000000 to {ids[:9]}\n")
     # New commits after a fetch are picked up.
     epoch = Archive.open(upstream, writable=True)
-    from bot.message import parse_message
+    from bot.parse.message import parse_message
 
     raw = mail("[PATCH] fetched later", "later@x", minutes=500)
     epoch.append([(raw, parse_message(raw))])

@@ -7,10 +7,10 @@ import quopri
 
 import pytest
 
-from bot.body import cut_commit_message, split_inbody_headers, strip_footer
 from bot.errors import MailError
-from bot.message import parse_message
-from bot.mime import decode_header_value, parse_address
+from bot.parse.body import cut_commit_message, split_inbody_headers, strip_footer
+from bot.parse.message import parse_message
+from bot.parse.mime import decode_header_value, parse_address
 from tests.mailfactory import PATCH_BODY, mail
 
 

@@ -12,12 +12,12 @@ import sqlite3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import ranges
-from bot.body import cut_commit_message, split_body, split_inbody_headers
+from bot.desk.inbound import Mail, command_lines
+from bot.digest import ranges
 from bot.errors import MailError, RangeError
-from bot.inbound import Mail, command_lines
-from bot.message import parse_message
-from bot.subject import parse_subject
+from bot.parse.body import cut_commit_message, split_body, split_inbody_headers
+from bot.parse.message import parse_message
+from bot.parse.subject import parse_subject
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=300)
 # Text made of the pieces real subjects and ranges are made of, so the

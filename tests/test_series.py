@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from bot import digest, ranges
+from bot.digest import build as digest
+from bot.digest import ranges
 from tests.mailfactory import COVER_BODY, PATCH_BODY, Store, mail
 
 ANN = "Ann Author <ann@example.org>"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bot.subject import parse_subject
+from bot.parse.subject import parse_subject
 
 
 @pytest.mark.parametrize(

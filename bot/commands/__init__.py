@@ -17,8 +17,8 @@ from typing import ClassVar
 import jinja2
 
 from bot.config import Config
+from bot.delivery.mail import Identity
 from bot.errors import DigestError
-from bot.mail import Identity
 
 
 class CommandError(DigestError):

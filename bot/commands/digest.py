@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import time
 
-from bot import digest as digestmod
-from bot import ranges
 from bot.commands import Command, CommandError, Context
+from bot.digest import build as digestmod
+from bot.digest import ranges
 from bot.errors import RangeError
 
 _LAST = re.compile(r"^(\d{1,4})$")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bot import subscribers
 from bot.commands import Command, Context
+from bot.delivery import subscribers
 
 
 class Status(Command):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot import subscribers
 from bot.commands import Command, CommandError, Context
+from bot.delivery import subscribers
 
 
 class Subscribe(Command):

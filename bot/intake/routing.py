@@ -8,7 +8,7 @@ of its plus-addressed shortcuts (`bot+subscribe@...`).
 
 from __future__ import annotations
 
-from bot.message import ParsedMessage
+from bot.parse.message import ParsedMessage
 
 LIST, COMMAND, OTHER = "list", "command", "other"
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bot.archive import Archive
-from bot.index import Index
+from bot.store.archive import Archive
+from bot.store.index import Index
 
 
 @dataclass

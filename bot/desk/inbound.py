@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import jinja2
 
-from bot import mime
 from bot.commands import CommandError, Context, registry
 from bot.commands.help import help_text
 from bot.config import Config
-from bot.mail import Identity, compose
-from bot.outbox import Outbox
-from bot.routing import plus_base
+from bot.delivery.mail import Identity, compose
+from bot.delivery.outbox import Outbox
+from bot.intake.routing import plus_base
+from bot.parse import mime
 
 log = logging.getLogger(__name__)
 

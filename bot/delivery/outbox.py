@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from bot.config import SmtpSection
-from bot.mail import Identity, compose
+from bot.delivery.mail import Identity, compose
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jinja2
 
-from bot.ranges import Range
+from bot.digest.ranges import Range
 
 TEMPLATE = "digest.txt.j2"
 
@@ -186,10 +186,10 @@ def environment(extra_dir: str | Path | None = None) -> jinja2.Environment:
     `templates/` (inside the package when installed, beside it in a checkout).
     User text is only ever passed as data, never compiled as a template.
     """
-    here = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     dirs = [
         str(d)
-        for d in (extra_dir, here / "templates", here.parent / "templates")
+        for d in (extra_dir, package / "templates", package.parent / "templates")
         if d and Path(d).is_dir()
     ]
     return jinja2.Environment(

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pygit2
 
-from bot.archive import Archive
 from bot.errors import MailError
+from bot.store.archive import Archive
 
 _MBOXRD_QUOTED = re.compile(rb"^>(>*From )", re.M)
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")

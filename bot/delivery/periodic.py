@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import jinja2
-from apscheduler.triggers.cron import CronTrigger
 
-from bot import digest as digestmod
-from bot import ranges, subscribers
 from bot.config import Config
-from bot.outbox import Outbox
+from bot.delivery import subscribers
+from bot.delivery.cron import trigger
+from bot.delivery.outbox import Outbox
+from bot.digest import build as digestmod
+from bot.digest import ranges
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +35,6 @@ class Run:
     digest_id: int | None
     recipients: int
     messages: int
-
-
-def trigger(expression: str) -> CronTrigger:
-    """A cron trigger in UTC (five fields, or six with seconds first)."""
-    fields = expression.split()
-    if len(fields) == 6:
-        second, minute, hour, day, month, dow = fields
-        return CronTrigger(
-            second=second,
-            minute=minute,
-            hour=hour,
-            day=day,
-            month=month,
-            day_of_week=dow,
-            timezone=UTC,
-        )
-    return CronTrigger.from_crontab(expression, timezone=UTC)
 
 
 def ensure(conn: sqlite3.Connection, name: str) -> bool:

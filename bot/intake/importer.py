@@ -12,10 +12,10 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from bot.archive import Archive
 from bot.errors import MailError
-from bot.index import Index
-from bot.message import ParsedMessage, parse_message
+from bot.parse.message import ParsedMessage, parse_message
+from bot.store.archive import Archive
+from bot.store.index import Index
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
-from bot import series
-from bot.archive import Archive
+from bot.digest import series
 from bot.errors import DigestError
-from bot.message import ParsedMessage, parse_lenient
+from bot.parse.message import ParsedMessage, parse_lenient
+from bot.store.archive import Archive
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Index:
                 f"the index {self.path} was written by a newer kvm-digest; "
                 "upgrade kvm-digest or run `kvm-digest reindex`"
             )
-        schema = resources.files("bot").joinpath("schema.sql").read_text()
+        schema = resources.files("bot.store").joinpath("schema.sql").read_text()
         with self.conn:
             self.conn.executescript(schema)
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

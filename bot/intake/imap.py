@@ -34,9 +34,9 @@ import aioimaplib
 
 from bot.config import ImapSection
 from bot.errors import DigestError
-from bot.importer import Importer
-from bot.message import ParsedMessage
-from bot.routing import COMMAND, LIST, route
+from bot.intake.importer import Importer
+from bot.intake.routing import COMMAND, LIST, route
+from bot.parse.message import ParsedMessage
 
 log = logging.getLogger(__name__)
 

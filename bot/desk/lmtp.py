@@ -17,7 +17,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bot.inbound import Desk
+from bot.desk.inbound import Desk
 
 log = logging.getLogger(__name__)
 

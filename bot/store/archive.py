@@ -26,7 +26,7 @@ from typing import IO
 import pygit2
 
 from bot.errors import DigestError
-from bot.message import ParsedMessage
+from bot.parse.message import ParsedMessage
 
 BRANCH = "refs/heads/master"
 

@@ -10,10 +10,10 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from bot import body as bodymod
-from bot import mime
 from bot.errors import MailError
-from bot.subject import Subject, parse_subject
+from bot.parse import body as bodymod
+from bot.parse import mime
+from bot.parse.subject import Subject, parse_subject
 
 KINDS = ("patch", "cover", "reply", "pull", "other")
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")

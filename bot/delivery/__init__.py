@@ -1,0 +1,1 @@
+"""Delivery: composing mail, the outbox and its SMTP worker, subscribers, schedules."""

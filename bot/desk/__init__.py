@@ -1,0 +1,1 @@
+"""The command desk: command mail in (LMTP/SMTP), checked, answered once."""

@@ -1,0 +1,1 @@
+"""Threading and digests: series, archive ranges, and the digest itself."""

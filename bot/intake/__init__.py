@@ -1,0 +1,1 @@
+"""Intake: where mail comes from (files, git, IMAP) and how it reaches the archive."""
