@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -303,6 +304,43 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
     return 1
 
 
+def cmd_failed(args: argparse.Namespace, config: Config) -> int:
+    """List mail that could not be taken, answered or sent, with the reasons."""
+    from datetime import UTC, datetime
+
+    if not config.index_path.exists():
+        raise DigestError(f"there is no index at {config.index_path}; nothing has failed")
+    index = Index(config.index_path)
+    try:
+        conn = index.conn
+        rows = [
+            ("list", *row)
+            for row in conn.execute("SELECT id, created, source, reason FROM failures ORDER BY id")
+        ]
+        rows += [
+            ("command", *row)
+            for row in conn.execute(
+                "SELECT id, COALESCE(handled, received), sender || ' -> ' || rcpt, error"
+                " FROM inbound WHERE error IS NOT NULL ORDER BY id"
+            )
+        ]
+        rows += [
+            ("outgoing", *row)
+            for row in conn.execute(
+                "SELECT id, created, recipient, last_error FROM outbox"
+                " WHERE status = 'failed' ORDER BY id"
+            )
+        ]
+    finally:
+        index.close()
+    for kind, row_id, when, where, reason in rows:
+        stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"{kind} {row_id}\t{stamp}\t{where}\t{reason}")
+    if not rows:
+        print("nothing has failed")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     where = config.source or "built-in defaults (no config file found)"
     print(f"configuration from {where} is valid")
@@ -393,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="only failed mail")
     p.set_defaults(func=cmd_outbox)
 
+    p = sub.add_parser(
+        "failed", help="list mail that could not be stored, answered or sent, with reasons"
+    )
+    p.set_defaults(func=cmd_failed)
+
     p = sub.add_parser("fsck", help="check that the archive and the index agree")
     p.set_defaults(func=cmd_fsck)
 
@@ -402,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The data directory holds subscribers' addresses and raw command mail:
+    # whatever the caller's umask, what we create is ours alone.
+    os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose + (1 if args.command in ("listen", "run") else 0))

@@ -35,6 +35,10 @@ class ListSection:
 @dataclass(frozen=True)
 class DataSection:
     dir: str = "var"
+    retention_days: int = 30
+    """Handled command mail and sent mail are deleted after this many days."""
+    failed_retention_days: int = 90
+    """Mail that failed (to parse, answer or send) is kept this long for the admin."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,14 @@ class CommandsSection:
     per_address_per_hour: int = 10
     per_hour: int = 500
     token_hours: int = 72
+    max_connections: int = 100
+    """Open LMTP/SMTP sessions at once; more are told 421 and closed."""
+    max_connections_per_peer: int = 20
+    session_seconds: int = 600
+    """A session's absolute deadline: NOOPs do not extend it."""
+    max_pending: int = 200
+    """Command mails waiting to be handled; past it, new mail gets 452 (retry later)."""
+    max_pending_per_sender: int = 20
 
     def __post_init__(self) -> None:
         if self.protocol not in ("lmtp", "smtp"):

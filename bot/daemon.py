@@ -1,10 +1,14 @@
 """`kvm-digest run`: the whole bot in one asyncio process.
 
 IMAP listener (list mail to the archive, command mail to the desk), command
-server (LMTP/SMTP), command worker, digest scheduler (APScheduler) and outbox
-worker share one event loop, one index connection and the data dir's writer
-lock. SIGTERM stops intake first, lets the message being sent finish, closes
-the IMAP session and exits 0.
+server (LMTP/SMTP), command worker, digest scheduler (APScheduler), outbox
+worker and housekeeping share one event loop, one index connection and the
+data dir's writer lock. SIGTERM stops intake first, lets the message being
+sent finish, closes the IMAP session and exits 0.
+
+Every long-running task is supervised (bot/supervise.py): one that fails is
+restarted with backoff; one that cannot be kept running stops the watchdog
+and ends `run` with a non-zero exit, so systemd restarts the whole service.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
+import time
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -21,18 +28,22 @@ from bot.delivery import cron, periodic
 from bot.delivery.mail import Identity
 from bot.delivery.outbox import Outbox, Sender
 from bot.desk.inbound import Desk
-from bot.desk.lmtp import serve
+from bot.desk.lmtp import limits_from, serve
 from bot.digest.build import environment
 from bot.errors import DigestError
 from bot.intake.imap import Listener, Route
 from bot.intake.importer import Importer
 from bot.parse.message import ParsedMessage
+from bot.store import retention
 from bot.store.archive import Archive, WriterLock
 from bot.store.index import Index
+from bot.supervise import Health, supervise
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("daily", "weekly")
+HOUSEKEEPING_SECONDS = 3600
+ACCEPT_ERROR_LOG_SECONDS = 60
 
 
 class Daemon:
@@ -46,6 +57,7 @@ class Daemon:
             config.commands.name,
             config.list.title,
         )
+        self.health = Health()
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.config.is_mirror:
@@ -61,13 +73,22 @@ class Daemon:
 
     async def _serve(self, archive: Archive, index: Index, stop: asyncio.Event) -> None:
         config = self.config
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrorThrottle())
+        raise_fd_limit()
         outbox = Outbox(index.conn, self.me)
         desk = Desk(index.conn, config, outbox, self.env)
         sender = Sender(outbox, config.smtp)
         intake_stop = asyncio.Event()  # set first on shutdown: no new work
+        health = self.health
+
+        def supervised(name: str, factory: Any, until: asyncio.Event) -> asyncio.Task:
+            return asyncio.create_task(supervise(name, factory, until, health), name=name)
+
         tasks = [
-            asyncio.create_task(sender.run(stop), name="outbox"),
-            asyncio.create_task(self._desk_worker(desk, intake_stop), name="commands"),
+            supervised("outbox", lambda: sender.run(stop), stop),
+            supervised("commands", lambda: self._desk_worker(desk, intake_stop), intake_stop),
+            supervised("housekeeping", lambda: self._housekeeping(index, intake_stop), intake_stop),
         ]
         server = None
         if config.commands.address:
@@ -78,6 +99,7 @@ class Daemon:
                 int(port),
                 config.commands.protocol,
                 config.commands.max_size,
+                limits_from(config.commands),
             )
             log.info(
                 "command server (%s) on %s",
@@ -93,27 +115,41 @@ class Daemon:
                 routes,
                 on_command=lambda raw, p: self._from_imap(desk, raw, p),
             )
-            tasks.append(asyncio.create_task(listener.run(intake_stop), name="imap"))
+            tasks.append(supervised("imap", lambda: listener.run(intake_stop), intake_stop))
         scheduler = self._scheduler(index, outbox)
         scheduler.start()
         systemd.notify("READY=1")
         log.info("kvm-digest is running")
         watchdog = asyncio.create_task(self._watchdog(stop))
+        failed = asyncio.ensure_future(health.failed.wait())
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            failed.cancel()
+            stopped.cancel()
             systemd.notify("STOPPING=1")
             log.info("stopping")
             intake_stop.set()
+            stop.set()
             if server is not None:
                 server.close()
             scheduler.shutdown(wait=False)
             watchdog.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for task in tasks:
-                if not task.cancelled() and task.exception():
-                    log.error("%s ended with %r", task.get_name(), task.exception())
             log.info("stopped; outbox %s", outbox.counts())
+        if health.fatal:
+            raise DigestError(health.fatal)
+
+    async def _housekeeping(self, index: Index, stop: asyncio.Event) -> None:
+        """Purge handled state past its retention, at start and every hour."""
+        data = self.config.data
+        while not stop.is_set():
+            counts = retention.purge(index.conn, data.retention_days, data.failed_retention_days)
+            if any(counts.values()):
+                log.info("purged old state: %s", counts)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HOUSEKEEPING_SECONDS)
 
     def _scheduler(self, index: Index, outbox: Outbox) -> AsyncIOScheduler:
         scheduler = AsyncIOScheduler(timezone="UTC")
@@ -149,7 +185,7 @@ class Daemon:
     async def _desk_worker(self, desk: Desk, stop: asyncio.Event) -> None:
         while not stop.is_set():
             desk.pending.clear()
-            desk.process()
+            await desk.process_off_loop()
             waiters = {
                 asyncio.ensure_future(desk.pending.wait()),
                 asyncio.ensure_future(stop.wait()),
@@ -166,10 +202,49 @@ class Daemon:
         interval = systemd.watchdog_interval()
         if interval is None:
             return
-        while not stop.is_set():
+        while not stop.is_set() and self.health.ok:
+            # Only a healthy daemon pings: a task that cannot be kept running
+            # lets the watchdog expire, and systemd restarts the service.
             systemd.notify("WATCHDOG=1")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+
+class AcceptErrorThrottle:
+    """The loop's exception handler: accept() errors logged once a minute.
+
+    When descriptors run out, asyncio reports every failed accept() with a
+    traceback, once a second per listening socket (a 341 MB log in two
+    minutes under a connection storm). One line a minute, with a count, says
+    the same; everything else goes to the default handler.
+    """
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.suppressed = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "accept" not in str(context.get("message", "")):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self.last < ACCEPT_ERROR_LOG_SECONDS:
+            self.suppressed += 1
+            return
+        log.error(
+            "cannot accept connections: %s (%d more such errors since the last report)",
+            context.get("exception"),
+            self.suppressed,
+        )
+        self.last, self.suppressed = now, 0
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard limit (as servers do)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _hostname() -> str:

@@ -27,7 +27,16 @@ USER = "Una User <una@example.org>"
 class Bot:
     """The command side of the bot, in-process, on a real LMTP port."""
 
-    def __init__(self, root: Path, sink: Sink, max_days: int = 3650, per_hour: int = 500) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sink: Sink,
+        max_days: int = 3650,
+        per_hour: int = 500,
+        max_size: int = 50_000,
+        **commands: object,
+    ) -> None:
+        self.max_size = max_size
         self.port = free_port()
         self.config = from_table(
             {
@@ -37,6 +46,7 @@ class Bot:
                     "address": BOT,
                     "listen": f"127.0.0.1:{self.port}",
                     "per_hour": per_hour,
+                    **commands,
                 },
                 "smtp": {"host": "127.0.0.1", "port": sink.port, "security": "none"},
                 "digest": {"max_messages": 20, "max_days": max_days},
@@ -51,7 +61,13 @@ class Bot:
         self.server: asyncio.Server | None = None
 
     async def start(self) -> Bot:
-        self.server = await lmtp.serve(self.desk, "127.0.0.1", self.port, max_size=50_000)
+        self.server = await lmtp.serve(
+            self.desk,
+            "127.0.0.1",
+            self.port,
+            max_size=self.max_size,
+            limits=lmtp.limits_from(self.config.commands),
+        )
         return self
 
     async def deliver(self, raw: bytes, rcpt: str = BOT, sender: str = "una@example.org"):
@@ -276,7 +292,7 @@ async def test_no_header_injection_from_user_text(bot, sink):
 
 
 async def test_rate_limits_hold_under_a_flood_of_1000_command_mails(tmp_path, sink):
-    flooded = await Bot(tmp_path / "flood", sink, per_hour=100).start()
+    flooded = await Bot(tmp_path / "flood", sink, per_hour=100, max_pending=1000).start()
 
     def flood():
         with smtplib.LMTP("127.0.0.1", flooded.port) as client:

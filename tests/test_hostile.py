@@ -112,7 +112,9 @@ async def test_hostile_mail_to_the_command_server(tmp_path):
     from tests.test_commands import BOT, Bot
 
     sink = Sink().start()
-    bot = await Bot(tmp_path / "var", sink).start()
+    bot = await Bot(
+        tmp_path / "var", sink, max_size=1_000_000, max_pending_per_sender=len(FILES)
+    ).start()
     try:
         refused = []
         for path in FILES:
@@ -122,8 +124,13 @@ async def test_hostile_mail_to_the_command_server(tmp_path):
                 await bot.deliver(raw or b"\r\n")
             except smtplib.SMTPDataError as err:
                 refused.append((path.name, err.smtp_code))
-        assert refused == []  # queued durably, whatever it holds...
-        assert bot.desk.process() == len(FILES)  # ...and handled without a crash
+        # Lines longer than SMTP allows (RFC 5321: 1,000 octets) are refused
+        # by the server with 500; everything else is queued durably...
+        too_long = [
+            (p.name, 500) for p in FILES if any(len(x) > 998 for x in p.read_bytes().split(b"\n"))
+        ]
+        assert refused == too_long
+        assert bot.desk.process() == len(FILES) - len(too_long)  # ...and handled, no crash
         await bot.sender.flush()
         await bot.deliver(
             b"From: una@example.org\r\nSubject: help\r\n"

@@ -12,12 +12,45 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import formataddr, formatdate, make_msgid
 
+from bot.errors import MailError
+
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
+# Characters that never appear in an unquoted addr-spec we would send to.
+_NOT_IN_ADDRESS = re.compile(r"[\s<>()\[\],;:\\\"\x00-\x1f\x7f]")
+MAX_ADDRESS = 254
+"""RFC 5321's limit on a forward path, in octets."""
 MAX_LINE = 998
 """RFC 5322's limit on a line, in bytes, without the CRLF."""
+
+
+def wire_address(address: str) -> tuple[str, bool]:
+    """The address as it goes on the wire, and whether it needs SMTPUTF8.
+
+    A non-ASCII domain is IDNA-encoded (`bücher.example` becomes
+    `xn--bcher-kva.example`), which every relay accepts; only a non-ASCII
+    local part needs the relay's SMTPUTF8 (RFC 6531). Anything that is not
+    a plain addr-spec raises MailError: we never guess where mail should go.
+    """
+    local, at, domain = address.strip().rpartition("@")
+    if (
+        not at
+        or not local
+        or not domain
+        or len(address) > MAX_ADDRESS
+        or _NOT_IN_ADDRESS.search(local + domain)
+        or local.startswith(".")
+        or local.endswith(".")
+        or ".." in local
+    ):
+        raise MailError(f"{address!r} is not an address mail can be sent to")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise MailError(f"the domain of {address!r} is not a valid domain name") from None
+    return f"{local}@{ascii_domain.lower()}", not local.isascii()
 
 
 def header_safe(text: str) -> str:
@@ -63,15 +96,16 @@ def compose(
     in_reply_to: str | None = None,
     references: str | None = None,
 ) -> bytes:
-    """One plain-text message, ready for SMTP.
+    """One plain-text message, ready for SMTP; MailError for a bad `to`.
 
     Digests carry the list headers (List-Id, List-Unsubscribe...),
     `Auto-Submitted: auto-generated` and `Precedence: bulk`; command replies
     are threaded under the command mail and say `auto-replied`.
     """
-    msg = EmailMessage(policy=SMTP)
+    to, utf8 = wire_address(to)
+    msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     msg["From"] = formataddr((me.name, me.address))
-    msg["To"] = header_safe(to)
+    msg["To"] = to
     msg["Subject"] = header_safe(subject)
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = message_id

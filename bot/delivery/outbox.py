@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from bot.config import SmtpSection
-from bot.delivery.mail import Identity, compose
+from bot.delivery.mail import Identity, compose, wire_address
+from bot.errors import MailError
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +178,28 @@ class Relay:
         return client
 
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """Send one message; raise aiosmtplib errors or OSError on failure."""
+        """Send one message; raise aiosmtplib errors or OSError on failure.
+
+        MailError means this recipient can never be reached through this
+        relay (an address that needs SMTPUTF8, which the relay lacks).
+        """
+        address, utf8 = wire_address(recipient)
         client = self.idle.pop() if self.idle else await self._connect()
         try:
-            await client.sendmail(sender, [recipient], message)
+            options = []
+            if utf8:
+                if client.is_ehlo_or_helo_needed:
+                    await client.ehlo()
+                if not client.supports_extension("smtputf8"):
+                    self.idle.append(client)
+                    raise MailError(
+                        f"the relay {self.s.host} does not offer SMTPUTF8, which the "
+                        f"address {recipient} needs"
+                    )
+                options = ["SMTPUTF8"]
+            await client.sendmail(sender, [address], message, mail_options=options)
+        except MailError:
+            raise
         except BaseException:
             with contextlib.suppress(Exception):
                 client.close()
@@ -251,8 +270,20 @@ class Sender:
 
     async def _send(self, item: Queued) -> None:
         try:
+            await self._try(item)
+        except Exception as err:
+            # One mail must never stop the worker: whatever went wrong with
+            # it (a bug included) fails that mail alone, with the reason kept.
+            log.exception("sending mail %d to %s failed unexpectedly", item.id, item.recipient)
+            self.outbox.failed(item, f"internal error: {type(err).__name__}: {err}", self.s)
+
+    async def _try(self, item: Queued) -> None:
+        try:
             message = self.outbox.render(item)
             await self.relay.send(self.outbox.me.address, item.recipient, message)
+        except MailError as err:
+            self.outbox.failed(item, str(err), self.s)
+            return
         except aiosmtplib.SMTPRecipientsRefused as err:
             # One recipient per message, so the one refusal is ours.
             refusal = err.recipients[0]

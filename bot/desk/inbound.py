@@ -22,14 +22,17 @@ import jinja2
 from bot.commands import CommandError, Context, registry
 from bot.commands.help import help_text
 from bot.config import Config
-from bot.delivery.mail import Identity, compose
+from bot.delivery.mail import Identity, compose, wire_address
 from bot.delivery.outbox import Outbox
+from bot.errors import MailError
 from bot.intake.routing import plus_base
 from bot.parse import mime
 
 log = logging.getLogger(__name__)
 
 SHORTCUTS = {"subscribe": "subscribe", "unsubscribe": "unsubscribe", "help": "help"}
+OFF_LOOP_BYTES = 256 * 1024
+"""Command mail larger than this is parsed in a thread, off the event loop."""
 MAX_COMMANDS = 10
 _REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|fwd?)\s*:\s*)+", re.I)
 
@@ -67,6 +70,14 @@ class Mail:
         )
 
 
+def parse_command_mail(raw: bytes, sender: str, rcpt: str) -> Mail | Exception:
+    """Mail.parse, with any failure returned (to be recorded), never raised."""
+    try:
+        return Mail.parse(raw, sender, rcpt)
+    except Exception as err:  # recorded by Desk.finish with its traceback
+        return err
+
+
 def robot_reason(mail: Mail, me: Identity) -> str | None:
     """Why this mail must not be answered (RFC 3834), or None."""
     auto = (mime.first(mail.headers, "auto-submitted") or "no").strip().lower()
@@ -82,6 +93,10 @@ def robot_reason(mail: Mail, me: Identity) -> str | None:
     local = mail.from_addr.split("@")[0]
     if not mail.from_addr or local in ("mailer-daemon", "postmaster"):
         return f"From: {mail.from_addr or '(none)'}"
+    try:
+        wire_address(mail.from_addr)
+    except MailError:
+        return f"From: {mail.from_addr[:80]!r} is not an address a reply can go to"
     if plus_base(mail.from_addr) == plus_base(me.address):
         return "it comes from the bot itself"
     return None
@@ -150,20 +165,70 @@ class Desk:
             self.conn.execute(
                 "INSERT OR IGNORE INTO inbound (received, sender, rcpt, raw, raw_hash)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (int(time.time()), sender, rcpt, raw, digest),
+                (int(time.time()), sender.lower(), rcpt, raw, digest),
             )
         self.pending.set()
 
-    def process(self) -> int:
-        """Answer every queued command mail; return how many were handled."""
-        rows = self.conn.execute(
+    def pending_counts(self, sender: str) -> tuple[int, int]:
+        """Command mails waiting to be handled: from `sender`, and in all."""
+        mine, everyone = self.conn.execute(
+            "SELECT COALESCE(SUM(sender = ?), 0), COUNT(*) FROM inbound WHERE NOT done",
+            (sender.lower(),),
+        ).fetchone()
+        return mine, everyone
+
+    def queued(self) -> list[tuple[int, str, str, bytes]]:
+        """The command mail waiting to be handled, oldest first."""
+        return self.conn.execute(
             "SELECT id, sender, rcpt, raw FROM inbound WHERE NOT done ORDER BY id"
         ).fetchall()
+
+    def process(self) -> int:
+        """Answer every queued command mail; return how many were handled."""
+        rows = self.queued()
         for row_id, sender, rcpt, raw in rows:
-            with self.conn:
-                self._handle(Mail.parse(raw, sender, rcpt))
-                self.conn.execute("UPDATE inbound SET done = 1 WHERE id = ?", (row_id,))
+            self.finish(row_id, parse_command_mail(raw, sender, rcpt))
         return len(rows)
+
+    async def process_off_loop(self) -> int:
+        """As process(), but large mail is parsed in a thread.
+
+        Parsing is linear in the size of a mail, yet a 10 MB one still takes
+        a while: the event loop (LMTP, IMAP, the watchdog) must not wait.
+        """
+        rows = self.queued()
+        for row_id, sender, rcpt, raw in rows:
+            if len(raw) > OFF_LOOP_BYTES:
+                mail = await asyncio.to_thread(parse_command_mail, raw, sender, rcpt)
+            else:
+                mail = parse_command_mail(raw, sender, rcpt)
+            self.finish(row_id, mail)
+        return len(rows)
+
+    def finish(self, row_id: int, mail: Mail | Exception) -> None:
+        """Handle one queued mail and mark it done, in one transaction.
+
+        Whatever goes wrong with one mail (a bug included) is recorded as its
+        `error` and logged with the traceback; the next mail is handled.
+        """
+        now = int(time.time())
+        try:
+            if isinstance(mail, Exception):
+                raise mail
+            with self.conn:
+                self._handle(mail)
+                self.conn.execute(
+                    "UPDATE inbound SET done = 1, handled = ? WHERE id = ?", (now, row_id)
+                )
+        except Exception as err:
+            log.error(
+                "command mail %d failed: %s: %s", row_id, type(err).__name__, err, exc_info=err
+            )
+            with self.conn:
+                self.conn.execute(
+                    "UPDATE inbound SET done = 1, handled = ?, error = ? WHERE id = ?",
+                    (now, f"{type(err).__name__}: {err}"[:500], row_id),
+                )
 
     def _handle(self, mail: Mail) -> None:
         reason = robot_reason(mail, self.me)

@@ -2,9 +2,15 @@
 
 A real MTA delivers the bot's addresses here (README: Postfix
 transport_maps). The handler has one coroutine per protocol step, as
-aiosmtpd intends: RCPT accepts only the bot's own addresses (it is never a
-relay), the size limit gives 552, and DATA answers 250 only once the mail is
-durably queued in the index.
+aiosmtpd intends: MAIL refuses with 452 while too much mail from that sender
+(or in all) waits to be handled, RCPT accepts only the bot's own addresses
+(it is never a relay), the size limit gives 552, and DATA answers 250 only
+once the mail is durably queued in the index.
+
+The server is configured, not subclassed: each aiosmtpd protocol is wrapped
+by a `Guard` that counts sessions, refuses those over the caps with 421, and
+ends every session at an absolute deadline that NOOPs cannot push back, so
+idle connections cannot exhaust the process's file descriptors.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
@@ -22,12 +31,46 @@ from bot.desk.inbound import Desk
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Limits:
+    """How many sessions, from whom, and for how long."""
+
+    connections: int = 100
+    per_peer: int = 20
+    session_seconds: float = 600
+    max_pending: int = 200
+    max_pending_per_sender: int = 20
+
+
 class CommandIntake:
     """The aiosmtpd handler for the bot's addresses."""
 
-    def __init__(self, desk: Desk, lmtp: bool = True) -> None:
+    def __init__(self, desk: Desk, lmtp: bool = True, limits: Limits | None = None) -> None:
         self.desk = desk
         self.lmtp = lmtp
+        self.limits = limits or Limits()
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        sender = "" if address in ("", "<>") else address
+        try:
+            mine, everyone = self.desk.pending_counts(sender)
+        except sqlite3.Error:
+            log.exception("cannot count queued command mail")
+            return "451 4.3.0 cannot take mail now; try again later"
+        if everyone >= self.limits.max_pending:
+            return "452 4.3.1 too much mail is waiting to be handled; try again later"
+        if mine >= self.limits.max_pending_per_sender:
+            return "452 4.5.3 too many of your mails are waiting to be handled; try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(
         self,
@@ -59,21 +102,113 @@ class CommandIntake:
         return "\r\n".join([ok] * len(envelope.rcpt_tos)) if self.lmtp else ok
 
 
+@dataclass
+class Sessions:
+    """The open sessions, by peer address."""
+
+    limits: Limits
+    open: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.open.values())
+
+    def refusal(self, peer: str) -> bytes | None:
+        """The 421 line for a session over a cap, else None."""
+        if self.total >= self.limits.connections:
+            return b"421 4.3.2 too many connections; try again later\r\n"
+        if self.open[peer] >= self.limits.per_peer:
+            return b"421 4.7.0 too many connections from your address; try again later\r\n"
+        return None
+
+
+class Guard(asyncio.Protocol):
+    """Wraps one aiosmtpd protocol: admission, and an absolute session deadline."""
+
+    def __init__(self, inner: asyncio.Protocol, sessions: Sessions) -> None:
+        self.inner = inner
+        self.sessions = sessions
+        self.peer = ""
+        self.admitted = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if peername else "?"
+        refusal = self.sessions.refusal(self.peer)
+        if refusal is not None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(refusal)
+            transport.close()
+            return
+        self.admitted = True
+        self.sessions.open[self.peer] += 1
+        self.timer = asyncio.get_running_loop().call_later(
+            self.sessions.limits.session_seconds, self._expire, transport
+        )
+        self.inner.connection_made(transport)
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        log.info("closing a command session from %s: it reached its time limit", self.peer)
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.4.2 session time limit reached\r\n")
+        transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        self.sessions.open[self.peer] -= 1
+        if self.sessions.open[self.peer] <= 0:
+            del self.sessions.open[self.peer]
+        if self.timer is not None:
+            self.timer.cancel()
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.admitted:
+            self.inner.data_received(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.admitted else None  # type: ignore[attr-defined]
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
 async def serve(
     desk: Desk,
     host: str,
     port: int,
     protocol: str = "lmtp",
     max_size: int = 1024 * 1024,
+    limits: Limits | None = None,
 ) -> asyncio.Server:
     """Start the command server on the running loop (configured, not subclassed)."""
-    handler = CommandIntake(desk, lmtp=protocol == "lmtp")
+    limits = limits or Limits()
+    handler = CommandIntake(desk, lmtp=protocol == "lmtp", limits=limits)
     server_class: Any = LMTP if protocol == "lmtp" else SMTP
+    sessions = Sessions(limits)
+    make: Callable[[], asyncio.Protocol] = lambda: server_class(  # noqa: E731
+        handler,
+        data_size_limit=max_size,
+        hostname="kvm-digest",
+        ident="kvm-digest",
+        timeout=min(300, limits.session_seconds),
+    )
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: server_class(
-            handler, data_size_limit=max_size, hostname="kvm-digest", ident="kvm-digest"
-        ),
-        host=host,
-        port=port,
+    return await loop.create_server(lambda: Guard(make(), sessions), host=host, port=port)
+
+
+def limits_from(config: Any) -> Limits:
+    """The Limits of a [commands] config section."""
+    return Limits(
+        connections=config.max_connections,
+        per_peer=config.max_connections_per_peer,
+        session_seconds=config.session_seconds,
+        max_pending=config.max_pending,
+        max_pending_per_sender=config.max_pending_per_sender,
     )

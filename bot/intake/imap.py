@@ -46,6 +46,9 @@ _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 
+OFF_LOOP_BYTES = 256 * 1024
+"""Fetched mail larger than this is parsed in a thread, off the event loop."""
+
 CommandSink = Callable[[bytes, ParsedMessage], None]
 """Takes command mail durably (the commands module); must not raise."""
 
@@ -123,6 +126,8 @@ class Session:
         self.s = settings
         self.password = password
         self.lost = asyncio.Event()
+        self.news = asyncio.Event()
+        """Set when the server announced mail (EXISTS) outside any command."""
         self.client: aioimaplib.IMAP4 | None = None
 
     async def call(self, aw: Awaitable[T], timeout: float | None = None) -> T:
@@ -168,6 +173,7 @@ class Session:
             conn_lost_cb=lambda exc: self.lost.set(),
             ssl_context=tls,
         )
+        self._watch_unsolicited(self.client.protocol)
         try:
             await self.call(self.client.wait_hello_from_server())
         except (OSError, ssl.SSLError) as err:
@@ -175,6 +181,24 @@ class Session:
         if self.s.security == "starttls":
             await self._starttls()
         await self._authenticate()
+
+    def _watch_unsolicited(self, protocol: Any) -> None:
+        """Notice EXISTS that arrives between commands.
+
+        aioimaplib drops an untagged response that no command is waiting for
+        (it logs "ignored untagged response"). An EXISTS sent after our last
+        fetch and before IDLE began would be lost that way, and the mail
+        would wait for the next IDLE restart, up to 29 minutes. We keep the
+        library's handling and only take note.
+        """
+        handle = protocol._untagged_response
+
+        def untagged(line: bytes) -> Any:
+            if b"EXISTS" in line:
+                self.news.set()
+            return handle(line)
+
+        protocol._untagged_response = untagged
 
     async def _starttls(self) -> None:
         """STARTTLS (RFC 3501 6.2.1): aioimaplib has the command but no helper."""
@@ -323,7 +347,9 @@ class Listener:
             if not self.ready.is_set():
                 log.info("waiting for new mail in %s", self.s.folder)
                 self.ready.set()
-            if idle:
+            if session.news.is_set():
+                pass  # announced while we were busy: fetch again before idling
+            elif idle:
                 await self.idle(session, stop)
             else:
                 with contextlib.suppress(TimeoutError):
@@ -339,7 +365,7 @@ class Listener:
         idle = await session.call(client.idle_start(timeout=self.s.idle_restart))
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            while client.has_pending_idle():
+            while client.has_pending_idle() and not session.news.is_set():
                 push = asyncio.ensure_future(client.wait_server_push(self.s.idle_restart + 60))
                 done, _ = await asyncio.wait({push, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 if stopper in done:
@@ -363,6 +389,7 @@ class Listener:
         """Fetch and store every message above `last_uid`; return the new last UID."""
         client = session.client
         assert client is not None
+        session.news.clear()  # the search below sees whatever was announced
         found = await session.ok(
             client.uid_search(f"UID {last_uid + 1}:*", charset=None), "UID SEARCH"
         )
@@ -400,17 +427,35 @@ class Listener:
                     timeout=self.s.timeout * 5,
                 )
                 messages = fetched_messages(response.lines)
-            self.take(messages, uidvalidity, chunk[-1])
+            parsed = [
+                await asyncio.to_thread(self.importer.parse, raw)
+                if len(raw) > OFF_LOOP_BYTES
+                else self.importer.parse(raw)
+                for _uid, raw in messages
+            ]
+            self.take(messages, uidvalidity, chunk[-1], parsed)
             last_uid = chunk[-1]
             await self.after_stored(session, [uid for uid, _ in messages])
         return last_uid
 
-    def take(self, messages: list[tuple[int, bytes]], uidvalidity: int, last_uid: int) -> None:
-        """Route and store one fetched batch, then record its last UID."""
+    def take(
+        self,
+        messages: list[tuple[int, bytes]],
+        uidvalidity: int,
+        last_uid: int,
+        results: list[ParsedMessage | Exception] | None = None,
+    ) -> None:
+        """Route and store one fetched batch, then record its last UID.
+
+        `results` are the messages already parsed (large mail is parsed in a
+        thread, off the event loop); without them each is parsed here.
+        """
         batch: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
-        for uid, raw in messages:
-            parsed = self.importer.accept(raw, f"{self.s.folder} UID {uid}")
+        if results is None:
+            results = [self.importer.parse(raw) for _uid, raw in messages]
+        for (uid, raw), result in zip(messages, results, strict=True):
+            parsed = self.importer.judge(raw, f"{self.s.folder} UID {uid}", result)
             if parsed is None:
                 continue
             where = route(
@@ -423,7 +468,12 @@ class Listener:
                 if self.importer.is_new(parsed, seen):
                     batch.append((raw, parsed))
             elif where == COMMAND and self.on_command is not None:
-                self.on_command(raw, parsed)
+                try:
+                    self.on_command(raw, parsed)
+                except sqlite3.Error:
+                    raise  # storage: retried with the batch, the UID does not move
+                except Exception as err:
+                    self.importer.fail(raw, f"{self.s.folder} UID {uid}", err)
             else:
                 log.info(
                     "left UID %d in place: neither list traffic nor a command "
@@ -432,7 +482,9 @@ class Listener:
                     parsed.from_addr,
                     parsed.subject.full,
                 )
-        self.importer.store(batch, lambda: self.state.save(uidvalidity, last_uid))
+        self.importer.store_each(
+            batch, lambda: self.state.save(uidvalidity, last_uid), self.s.folder
+        )
         log.info(
             "stored %d of %d fetched messages, up to UID %d",
             len(batch),

@@ -8,11 +8,14 @@ crash in between is healed by the index's catch-up on the next open.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from bot.errors import MailError
+from bot.errors import DigestError, MailError
 from bot.parse.message import ParsedMessage, parse_message
 from bot.store.archive import Archive
 from bot.store.index import Index
@@ -51,6 +54,8 @@ class Importer:
         self.index = index
         self.max_size = max_size
         self.counts = Counts()
+        self.failed: list[tuple[int, str, str, bytes, str]] = []
+        """Failures written to the index but not yet committed with a batch."""
 
     def run(
         self,
@@ -90,13 +95,52 @@ class Importer:
         return self.counts
 
     def accept(self, raw: bytes, where: str) -> ParsedMessage | None:
-        """Parse a message for the archive, or count and log why not."""
+        """Parse a message for the archive, or count, log and keep why not."""
+        return self.judge(raw, where, self.parse(raw))
+
+    def parse(self, raw: bytes) -> ParsedMessage | Exception:
+        """Parse without side effects (safe in a worker thread); errors are returned."""
         try:
             return check(raw, self.max_size)
-        except MailError as err:
+        except Exception as err:  # judged by judge(): rejected, or kept as a failure
+            return err
+
+    def judge(
+        self, raw: bytes, where: str, result: ParsedMessage | Exception
+    ) -> ParsedMessage | None:
+        """The parsed message, or None after counting and logging why not.
+
+        A message that is not mail is rejected; one the parser cannot read
+        (a bug, on some hostile shape) is kept in `failures` with its reason,
+        in the transaction of the batch it came in, so the worker goes on and
+        nothing is lost.
+        """
+        if isinstance(result, MailError):
             self.counts.rejected += 1
-            log.warning("rejected %s: %s", where, err)
+            log.warning("rejected %s: %s", where, result)
             return None
+        if isinstance(result, Exception):
+            self.fail(raw, where, result)
+            return None
+        return result
+
+    def fail(self, raw: bytes, where: str, err: BaseException) -> None:
+        """Record a message that could not be parsed or stored; count it rejected."""
+        self.counts.rejected += 1
+        reason = f"{type(err).__name__}: {err}"[:500]
+        log.error(
+            "could not take %s: %s (kept for `kvm-digest failed`)", where, reason, exc_info=err
+        )
+        self.failed.append((int(time.time()), where, reason, raw, hashlib.sha256(raw).hexdigest()))
+        self._write_failures()
+
+    def _write_failures(self) -> None:
+        """(Re)write the failures not yet committed, in the open transaction."""
+        self.index.conn.executemany(
+            "INSERT OR IGNORE INTO failures (created, source, reason, raw, raw_hash)"
+            " VALUES (?, ?, ?, ?, ?)",
+            self.failed,
+        )
 
     def is_new(self, parsed: ParsedMessage, seen: set[tuple[str, str]]) -> bool:
         """False (and counted) when the archive or this batch has the message."""
@@ -151,9 +195,43 @@ class Importer:
                 conn.rollback()
                 raise
             conn.commit()
+            self.failed.clear()
             self.counts.imported += len(batch)
 
         return finish
+
+    def store_each(
+        self,
+        batch: list[tuple[bytes, ParsedMessage]],
+        on_commit: Callable[[], None],
+        where: str,
+    ) -> None:
+        """Store a batch; if one message in it breaks storing, store the rest.
+
+        Environmental failures (a full disk, a locked database) are raised:
+        the caller retries the whole batch later. Anything else is taken to
+        be the fault of one message: each is then stored alone, and the one
+        that fails is kept in `failures`, so a poison message cannot stop
+        the intake or be fetched again and again.
+        """
+        try:
+            self.store(batch, on_commit)
+            return
+        except (DigestError, sqlite3.OperationalError, OSError):
+            raise
+        except Exception:
+            log.warning("storing a batch from %s failed; storing its messages one by one", where)
+            self._write_failures()  # the failed batch's rollback took them
+        for raw, parsed in batch:
+            try:
+                self.store([(raw, parsed)])
+            except (DigestError, sqlite3.OperationalError, OSError):
+                raise
+            except Exception as err:
+                self.index.conn.rollback()
+                self._write_failures()
+                self.fail(raw, f"{where} {parsed.message_id}", err)
+        self.store([], on_commit)
 
     def add_one(self, raw: bytes, where: str) -> str | None:
         """Archive and index one message; return its commit id, or None.

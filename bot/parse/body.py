@@ -23,9 +23,10 @@ _OLD_FILE = re.compile(r"^--- \S")
 _NEW_FILE = re.compile(r"^\+\+\+ \S")
 _MAYBE_DIFF = re.compile(r"^(diff |Index: |--- )", re.M)
 _SIGNATURE = "-- "
-# Mailman 2 appends "____...\n<list> mailing list\n<address>\n<url>"; other
-# managers use a row of dashes or underscores followed by a few short lines.
-_FOOTER = re.compile(r"\n_{20,}\n[^\n]*mailing list[^\n]*\n(?:[^\n]*\n?){0,6}\Z", re.I)
+# Mailman 2 appends "____...\n<list> mailing list\n<address>\n<url>": a row
+# of 20+ underscores, a line naming the mailing list, and a few short lines.
+_FOOTER_RULE = re.compile(r"_{20,}")
+_FOOTER_TAIL_LINES = 8
 _PULL = re.compile(r"are available in the git repository at", re.I)
 
 
@@ -42,8 +43,20 @@ class Body:
 
 
 def strip_footer(text: str) -> str:
-    """Remove a mailing-list footer from the end of a text part."""
-    return _FOOTER.sub("\n", text)
+    """Remove a mailing-list footer from the end of a text part.
+
+    Only the last few lines are looked at (a regex over the whole text
+    backtracks without end on mail made of footer-like lines).
+    """
+    pieces = text.rstrip("\n").rsplit("\n", _FOOTER_TAIL_LINES)
+    if len(pieces) > _FOOTER_TAIL_LINES:
+        head, lines = pieces[0] + "\n", pieces[1:]
+    else:
+        head, lines = "", pieces
+    for i, line in enumerate(lines[:-1]):
+        if _FOOTER_RULE.fullmatch(line) and "mailing list" in lines[i + 1].lower():
+            return head + "\n".join(lines[:i]) + "\n"
+    return text
 
 
 def split_inbody_headers(lines: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -62,12 +75,12 @@ def split_inbody_headers(lines: list[str]) -> tuple[dict[str, str], list[str]]:
         m = _INBODY.match(lines[i])
         if not m:
             break
-        key, value = m.group(1).lower(), m.group(2)
+        key, parts = m.group(1).lower(), [m.group(2)]
         i += 1
         while i < len(lines) and _CONTINUATION.match(lines[i]):
-            value += " " + lines[i].strip()
+            parts.append(lines[i].strip())  # joined once: += is quadratic
             i += 1
-        found.setdefault(key, value.strip())
+        found.setdefault(key, " ".join(parts).strip())
     if not found:
         return {}, lines
     if i < len(lines) and lines[i].strip():

@@ -7,6 +7,7 @@ reply, pull request, other), following FORMAT.md's "Kinds of message".
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -15,6 +16,10 @@ from bot.parse import body as bodymod
 from bot.parse import mime
 from bot.parse.subject import Subject, parse_subject
 
+log = logging.getLogger(__name__)
+
+MAX_PARENTS = 100
+"""Ancestors kept per message for threading (nearest first)."""
 KINDS = ("patch", "cover", "reply", "pull", "other")
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 # Headers that identify a message's content, as public-inbox's ContentHash
@@ -62,13 +67,19 @@ class ParsedMessage:
 
     @property
     def parent_ids(self) -> list[str]:
-        """Ancestors, nearest first: In-Reply-To, then References backwards."""
+        """Ancestors, nearest first: In-Reply-To, then References backwards.
+
+        At most MAX_PARENTS: threading looks for the nearest known ancestor,
+        and hostile mail carries 100,000 References.
+        """
         out: list[str] = []
-        if self.in_reply_to:
-            out.append(self.in_reply_to)
-        for ref in reversed(self.references):
-            if ref not in out and ref != self.message_id:
+        seen = {self.message_id}
+        for ref in ([self.in_reply_to] if self.in_reply_to else []) + self.references[::-1]:
+            if ref not in seen:
+                seen.add(ref)
                 out.append(ref)
+                if len(out) >= MAX_PARENTS:
+                    break
         return out
 
 
@@ -176,12 +187,17 @@ def _list_id(value: str | None) -> str:
 def parse_lenient(raw: bytes) -> ParsedMessage:
     """Parse a message already in the archive; never raises.
 
-    Mirrors may hold anything. A blob that is not mail is still indexed (as
-    "other", with no subject) so that archive positions and ranges stay whole.
+    Mirrors may hold anything. A blob that is not mail, or that the parser
+    cannot read, is still indexed (as "other", with no subject) so that
+    archive positions and ranges stay whole.
     """
     try:
         return parse_message(raw)
-    except MailError:
+    except Exception as err:
+        if not isinstance(err, MailError):
+            log.error(
+                "could not parse an archived message: %s: %s", type(err).__name__, err, exc_info=err
+            )
         digest = hashlib.sha256(raw).hexdigest()
         return ParsedMessage(
             message_id=f"{digest[:40]}@kvm-digest.invalid",

@@ -9,7 +9,9 @@ the modern policy builds header objects we do not need and costs ~5x more.
 
 from __future__ import annotations
 
+import codecs
 import email
+import email.errors
 import email.message
 import email.utils
 import re
@@ -18,12 +20,31 @@ from email.header import decode_header
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
 _WS = re.compile(r"\s+")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FOLD = re.compile(r"\n[ \t]+")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _ADDR = re.compile(r"[\w.+=/!#$%&'*?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+# Address lists are cut at characters no bare address holds, and only the
+# pieces with an "@" are matched: a regex search over the whole header would
+# retry at every position of a long run of letters (quadratic on hostile mail).
+_ADDR_BREAK = re.compile(r"[\s<>()\[\],;:\"\\]+")
 _PATCH_NAME = re.compile(r"\.(patch|diff)$", re.I)
 # Many text parts claim a charset they do not hold; these are the usual truth.
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
+# Codecs Python knows that are not charsets a mail can be written in: they
+# interpret the bytes (punycode, escapes) and raise or run long on hostile
+# input. A part that names one is read with the fallbacks instead.
+_NOT_CHARSETS = frozenset(
+    {"punycode", "idna", "raw_unicode_escape", "unicode_escape", "rot-13", "rot_13"}
+)
+_DECODE_ERRORS = (UnicodeError, ValueError, OverflowError, TypeError)
+MAX_HEADER_CHARS = 16 * 1024
+"""Header text decoded for display (Subject, From) is cut here. No real
+subject or name comes near it, and the stdlib's RFC 2047 and address
+parsers are superlinear (or recursive) on long hostile values."""
+MAX_MIME_PARTS = 500
+"""A multipart mail with more parts is read as flat text: the stdlib's MIME
+parser costs ~0.5 ms a part and recurses once per nesting level."""
+_PART_HEADER = re.compile(rb"^content-type:", re.I | re.M)
 
 
 Headers = dict[str, list[str]]
@@ -40,22 +61,29 @@ def split_message(raw: bytes) -> tuple[Headers, bytes]:
     survive as surrogates, exactly as compat32 keeps them. (A regex that picks
     out only the wanted headers is slower: re tries it at every position.)
     """
-    end = _HEADER_END.search(raw)
-    head, body = (raw[: end.start()], raw[end.end() :]) if end else (raw, b"")
+    end = _header_end(raw)
+    head, body = (raw[: end[0]], raw[end[1] :]) if end else (raw, b"")
+    text = head.decode("ascii", "surrogateescape")
+    # One C-level pass unfolds every header, so the cost is linear in the
+    # size of the header block however often it is folded (hostile mail
+    # folds a References header 400,000 times).
+    text = _FOLD.sub(" ", text.replace("\r", ""))
     headers: Headers = {}
-    last: list[str] | None = None
-    for line in head.decode("ascii", "surrogateescape").replace("\r", "").split("\n"):
-        if line[:1] in (" ", "\t"):
-            if last is not None:
-                last[-1] += " " + line.strip()
-            continue
+    for line in text.split("\n"):
         name, colon, value = line.partition(":")
-        if not colon or not name or " " in name.strip():
-            last = None  # an mbox "From " line or garbage: not a header
-            continue
-        last = headers.setdefault(name.strip().lower(), [])
-        last.append(value.strip())
+        if not colon or not name or " " in name.strip() or line[:1] in (" ", "\t"):
+            continue  # an mbox "From " line, a fold before any header, or garbage
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
     return headers, body
+
+
+def _header_end(raw: bytes) -> tuple[int, int] | None:
+    """Where the header block ends and where the body starts, if anywhere.
+
+    A "\r" left at the end of the header block is dropped with the others.
+    """
+    found = [(i, i + len(sep)) for sep in (b"\n\n", b"\n\r\n") if (i := raw.find(sep)) >= 0]
+    return min(found) if found else None
 
 
 def first(headers: Headers, name: str) -> str | None:
@@ -72,7 +100,14 @@ def body_texts(raw: bytes, headers: Headers, body: bytes) -> list[str]:
     """
     ctype = (first(headers, "content-type") or "text/plain").lower()
     if ctype.lstrip().startswith("multipart/"):
-        return text_parts(email.message_from_bytes(raw))
+        flat = [decode_text(body, None).replace("\r\n", "\n")]
+        if len(_PART_HEADER.findall(body, 0)) > MAX_MIME_PARTS:
+            return flat
+        try:
+            return text_parts(email.message_from_bytes(raw))
+        except RecursionError:
+            # Deep nesting within the part limit can still exhaust the stack.
+            return flat
     part = email.message.Message()
     for name in ("content-type", "content-transfer-encoding", "content-disposition"):
         if value := first(headers, name):
@@ -97,15 +132,28 @@ def decode_text(data: bytes, charset: str | None) -> str:
     always succeeds.
     """
     tried: list[str] = []
-    for name in (charset, *_FALLBACK_CHARSETS):
+    for name in (_codec(charset), *_FALLBACK_CHARSETS):
         if not name or name in tried:
             continue
         tried.append(name)
         try:
             return data.decode(name)
-        except (LookupError, UnicodeDecodeError):
+        except _DECODE_ERRORS:
             continue
     return data.decode("latin-1")
+
+
+def _codec(charset: str | None) -> str | None:
+    """The Python codec for a declared charset, or None if it is not a charset."""
+    if not charset:
+        return None
+    try:
+        info = codecs.lookup(charset.strip().strip("\"'"))
+    except (LookupError, ValueError, TypeError):
+        return None
+    if info.name in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True):
+        return None
+    return info.name
 
 
 def decode_header_value(value: str | None) -> str:
@@ -115,11 +163,11 @@ def decode_header_value(value: str | None) -> str:
     """
     if not value:
         return ""
-    value = _unsurrogate(str(value))
+    value = _unsurrogate(str(value)[:MAX_HEADER_CHARS])
     parts: list[str] = []
     try:
         chunks = decode_header(value)
-    except (ValueError, LookupError):
+    except (ValueError, LookupError, email.errors.HeaderParseError):
         chunks = [(value, None)]
     for chunk, charset in chunks:
         if isinstance(chunk, bytes):
@@ -139,8 +187,12 @@ def parse_address(value: str | None) -> tuple[str, str]:
     """
     if not value:
         return "", ""
-    raw = _unsurrogate(str(value))
-    name, addr = email.utils.parseaddr(_CONTROL.sub(" ", raw))
+    raw = _unsurrogate(str(value)[:MAX_HEADER_CHARS])
+    try:
+        name, addr = email.utils.parseaddr(_CONTROL.sub(" ", raw))
+    except (IndexError, ValueError, RecursionError, email.errors.HeaderParseError):
+        # Some stdlib versions raise on shapes like ".@"; fall back below.
+        name, addr = "", ""
     if not addr and "@" in raw:
         # parseaddr gives up on some broken headers; take the first token with @.
         addr = next((w.strip("<>,;\"'") for w in raw.split() if "@" in w), "")
@@ -186,7 +238,15 @@ def addresses(value: str | None) -> list[str]:
     """
     if not value:
         return []
-    return [a.lower() for a in _ADDR.findall(_unsurrogate(str(value)))]
+    found = []
+    for piece in _ADDR_BREAK.split(_unsurrogate(str(value))):
+        if (
+            piece.count("@") == 1
+            and len(piece) <= 254
+            and (m := _ADDR.fullmatch(piece.strip("'.")))
+        ):
+            found.append(m.group(0).lower())
+    return found
 
 
 def message_ids(value: str | None) -> list[str]:

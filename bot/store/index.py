@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -21,9 +22,14 @@ from bot.store.archive import Archive
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+RULES_VERSION = 2
+"""Bump when parsing or threading rules change: derived rows are rebuilt."""
 DERIVED_TABLES = ("refs", "messages")
+"""Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
+EARLIEST = 631152000
+"""1990-01-01 UTC: no list mail is older; an earlier Date is a broken clock."""
 
 
 class Index:
@@ -31,14 +37,22 @@ class Index:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self.conn = sqlite3.connect(path, timeout=30)
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.execute("PRAGMA foreign_keys = ON")
         self._migrate()
+        private_files(path)
 
     def _migrate(self) -> None:
+        """Bring an index written by any earlier version up to this one.
+
+        State tables gain their new columns in place (nothing a user did is
+        lost); derived tables whose shape changed are dropped and, like all
+        derived rows after a rules change, rebuilt from the archive by the
+        next catch-up. So an upgrade never needs a manual step.
+        """
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise DigestError(
@@ -46,9 +60,36 @@ class Index:
                 "upgrade kvm-digest or run `kvm-digest reindex`"
             )
         schema = resources.files("bot.store").joinpath("schema.sql").read_text()
+        wanted = _columns_of(schema)
         with self.conn:
+            changed = False
+            for table, columns in wanted.items():
+                have = self._columns(table)
+                if not have or have == list(columns):
+                    continue
+                if table in DERIVED_TABLES:
+                    changed = True
+                else:
+                    for name, ddl in columns.items():
+                        if name not in have:
+                            self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+            if changed:
+                for (view,) in self.conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'view'"
+                ).fetchall():
+                    self.conn.execute(f"DROP VIEW {view}")
+                for table in DERIVED_TABLES:
+                    self.conn.execute(f"DROP TABLE IF EXISTS {table}")
             self.conn.executescript(schema)
+            if changed or self.meta("rules_version") != str(RULES_VERSION):
+                if self.meta("last_commit") is not None:
+                    log.warning("the index predates this version's rules; rebuilding it")
+                self._clear_derived()
+                self.set_meta("rules_version", str(RULES_VERSION))
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _columns(self, table: str) -> list[str]:
+        return [row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")]
 
     def close(self) -> None:
         self.conn.close()
@@ -128,7 +169,7 @@ class Index:
             "author_name": p.author_name,
             "author_addr": p.author_addr,
             "date": p.date,
-            "received": p.received,
+            "received": self._arrival(p.received),
             "list_id": p.list_id,
             "kind": p.kind,
             "is_entry": int(p.is_entry),
@@ -149,6 +190,21 @@ class Index:
             [(seq, pos, ref) for pos, ref in enumerate(parents)],
         )
         series.place(self.conn, seq)
+
+    def _arrival(self, when: int | None) -> int | None:
+        """The time a message counts at in ranges: when it reached the list.
+
+        That is its Received stamp (else its Date). A time before 1990 or
+        more than a day ahead of now is a sender's clock gone wrong: the
+        message takes the time of the one before it in the archive, so it
+        can never widen a time range or fall outside every one.
+        """
+        if when is not None and EARLIEST <= when <= time.time() + 86400:
+            return when
+        row = self.conn.execute(
+            "SELECT received FROM messages WHERE received IS NOT NULL ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
 
     def catch_up(self, archive: Archive, progress: Callable[[int], None] | None = None) -> int:
         """Index archive commits the index has not seen; return how many.
@@ -188,9 +244,12 @@ class Index:
     def clear(self) -> None:
         """Forget every derived row; state tables are kept."""
         with self.conn:
-            for table in DERIVED_TABLES:
-                self.conn.execute(f"DELETE FROM {table}")
-            self.conn.execute("DELETE FROM meta WHERE key = 'last_commit'")
+            self._clear_derived()
+
+    def _clear_derived(self) -> None:
+        for table in DERIVED_TABLES:
+            self.conn.execute(f"DELETE FROM {table}")
+        self.conn.execute("DELETE FROM meta WHERE key = 'last_commit'")
 
     # -- reading ---------------------------------------------------------
 
@@ -210,3 +269,50 @@ class Index:
             "ON CONFLICT(source) DO UPDATE SET position = excluded.position",
             (key, position),
         )
+
+
+def _columns_of(schema: str) -> dict[str, dict[str, str]]:
+    """Each table's columns (name -> definition for ALTER TABLE) in `schema`.
+
+    SQLite itself reads the schema, into a scratch in-memory database, so
+    no SQL is parsed here.
+    """
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.executescript(schema)
+        tables = [
+            row[0] for row in scratch.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        out: dict[str, dict[str, str]] = {}
+        for table in tables:
+            out[table] = {}
+            for _cid, name, kind, notnull, default, _pk in scratch.execute(
+                f"PRAGMA table_info({table})"
+            ):
+                ddl = f"{name} {kind}"
+                if default is not None:
+                    ddl += f" DEFAULT {default}"
+                if notnull and default is not None:
+                    ddl += " NOT NULL"
+                out[table][name] = ddl
+        return out
+    finally:
+        scratch.close()
+
+
+def private_dir(path: Path) -> None:
+    """Create the data directory readable by its owner only (0700).
+
+    It holds subscribers' addresses and raw command mail: whatever the umask
+    of whoever creates it, nobody else may read it.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def private_files(db: Path) -> None:
+    """Make the index and its WAL and shared-memory files 0600."""
+    for file in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)

@@ -154,5 +154,19 @@ CREATE TABLE IF NOT EXISTS inbound (
     rcpt     TEXT NOT NULL,              -- the bot address it came to
     raw      BLOB NOT NULL,
     raw_hash TEXT NOT NULL UNIQUE,       -- the same mail fetched twice is one
-    done     INTEGER NOT NULL DEFAULT 0
+    done     INTEGER NOT NULL DEFAULT 0, -- 1 once handled (answered, or not)
+    handled  INTEGER,                    -- when it was handled (for retention)
+    error    TEXT                        -- why handling failed; NULL if it did not
+);
+CREATE INDEX IF NOT EXISTS inbound_pending ON inbound(done, sender);
+
+-- State: list mail that could not be parsed or stored, kept with its
+-- reason for the admin (`kvm-digest failed`), so nothing is lost silently.
+CREATE TABLE IF NOT EXISTS failures (
+    id       INTEGER PRIMARY KEY,
+    created  INTEGER NOT NULL,
+    source   TEXT NOT NULL,              -- IMAP folder and UID, import file and position
+    reason   TEXT NOT NULL,
+    raw      BLOB NOT NULL,
+    raw_hash TEXT NOT NULL UNIQUE
 );
