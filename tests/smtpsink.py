@@ -27,6 +27,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> Message:
@@ -59,7 +60,12 @@ class SinkHandler:
             return "421 4.4.2 connection dropped"
         with self.cond:
             self.received.append(
-                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content,
+                    list(envelope.mail_options),
+                )
             )
             self.cond.notify_all()
         return "250 2.0.0 Ok: queued"
@@ -84,9 +90,13 @@ def relay_process(port: int) -> subprocess.Popen:
 class Sink:
     """Start/stop a recording SMTP server on a fixed port."""
 
-    def __init__(self, certificates: Path | None = None) -> None:
-        """With `certificates` (see tests.dovecot.make_certificates): STARTTLS required."""
+    def __init__(self, certificates: Path | None = None, smtputf8: bool = False) -> None:
+        """With `certificates` (see tests.dovecot.make_certificates): STARTTLS required.
+
+        With `smtputf8`, the relay offers SMTPUTF8 (RFC 6531), as Postfix does.
+        """
         self.port = free_port()
+        self.smtputf8 = smtputf8
         self.handler = SinkHandler()
         self.controller: Controller | None = None
         self.tls: ssl.SSLContext | None = None
@@ -101,6 +111,7 @@ class Sink:
             port=self.port,
             tls_context=self.tls,
             require_starttls=self.tls is not None,
+            enable_SMTPUTF8=self.smtputf8,
         )
         self.controller.start()
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mailbox
 import re
+import resource
 import signal
 import smtplib
 import subprocess
@@ -32,11 +33,18 @@ RANGE = re.compile(r"update from ([0-9a-f]+) to ([0-9a-f]+)")
 class DaemonProcess:
     """`kvm-digest run` in a subprocess; its log lines are collected."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, max_files: int | None = None) -> None:
+        """`max_files` lowers the daemon's RLIMIT_NOFILE (soft and hard)."""
+
+        def limit() -> None:
+            if max_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bot.cli", "--config", str(config), "run"],
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=limit,
         )
         self.lines: list[str] = []
         self.cond = threading.Condition()

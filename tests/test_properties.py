@@ -159,3 +159,73 @@ def test_message_parser_raises_only_mail_error(raw):
     else:
         assert parsed.message_id
         assert parsed.kind in ("patch", "cover", "reply", "pull", "other")
+
+
+CHARSETS = st.sampled_from(
+    ["utf-8", "latin-1", "punycode", "idna", "utf-7", "x-unknown", "unicode_escape", "", "utf-16"]
+)
+HEADER_VALUES = st.one_of(
+    st.text(max_size=200),
+    st.builds(
+        lambda cs, q, t: f"=?{cs}?{q}?{t}?=",
+        CHARSETS,
+        st.sampled_from(["q", "b", "x"]),
+        st.text(alphabet="-=0123456789ABCDEFabcdef_+/", max_size=40),
+    ),
+    st.sampled_from([".@", "@", "<>", "a@b@c", '""@x', "((((((", "=?utf-8?q?=0A?="]),
+)
+
+
+def _hostile_mail(subject: str, sender: str, charset: str, nesting: int, body: bytes) -> bytes:
+    head = (
+        f"From: {sender}\nTo: kvm@vger.kernel.org\nSubject: {subject}\n"
+        "Message-ID: <p@example.org>\nDate: Mon, 1 Mar 2021 10:00:00 +0000\n"
+    ).encode("utf-8", "surrogateescape")
+    parts = b"".join(
+        b"--b%d\nContent-Type: multipart/mixed; boundary=b%d\n\n" % (i, i + 1)
+        for i in range(nesting)
+    )
+    ctype = b"Content-Type: multipart/mixed; boundary=b0\n" if nesting else b""
+    inner = b"--b%d\n" % nesting if nesting else b""
+    return (
+        head
+        + ctype
+        + b"\n"
+        + parts
+        + inner
+        + b"Content-Type: text/plain; charset="
+        + charset.encode()
+        + b"\n\n"
+        + body
+    )
+
+
+@settings(
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    max_examples=150,
+)
+@given(
+    subject=HEADER_VALUES,
+    sender=HEADER_VALUES,
+    charset=CHARSETS,
+    nesting=st.integers(min_value=0, max_value=40),
+    body=st.binary(max_size=300),
+)
+def test_hostile_mail_goes_through_parse_index_and_digest(
+    tmp_path_factory, subject, sender, charset, nesting, body
+):
+    """Whatever the mail, it is stored and rendered, or rejected with MailError."""
+    from bot.digest.build import build, environment, render
+    from tests.mailfactory import Store
+
+    raw = _hostile_mail(subject, sender, charset, nesting, body)
+    try:
+        parse_message(raw)
+    except MailError:
+        return
+    store = Store(tmp_path_factory.mktemp("prop"))
+    store.add(raw)
+    assert store.index.count() == 1
+    text = render(build(store.index.conn, ranges.everything(store.index.conn)), environment())
+    assert "Top 15 contributors" in text
+    store.index.close()

@@ -41,6 +41,7 @@ def wire_address(address: str) -> tuple[str, bool]:
         or not domain
         or len(address) > MAX_ADDRESS
         or _NOT_IN_ADDRESS.search(local + domain)
+        or "@" in local
         or local.startswith(".")
         or local.endswith(".")
         or ".." in local
