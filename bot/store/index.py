@@ -47,8 +47,39 @@ class Index:
             )
         schema = resources.files("bot.store").joinpath("schema.sql").read_text()
         with self.conn:
+            self._drop_stale_derived(schema)
             self.conn.executescript(schema)
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _drop_stale_derived(self, schema: str) -> None:
+        """Drop derived tables whose shape differs from this version's schema.
+
+        They hold nothing the archive does not (git is the truth), so a new
+        column or kind is an upgrade by rebuilding: forgetting `last_commit`
+        makes the next catch-up index the whole archive with the new rules.
+        State tables are never touched here.
+        """
+        wanted = sqlite3.connect(":memory:")
+        try:
+            wanted.executescript(schema)
+            expected = dict(
+                wanted.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+            )
+        finally:
+            wanted.close()
+        current = dict(
+            self.conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+        )
+        if all(current.get(t, expected[t]) == expected[t] for t in DERIVED_TABLES):
+            return
+        log.warning("the index predates this version's rules; rebuilding it from the archive")
+        for (view,) in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'view'"
+        ).fetchall():
+            self.conn.execute(f'DROP VIEW IF EXISTS "{view}"')
+        for table in DERIVED_TABLES:
+            self.conn.execute(f"DROP TABLE IF EXISTS {table}")
+        self.conn.execute("DELETE FROM meta WHERE key = 'last_commit'")
 
     def close(self) -> None:
         self.conn.close()
@@ -102,11 +133,19 @@ class Index:
     def _insert(self, commit_id: str, p: ParsedMessage) -> None:
         s = p.subject
         from_key = p.from_addr.lower()
+        # A re-delivery (the archive holds this very message again, as a
+        # mirror may) keeps its row, so archive positions stay whole, but
+        # counts nowhere: no entry, no series, no statistics.
+        redelivered = self.has(p.message_id, p.content_hash)
+        is_entry = p.is_entry and not redelivered
+        # A duplicate entry repeats an earlier one's subject, sender and text
+        # (a resend); the same subject with changed text is a new entry.
         is_dup = (
-            p.is_entry
+            is_entry
             and self.conn.execute(
-                "SELECT 1 FROM messages WHERE is_entry AND subject = ? AND from_key = ?",
-                (s.full, from_key),
+                "SELECT 1 FROM messages WHERE is_entry AND subject = ? AND from_key = ?"
+                " AND text_hash = ?",
+                (s.full, from_key, p.text_hash),
             ).fetchone()
             is not None
         )
@@ -131,8 +170,10 @@ class Index:
             "received": p.received,
             "list_id": p.list_id,
             "kind": p.kind,
-            "is_entry": int(p.is_entry),
+            "is_entry": int(is_entry),
             "is_dup": int(is_dup),
+            "text_hash": p.text_hash,
+            "redelivered": int(redelivered),
             "parent_id": parents[0] if parents else None,
             # The first References id is the thread's root, as mail clients see it.
             "thread_id": p.references[0]
