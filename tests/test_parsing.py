@@ -280,6 +280,13 @@ def test_diffstat_summary_without_its_leading_space_ends_the_message():
         ("[PULL kvm-unit-tests 01/39] Makefile: x", PATCH_BODY, "patch", True),
         ("[kvm-unit-tests PULL 2/2] arm: y", PATCH_BODY, "patch", False),
         ("[GIT PULL] KVM fixes", "are available in the Git repository at\n", "pull", True),
+        (
+            "KVM/arm64 fixes for 6.8, take #2",  # no tag: the body says it
+            "The following changes since commit 0123456789ab:\n\n  x\n\n"
+            "are available in the git repository at:\n\n  git://x tags/y\n",
+            "pull",
+            True,
+        ),
         ("[PATCH 0/1] a patch numbered zero", PATCH_BODY, "patch", True),
         (
             'Patch "KVM: x" has been added to the 5.10-stable tree',

@@ -29,7 +29,11 @@ _SIGNATURE = "-- "
 # Mailman 2 appends "____...\n<list> mailing list\n<address>\n<url>"; other
 # managers use a row of dashes or underscores followed by a few short lines.
 _FOOTER = re.compile(r"\n_{20,}\n[^\n]*mailing list[^\n]*\n(?:[^\n]*\n?){0,6}\Z", re.I)
-_PULL = re.compile(r"are available in the git repository at", re.I)
+# git request-pull's fixed wording (older gits write "git" in lower case).
+_PULL = re.compile(
+    r"are available in the git repository at|^The following changes since commit [0-9a-f]{7,}",
+    re.I | re.M,
+)
 # A header-like line ("Sent:", "To:"): after a `From:` it means a quoted mail
 # header block (Outlook), not git's in-body From.
 _HEADERISH = re.compile(r"^[A-Za-z][\w-]*:[ \t]")
