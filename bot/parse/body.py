@@ -12,6 +12,7 @@ signatures: neither belongs in a digest.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -30,10 +31,9 @@ _SIGNATURE = "-- "
 # managers use a row of dashes or underscores followed by a few short lines.
 _FOOTER = re.compile(r"\n_{20,}\n[^\n]*mailing list[^\n]*\n(?:[^\n]*\n?){0,6}\Z", re.I)
 # git request-pull's fixed wording (older gits write "git" in lower case).
-_PULL = re.compile(
-    r"are available in the git repository at|^The following changes since commit [0-9a-f]{7,}",
-    re.I | re.M,
-)
+# Each is searched only after a plain substring test: most mail has neither.
+_PULL_AT = re.compile(r"are available in the git repository at", re.I)
+_PULL_SINCE = re.compile(r"^The following changes since commit [0-9a-f]{7,}", re.M)
 # A header-like line ("Sent:", "To:"): after a `From:` it means a quoted mail
 # header block (Outlook), not git's in-body From.
 _HEADERISH = re.compile(r"^[A-Za-z][\w-]*:[ \t]")
@@ -80,6 +80,30 @@ class Body:
     """Opens like an automated note about a patch (a stable-tree notice)."""
     embeds_diff: bool = False
     """The diff sits inside a letter (text or a shortlog around it), not after it."""
+    text_hash: str = ""
+    """See text_hash()."""
+
+
+def mentions_pull(text: str) -> bool:
+    """True when the text carries git request-pull's wording."""
+    if "repository at" in text and _PULL_AT.search(text):
+        return True
+    return "following changes since commit" in text and bool(_PULL_SINCE.search(text))
+
+
+def text_hash(texts: list[str]) -> str:
+    """A hash of what a message says, for telling a resend from a repost.
+
+    FORMAT.md: an entry is a duplicate when its subject, sender and body text
+    (decoded, white space ignored) equal an earlier one's. The texts come
+    decoded and without their list footer, so a quoted-printable copy equals
+    an 8-bit one, and dropping all white space makes re-wrapped copies equal.
+    """
+    h = hashlib.sha256()
+    for text in texts:
+        h.update("".join(text.split()).encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def strip_footer(text: str) -> str:
@@ -152,6 +176,8 @@ def cut_commit_message(lines: list[str]) -> list[str]:
 
 def _signature_at(lines: list[str], i: int) -> bool:
     """True when line i starts a signature: `-- `, or a bare `--` near the end."""
+    if not lines[i].startswith("--"):
+        return False  # the cheap test settles almost every line
     if lines[i] == _SIGNATURE:
         return True
     if lines[i].rstrip() != "--":
@@ -232,7 +258,7 @@ def split_body(texts: list[str], is_reply: bool = False, numbered_cover: bool = 
     lines = first.split("\n")
     inbody, rest = split_inbody_headers(lines)
     has_diff = not is_reply and any(contains_diff(t) for t in cleaned)
-    embedded = has_diff and embeds_diff(rest)
+    embedded = numbered_cover and has_diff and embeds_diff(rest)
     message = ""
     if not is_reply and numbered_cover and (embedded or not has_diff):
         message = "\n".join(cut_cover_letter(rest))
@@ -248,9 +274,11 @@ def split_body(texts: list[str], is_reply: bool = False, numbered_cover: bool = 
         inbody=inbody,
         commit_message=message,
         has_diff=has_diff,
-        mentions_pull=not is_reply and bool(_PULL.search(first)),
+        mentions_pull=not is_reply and mentions_pull(first),
         is_notice=not is_reply and bool(_NOTICE.search(first.lstrip()[:_NOTICE_WINDOW])),
         embeds_diff=embedded,
+        # Only entries are compared, and a reply never is one.
+        text_hash="" if is_reply else text_hash(cleaned),
     )
 
 

@@ -53,7 +53,7 @@ class ParsedMessage:
     commit_message: str = ""
     size: int = 0
     text_hash: str = ""
-    """Hash of the decoded body text with all white space removed (see text_hash)."""
+    """Hash of the decoded body text with all white space removed (body.text_hash)."""
 
     @property
     def is_entry(self) -> bool:
@@ -82,21 +82,6 @@ def content_hash(headers: mime.Headers, body: bytes) -> str:
             text = " ".join(str(value).split())
             h.update(f"{name}:{text}\n".encode("utf-8", "surrogateescape"))
     h.update(b"\n\n" + body.replace(b"\r\n", b"\n").rstrip())
-    return h.hexdigest()
-
-
-def text_hash(texts: list[str]) -> str:
-    """A hash of what a message says, for telling a resend from a repost.
-
-    FORMAT.md: an entry is a duplicate when its subject, sender and body text
-    (decoded, white space ignored) equal an earlier one's. Decoding first
-    makes a quoted-printable copy equal to an 8-bit one; dropping the list
-    footer and all white space makes re-wrapped or re-footered copies equal.
-    """
-    h = hashlib.sha256()
-    for text in texts:
-        h.update("".join(bodymod.strip_footer(text).split()).encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
     return h.hexdigest()
 
 
@@ -198,7 +183,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         recipients=recipients,
         commit_message=split.commit_message if kind in ("patch", "cover", "pull") else "",
         size=len(raw),
-        text_hash=text_hash(texts),
+        text_hash=split.text_hash,
     )
 
 
