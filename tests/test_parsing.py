@@ -238,6 +238,11 @@ def test_in_body_from_without_a_blank_line_after_it():
     parsed = parse_message(mail("[PATCH 4/7] time: x", "nb@y", frm="J <j@arm.com>", body=body))
     assert (parsed.author_name, parsed.author_addr) == ("Thomas Gleixner", "tglx@linutronix.de")
     assert parsed.commit_message.startswith("In some scenario like...")
+    # The commit message may itself start like a header ("KVM: x86: ...").
+    body = "From: Sean <seanjc@google.com>\nKVM: x86: is the prefix here.\n---\n" + PATCH_BODY
+    parsed = parse_message(mail("[PATCH] KVM: x86: x", "nb2@y", frm="P <p@r.com>", body=body))
+    assert parsed.author_addr == "seanjc@google.com"
+    assert parsed.commit_message.startswith("KVM: x86: is the prefix here.")
 
 
 @pytest.mark.parametrize(
@@ -245,6 +250,8 @@ def test_in_body_from_without_a_blank_line_after_it():
     [
         ["From: what I read, this is wrong.", "More prose."],
         ["From: Ann <ann@example.org>", "Sent: Monday, 1 March 2021", "To: kvm"],
+        ["From: Ann <ann@example.org>", "Date: Mon, 1 Mar 2021", "To: kvm", "", "Hi"],
+        ["Von: Ann <ann@example.org>", "Gesendet: Montag"],
     ],
 )
 def test_prose_and_quoted_header_blocks_are_not_in_body_headers(lines):

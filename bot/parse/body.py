@@ -34,9 +34,16 @@ _FOOTER = re.compile(r"\n_{20,}\n[^\n]*mailing list[^\n]*\n(?:[^\n]*\n?){0,6}\Z"
 # Each is searched only after a plain substring test: most mail has neither.
 _PULL_AT = re.compile(r"are available in the git repository at", re.I)
 _PULL_SINCE = re.compile(r"^The following changes since commit [0-9a-f]{7,}", re.M)
-# A header-like line ("Sent:", "To:"): after a `From:` it means a quoted mail
-# header block (Outlook), not git's in-body From.
-_HEADERISH = re.compile(r"^[A-Za-z][\w-]*:[ \t]")
+# A mail header line ("Sent:", "To:", German Outlook's "Gesendet:"): after a
+# `From:` it means a quoted header block, not git's in-body From. (A commit
+# message may well start with "KVM: x86: ...", so only header names count.)
+_HEADERISH = re.compile(
+    r"^(?:Sent|To|Cc|Bcc|Reply-To|Date|Subject|Importance|Organization|Message-ID"
+    r"|In-Reply-To|References|Received|Return-Path|Delivered-To|Envelope-To|Sender"
+    r"|MIME-Version|Content-[\w-]+|User-Agent|X-[\w-]+|Gesendet|An|Betreff|Datum"
+    r"|Envoy[ée]|[ÀA]|Objet|Enviado el|Para|Asunto):[ \t]",
+    re.I,
+)
 _HAS_ADDRESS = re.compile(r"<[^<>@\s]+@[^<>\s]+>|^[^\s<>@]+@[^\s<>@]+\.[^\s<>@]+$")
 # Automated notes about a patch, by the first words of their body: the stable
 # team's "added the patch titled" and "does not apply" mails, tip-bot's
