@@ -127,6 +127,7 @@ def cover_series(conn: sqlite3.Connection, cover: Node) -> str:
     root = cover.message_id
     if cover.when is not None:
         # The cover letter itself is among the rows: the earliest copy wins.
+        # (`kind IN (...)` repeats the partial index's condition so SQLite uses it.)
         row = conn.execute(
             """SELECT message_id FROM messages
                 WHERE kind IN ('patch', 'cover') AND kind = 'cover'
