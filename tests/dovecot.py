@@ -216,17 +216,31 @@ backoff_max = 2
         (self.root / "passwd").write_text(f"{USER}:{{PLAIN}}{password}::::\n")
 
     def start(self) -> Dovecot:
+        for _attempt in range(3):
+            if self._start():
+                return self
+            # free_port() can lose its port to another process before Dovecot
+            # binds it (parallel tests, a connection storm): take another.
+            old, self.port = self.port, free_port()
+            conf = self.root / "dovecot.conf"
+            conf.write_text(conf.read_text().replace(f"port = {old}\n", f"port = {self.port}\n"))
+        raise RuntimeError(self.log())
+
+    def _start(self) -> bool:
+        """Start Dovecot; False when it exited because its port was taken."""
         self.proc = subprocess.Popen(
             [DOVECOT, "-F", "-c", str(self.root / "dovecot.conf")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while True:  # readiness: a real LOGIN works (the auth worker is up too)
             try:
                 self.client().logout()
-                return self
+                return True
             except (OSError, imaplib.IMAP4.error):
+                if self.proc.poll() is not None and "in use" in self.log():
+                    return False
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(self.log()) from None
                 time.sleep(0.05)

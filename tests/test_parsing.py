@@ -220,3 +220,127 @@ def test_headers_with_8bit_bytes_and_control_characters():
     parsed = parse_message(raw)
     assert parsed.from_name == "José"
     assert parsed.subject.full == "[PATCH] café bar"
+
+
+def test_quotes_inside_a_name_are_kept():
+    assert parse_address("\"Hector Martin 'marcan'\" <marcan@marcan.st>") == (
+        "Hector Martin 'marcan'",
+        "marcan@marcan.st",
+    )
+    assert parse_address("'Jinhui Guo' <g@bytedance.com>") == ("Jinhui Guo", "g@bytedance.com")
+    assert parse_address('"O\'Brien, Pat" <pat@example.org>') == ("O'Brien, Pat", "pat@example.org")
+
+
+def test_in_body_from_without_a_blank_line_after_it():
+    # As git send-email writes it when the patch's From has no blank line
+    # (real: "[RFC PATCH v6 4/7] time: ..." on kvmarm, sent by Jianyong Wu).
+    body = "From: Thomas Gleixner <tglx@linutronix.de>\nIn some scenario like...\n\n" + PATCH_BODY
+    parsed = parse_message(mail("[PATCH 4/7] time: x", "nb@y", frm="J <j@arm.com>", body=body))
+    assert (parsed.author_name, parsed.author_addr) == ("Thomas Gleixner", "tglx@linutronix.de")
+    assert parsed.commit_message.startswith("In some scenario like...")
+    # The commit message may itself start like a header ("KVM: x86: ...").
+    body = "From: Sean <seanjc@google.com>\nKVM: x86: is the prefix here.\n---\n" + PATCH_BODY
+    parsed = parse_message(mail("[PATCH] KVM: x86: x", "nb2@y", frm="P <p@r.com>", body=body))
+    assert parsed.author_addr == "seanjc@google.com"
+    assert parsed.commit_message.startswith("KVM: x86: is the prefix here.")
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["From: what I read, this is wrong.", "More prose."],
+        ["From: Ann <ann@example.org>", "Sent: Monday, 1 March 2021", "To: kvm"],
+        ["From: Ann <ann@example.org>", "Date: Mon, 1 Mar 2021", "To: kvm", "", "Hi"],
+        ["Von: Ann <ann@example.org>", "Gesendet: Montag"],
+    ],
+)
+def test_prose_and_quoted_header_blocks_are_not_in_body_headers(lines):
+    assert split_inbody_headers(lines) == ({}, lines)
+
+
+def test_diffstat_summary_without_its_leading_space_ends_the_message():
+    # The summary is the last line whatever follows: a signature whose "-- "
+    # lost its space, a git version.
+    body = (
+        "Hi Paolo,\n\nare available in the Git repository at:\n\n  git://x tags/y\n\n"
+        "----------------------------------------------------------------\n"
+        "Ann Author (1):\n      KVM: fix\n\n"
+        "f.c | 2 +-\n9 files changed, 10 insertions(+), 3 deletions(-)\n--\n2.30.0\n"
+    )
+    parsed = parse_message(mail("[GIT PULL] KVM fixes", "ds@y", body=body))
+    assert parsed.kind == "pull"
+    assert parsed.commit_message.endswith("\n9 files changed, 10 insertions(+), 3 deletions(-)")
+    lines = ["Message.", "", "---", "f.c | 1 +", "1 file changed, 1 insertion(+)", "", "x"]
+    assert cut_commit_message(lines)[-1] == "1 file changed, 1 insertion(+)"
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "kind", "entry"),
+    [
+        ("[PULL kvm-unit-tests 00/39] arm: old and new", "Please pull.\n", "cover", True),
+        (
+            "[GIT PULL 00/23] KVM/arm updates",
+            "are available in the Git repository at\n",
+            "cover",
+            True,
+        ),
+        ("[PULL kvm-unit-tests 01/39] Makefile: x", PATCH_BODY, "patch", True),
+        ("[kvm-unit-tests PULL 2/2] arm: y", PATCH_BODY, "patch", False),
+        ("[GIT PULL] KVM fixes", "are available in the Git repository at\n", "pull", True),
+        (
+            "KVM/arm64 fixes for 6.8, take #2",  # no tag: the body says it
+            "The following changes since commit 0123456789ab:\n\n  x\n\n"
+            "are available in the git repository at:\n\n  git://x tags/y\n",
+            "pull",
+            True,
+        ),
+        ("[PATCH 0/1] a patch numbered zero", PATCH_BODY, "patch", True),
+        (
+            'Patch "KVM: x" has been added to the 5.10-stable tree',
+            "This is a note to let you know that I've just added the patch titled\n\n" + PATCH_BODY,
+            "notice",
+            False,
+        ),
+        (
+            'FAILED: patch "[PATCH] KVM: x" failed to apply to 5.10-stable tree',
+            "The patch below does not apply to the 5.10-stable tree.\n\n" + PATCH_BODY,
+            "notice",
+            False,
+        ),
+        (
+            "KVM: x86: a fix for the stable tree",  # the body alone says it
+            "This is a note to let you know that I've just added the patch titled\n\n"
+            "    KVM: x86: a fix\n\nto the 6.6-stable tree\n\n" + PATCH_BODY,
+            "notice",
+            False,
+        ),
+    ],
+)
+def test_kinds_round2(subject, body, kind, entry):
+    parsed = parse_message(mail(subject, "k2@y", body=body))
+    assert (parsed.kind, parsed.is_entry) == (kind, entry)
+
+
+def test_a_cover_letter_runs_to_its_signature_at_most_400_lines():
+    shortlog = "\n".join(f"  KVM: change {n}" for n in range(450))
+    body = (
+        "Sketch of the idea:\n\ndiff --git a/f.c b/f.c\n--- a/f.c\n+++ b/f.c\n"
+        "@@ -1 +1 @@\n-a\n+b\n\nThoughts?\n\nAnn Author (450):\n"
+        + shortlog
+        + "\n\n f.c | 900 +\n 1 file changed, 900 insertions(+)\n\n-- \n2.43.0\n"
+    )
+    parsed = parse_message(mail("[PATCH 000/450] a big one", "big@y", body=body))
+    assert parsed.kind == "cover"
+    lines = parsed.commit_message.split("\n")
+    assert lines[:3] == ["Sketch of the idea:", "", "diff --git a/f.c b/f.c"]
+    assert len(lines) == 402
+    assert lines[-1] == "[... 65 more lines]"  # 465 lines in all
+    short = parse_message(mail("[PATCH 0/2] small", "small@y", body=body.replace(shortlog, "")))
+    assert short.commit_message.endswith(" 1 file changed, 900 insertions(+)")
+
+
+def test_a_signature_that_lost_its_space_is_still_a_signature():
+    assert cut_commit_message(["Cover.", "", "--", "2.30.0", ""]) == ["Cover."]
+    # A "--" with a long text after it is prose, not a signature.
+    prose = ["Before.", "--", *[f"line {n}" for n in range(6)]]
+    assert cut_commit_message(prose) == prose

@@ -205,3 +205,103 @@ def test_thread_ids_follow_the_references_root(store):
         "SELECT messages FROM threads WHERE thread_id = 's-0@x'"
     ).fetchone()
     assert threads == (4,)
+
+
+def v2_all_in_reply_to_v1() -> list[bytes]:
+    """v1 with its patches, then a v2 cover and v2 patches all answering v1's
+    cover (git send-email --in-reply-to=<v1 cover> for the whole v2 set)."""
+    msgs = cover_series(1, 2, "v1")
+    msgs.append(
+        mail(
+            "[PATCH v2 0/2] the thing",
+            "v2-0@x",
+            irt="v1-0@x",
+            refs=["v1-0@x"],
+            body=COVER_BODY,
+            minutes=60,
+        )
+    )
+    for n in (1, 2):
+        msgs.append(
+            mail(
+                f"[PATCH v2 {n}/2] part {n}",
+                f"v2-{n}@x",
+                irt="v1-0@x",
+                refs=["v1-0@x"],
+                minutes=60 + n,
+            )
+        )
+    return msgs
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3, 4, 5), (4, 5, 0, 1, 2, 3), (5, 4, 3, 2, 1, 0)])
+def test_v2_cover_and_patches_all_in_reply_to_v1_cover(tmp_path, order):
+    msgs = v2_all_in_reply_to_v1()
+    store = Store(tmp_path / "s")
+    store.add(*[msgs[i] for i in order])
+    assert {store.series_of(f"v2-{n}@x") for n in range(3)} == {store.series_of("v2-0@x")}
+    assert store.series_of("v2-0@x") != store.series_of("v1-0@x")
+    assert sorted(patch_lines(store)) == [
+        "[PATCH 0/2] the thing | 2/2 patches, cover letter",
+        "[PATCH v2 0/2] the thing | 2/2 patches, cover letter",
+    ]
+
+
+def test_v2_patches_without_a_v2_cover_under_the_v1_cover_are_a_new_series(store):
+    store.add(*cover_series(1, 2, "v1"))
+    store.add(mail("[PATCH v2 1/2] part 1", "w1@x", irt="v1-0@x", refs=["v1-0@x"]))
+    assert store.series_of("w1@x") != store.series_of("v1-0@x")
+
+
+def test_patches_omitting_the_version_join_their_cover_letter(store):
+    # patchwork's convention: [PATCH 1/4] under [PATCH net-next v3 0/4].
+    store.add(mail("[PATCH net-next v3 0/4] net: things", "n0@x", body=COVER_BODY))
+    for n in range(1, 5):
+        store.add(mail(f"[PATCH {n}/4] net: thing {n}", f"n{n}@x", irt="n0@x", refs=["n0@x"]))
+    # Another sender's patch answering that cover letter is not part of it.
+    store.add(mail("[PATCH 1/4] net: mine", "o1@x", frm=BOB, irt="n0@x", refs=["n0@x"]))
+    assert {store.series_of(f"n{n}@x") for n in range(5)} == {store.series_of("n0@x")}
+    assert store.series_of("o1@x") != store.series_of("n0@x")
+    assert patch_lines(store)[0] == (
+        "[PATCH net-next v3 0/4] net: things | 4/4 patches, cover letter"
+    )
+
+
+def test_mercurial_numbering_forms_a_series(store):
+    store.add(mail("[PATCH 0 of 2] hg: things", "h0@x", body=COVER_BODY))
+    for n in (1, 2):
+        store.add(mail(f"[PATCH {n} of 2] hg: thing {n}", f"h{n}@x", irt="h0@x", refs=["h0@x"]))
+    assert patch_lines(store) == ["[PATCH 0 of 2] hg: things | 2/2 patches, cover letter"]
+    assert store.row("h1@x")["is_entry"] and not store.row("h2@x")["is_entry"]
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (1, 2, 3, 0), (3, 2, 1, 0)])
+def test_a_cover_letter_sent_twice_with_patches_on_the_second_copy(tmp_path, order):
+    msgs = [
+        mail("[PATCH 0/2] the thing", "c1@x", body=COVER_BODY),
+        mail("[PATCH 0/2] the thing", "c2@x", body=COVER_BODY, minutes=1),
+        mail("[PATCH 1/2] part 1", "c2-1@x", irt="c2@x", refs=["c2@x"], minutes=2),
+        mail("[PATCH 2/2] part 2", "c2-2@x", irt="c2@x", refs=["c2@x"], minutes=2),
+    ]
+    store = Store(tmp_path / "s")
+    store.add(*[msgs[i] for i in order])
+    assert patch_lines(store) == ["[PATCH 0/2] the thing | 2/2 patches, cover letter"]
+    entries = digest.entries(store.index.conn, ranges.everything(store.index.conn))
+    # Two cover letters and the 1/2; whichever copy came second is the duplicate.
+    assert sorted(e.duplicate for e in entries) == [False, False, True]
+
+
+def test_a_resend_of_a_whole_series_adds_no_line(store):
+    store.add(*cover_series(1, 2, "a"))
+    later = [
+        mail("[PATCH 0/2] the thing", "b-0@x", body=COVER_BODY, minutes=1440),
+        mail("[PATCH 1/2] part 1", "b-1@x", irt="b-0@x", refs=["b-0@x"], minutes=1441),
+        mail("[PATCH 2/2] part 2", "b-2@x", irt="b-0@x", refs=["b-0@x"], minutes=1441),
+    ]
+    store.add(*later)
+    assert store.series_of("b-0@x") != store.series_of("a-0@x")
+    assert patch_lines(store) == ["[PATCH 0/2] the thing | 2/2 patches, cover letter"]
+    # The same subject with changed text a day later is a new posting.
+    store.add(mail("[PATCH 0/2] the thing", "c-0@x", body="Changed.\n", minutes=2880))
+    assert not store.row("c-0@x")["is_dup"]
+    assert store.row("b-0@x")["is_dup"] and store.row("b-1@x")["is_dup"]

@@ -63,3 +63,54 @@ def test_pull_and_rfc_tags():
     assert parse_subject("[GIT PULL] KVM changes").is_pull
     assert parse_subject("[RFC 0/3] idea").is_patch
     assert not parse_subject("Question: KVM").is_patch
+
+
+@pytest.mark.parametrize(
+    ("subject", "counter", "total", "version"),
+    [
+        ("[PATCH 1 of 2] hg: patchbomb numbering", 1, 2, 1),
+        ("[PATCH v3 03 of 10] hg: zero padded", 3, 10, 3),
+        ("[RFC] [PATCH 0 of 4] hg: cover", 0, 4, 1),
+        ("[PATCH] one of many", None, None, 1),
+    ],
+)
+def test_counter_spellings(subject, counter, total, version):
+    s = parse_subject(subject)
+    assert (s.counter, s.total, s.version) == (counter, total, version)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "RE: [PATCH] x",
+        "Re[2]: [PATCH] x",
+        "Re^3: [PATCH] x",
+        "SV: VS: [PATCH] x",
+        "Odp: [PATCH] x",
+        "WG: [PATCH] x",
+        "回复：[PATCH] x",
+        "[External] Re: [PATCH] x",
+    ],
+)
+def test_any_reply_prefix(subject):
+    assert parse_subject(subject).is_reply
+
+
+@pytest.mark.parametrize(
+    ("subject", "notice"),
+    [
+        ('Patch "KVM: arm64: Fix exclusive limit" has been added to the 4.14-stable tree', True),
+        ('patch "KVM: x86: fix" added to the 6.1-stable tree', True),
+        ('FAILED: patch "[PATCH] KVM: x86: fix" failed to apply to 5.10-stable tree', True),
+        ('Patch "KVM: x86: fix" has been removed from the 5.15-stable tree', True),
+        ('patch "usb: fix" added to usb-linus', True),
+        ("[tip: x86/urgent] x86/kvm: Fix the thing", True),
+        ("+ mm-fix-it.patch added to mm-hotfixes-unstable branch", True),
+        ('[PATCH] Revert "x86: patch" added to fix', False),
+        ("[PATCH 5.10 012/150] KVM: x86: fix", False),
+        ('Re: Patch "x" has been added to the 5.4-stable tree', False),
+    ],
+)
+def test_notice_subjects(subject, notice):
+    s = parse_subject(subject)
+    assert s.is_notice == (notice and not s.is_reply)

@@ -73,7 +73,8 @@ def statistics(conn: sqlite3.Connection, rng: Range, top: int):
     domains: Counter[str] = Counter()
     total = 0
     for name, addr in conn.execute(
-        "SELECT author_name, author_addr FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq",
+        "SELECT author_name, author_addr FROM messages WHERE seq > ? AND seq <= ?"
+        " AND NOT redelivered ORDER BY seq",
         (rng.start_seq, rng.end_seq),
     ):
         total += 1
@@ -94,10 +95,10 @@ def statistics(conn: sqlite3.Connection, rng: Range, top: int):
 def patch_list(conn: sqlite3.Connection, rng: Range) -> list[SeriesLine]:
     """One line per series with a patch or cover letter in the range."""
     rows = conn.execute(
-        """SELECT series_id, kind, counter, total, subject, from_name, from_addr
+        """SELECT series_id, kind, counter, total, subject, from_name, from_addr, is_dup
              FROM messages
             WHERE seq > ? AND seq <= ? AND series_id IS NOT NULL
-              AND kind IN ('patch', 'cover') AND NOT is_dup
+              AND kind IN ('patch', 'cover')
             ORDER BY seq""",
         (rng.start_seq, rng.end_seq),
     ).fetchall()
@@ -114,7 +115,11 @@ def patch_list(conn: sqlite3.Connection, rng: Range) -> list[SeriesLine]:
         grouped.setdefault(row[0], []).append(row)
     lines = []
     for series_id, members in grouped.items():
-        covers = [m for m in members if m[2] == 0]
+        if _resent(conn, series_id):
+            continue  # a duplicate adds nothing to the patch list
+        # A copy of a cover letter (sent twice) still is the series' cover
+        # letter when it is the one in the range.
+        covers = [m for m in members if m[2] == 0 and not m[7]] or [m for m in members if m[2] == 0]
         patches = [m for m in members if m[2] != 0]
         shown = covers[0] if covers else min(patches, key=lambda m: m[2] or 1)
         numbers = {m[2] or 1 for m in patches}
@@ -126,6 +131,16 @@ def patch_list(conn: sqlite3.Connection, rng: Range) -> list[SeriesLine]:
             summary += f", {replies[series_id]} replies"
         lines.append(SeriesLine(shown[4], person(shown[5], shown[6]), summary))
     return lines
+
+
+def _resent(conn: sqlite3.Connection, series_id: str) -> bool:
+    """True when every entry of a series duplicates an earlier one (a resend)."""
+    entries_, new = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(NOT is_dup), 0) FROM messages"
+        " WHERE series_id = ? AND is_entry",
+        (series_id,),
+    ).fetchone()
+    return entries_ > 0 and new == 0
 
 
 def entries(conn: sqlite3.Connection, rng: Range) -> list[Entry]:

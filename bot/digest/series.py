@@ -17,8 +17,23 @@ back to: same sender, same version and total, within an hour, counter not yet
 taken. Replies belong to the series of their nearest known ancestor, else to
 the series of the patch whose subject they answer.
 
-Whenever a message arrives, every message that referred to it is
-re-resolved, so the order mail arrives in never changes the result.
+Three conventions from real mail (and patchwork's own test suite):
+
+- A patch that answers a cover letter of the same sender belongs to it even
+  when the patch's subject omits the version or carries a lower one
+  (`[PATCH 1/4]` under `[PATCH net-next v3 0/4]`). A higher version is a new
+  series sent in reply to the old one.
+- A v2 cover letter and its v2 patches all sent in reply to the v1 cover
+  letter (`git send-email --in-reply-to=<v1>` for the whole set): the
+  patches' parent is v1, but their own cover letter is their sibling; they
+  join it.
+- A cover letter sent twice within the hour (same sender and subject) names
+  one series: the patches may answer either copy.
+
+Whenever a message arrives, every message that referred to it (and, for a
+cover letter, its twins and siblings) is re-resolved, so the order mail
+arrives in never changes the result. A re-delivery (the same message again,
+see index.py) belongs to no series.
 """
 
 from __future__ import annotations
@@ -46,6 +61,7 @@ class Node:
     base_subject: str
     when: int | None
     series_id: str | None
+    redelivered: int = 0
 
     @property
     def is_patchy(self) -> bool:
@@ -54,7 +70,7 @@ class Node:
 
 _COLUMNS = (
     "seq, message_id, kind, version, counter, total, from_key, parent_id, "
-    "base_subject, COALESCE(date, received), series_id"
+    "base_subject, COALESCE(date, received), series_id, redelivered"
 )
 
 
@@ -78,13 +94,63 @@ def by_message_id(conn: sqlite3.Connection, message_id: str) -> Node | None:
     return Node(*row) if row else None
 
 
-def _joins(child: Node, parent: Node) -> bool:
-    """True when `child` continues the series `parent` belongs to."""
-    if not parent.is_patchy or parent.version != child.version:
+def _same_series_patch(child: Node, parent: Node) -> bool:
+    """True when `parent` is an earlier patch of the series `child` is in."""
+    return (
+        parent.kind == "patch"
+        and parent.version == child.version
+        and parent.from_key == child.from_key
+        and parent.total == child.total
+    )
+
+
+def _under_cover(child: Node, cover: Node) -> bool:
+    """True when a patch answering `cover` belongs to the cover's series.
+
+    Same sender; the same version, or a lower one with the same total (a
+    version left out of the patches' subjects). A higher version answering
+    an old cover letter is a new series.
+    """
+    if cover.kind != "cover" or cover.from_key != child.from_key:
         return False
-    if parent.from_key != child.from_key:
-        return False
-    return parent.kind == "cover" or parent.total == child.total
+    if cover.version == child.version:
+        return True
+    return child.version < cover.version and cover.total == child.total
+
+
+def cover_series(conn: sqlite3.Connection, cover: Node) -> str:
+    """The series id of a cover letter: the earliest of its twins names it.
+
+    A cover letter sent twice (same sender, same subject, within the hour)
+    is one series, so patches answering either copy land together.
+    """
+    root = cover.message_id
+    if cover.when is not None:
+        # The cover letter itself is among the rows: the earliest copy wins.
+        # (`kind IN (...)` repeats the partial index's condition so SQLite uses it.)
+        row = conn.execute(
+            """SELECT message_id FROM messages
+                WHERE kind IN ('patch', 'cover') AND kind = 'cover'
+                  AND from_key = ? AND base_subject = ?
+                  AND NOT redelivered AND ABS(COALESCE(date, received) - ?) <= ?
+                ORDER BY COALESCE(date, received), message_id LIMIT 1""",
+            (cover.from_key, cover.base_subject, cover.when, NO_REFS_WINDOW),
+        ).fetchone()
+        if row is not None:
+            root = row[0]
+    return series_key(root, cover.version, cover.from_key)
+
+
+def _sibling_cover(conn: sqlite3.Connection, node: Node, parent_id: str) -> str | None:
+    """The series of a cover letter of this patch's own that shares its parent."""
+    row = conn.execute(
+        f"""SELECT {_COLUMNS} FROM messages
+             WHERE parent_id = ? AND kind = 'cover' AND from_key = ? AND version = ?
+               AND (total = ? OR total IS NULL) AND NOT redelivered AND seq != ?
+             ORDER BY COALESCE(date, received), message_id LIMIT 1""",
+        (parent_id, node.from_key, node.version, node.total, node.seq),
+    ).fetchone()
+    return cover_series(conn, Node(*row)) if row else None
 
 
 def resolve_patch(conn: sqlite3.Connection, node: Node) -> str:
@@ -93,19 +159,23 @@ def resolve_patch(conn: sqlite3.Connection, node: Node) -> str:
     Numbered patches climb their reply chain while it holds patches of the
     same series; the message the top one answers names the series. That is
     the cover letter, or whatever else the patches were sent in reply to (a
-    pull request, a v1, a discussion) or a message that has not arrived yet.
+    pull request, a v1, a discussion) or a message that has not arrived yet;
+    unless a cover letter of the patches' own sits beside them there.
     """
     key = lambda root: series_key(root, node.version, node.from_key)  # noqa: E731
-    if node.kind == "cover" or node.total is None:
-        # A cover letter starts its series; an unnumbered patch is its own.
-        return key(node.message_id)
+    if node.kind == "cover":
+        return cover_series(conn, node)
+    if node.total is None:
+        return key(node.message_id)  # an unnumbered patch is its own series
     cur = node
     for _ in range(_MAX_DEPTH):
         if cur.parent_id is None or cur.parent_id == cur.message_id:
             break
         parent = by_message_id(conn, cur.parent_id)
-        if parent is None or not _joins(node, parent) or parent.kind == "cover":
-            return key(cur.parent_id)
+        if parent is not None and _under_cover(node, parent):
+            return cover_series(conn, parent)
+        if parent is None or not _same_series_patch(node, parent):
+            return _sibling_cover(conn, node, cur.parent_id) or key(cur.parent_id)
         cur = parent
     found = _unthreaded_series(conn, node) if (node.total or 0) > 1 else None
     return found or key(cur.message_id)
@@ -155,7 +225,9 @@ def resolve_reply(conn: sqlite3.Connection, node: Node) -> str | None:
 
 
 def resolve(conn: sqlite3.Connection, node: Node) -> str | None:
-    """The series id of any message."""
+    """The series id of any message (none for a re-delivery)."""
+    if node.redelivered:
+        return None
     if node.is_patchy:
         return resolve_patch(conn, node)
     if node.kind == "reply":
@@ -164,25 +236,53 @@ def resolve(conn: sqlite3.Connection, node: Node) -> str | None:
 
 
 def place(conn: sqlite3.Connection, seq: int) -> None:
-    """Resolve a newly indexed message, then everything that referred to it."""
+    """Resolve a newly indexed message, then everything that depends on it."""
     node = load(conn, seq)
     _set(conn, node, resolve(conn, node))
-    pending = [node.message_id]
+    pending = [node]
     seen = {seq}
     while pending:
-        message_id = pending.pop()
-        referrers = conn.execute(
-            "SELECT DISTINCT seq FROM refs WHERE ref = ?", (message_id,)
-        ).fetchall()
-        for (ref_seq,) in referrers:
-            if ref_seq in seen:
+        for dep_seq in _dependents(conn, pending.pop()):
+            if dep_seq in seen:
                 continue
-            seen.add(ref_seq)
-            child = load(conn, ref_seq)
-            new = resolve(conn, child)
-            if new != child.series_id:
-                _set(conn, child, new)
-                pending.append(child.message_id)
+            seen.add(dep_seq)
+            dep = load(conn, dep_seq)
+            new = resolve(conn, dep)
+            if new != dep.series_id:
+                _set(conn, dep, new)
+                pending.append(dep)
+
+
+def _dependents(conn: sqlite3.Connection, node: Node) -> list[int]:
+    """Messages whose series may change when `node` arrives or moves.
+
+    Those that refer to it; for a cover letter also its twins (a copy sent
+    within the hour) and the patches beside it (answering the same parent).
+    """
+    seqs = [
+        r[0]
+        for r in conn.execute("SELECT DISTINCT seq FROM refs WHERE ref = ?", (node.message_id,))
+    ]
+    if node.kind == "cover":
+        seqs += [
+            r[0]
+            for r in conn.execute(
+                """SELECT seq FROM messages
+                    WHERE kind IN ('patch', 'cover') AND kind = 'cover'
+                      AND from_key = ? AND base_subject = ?""",
+                (node.from_key, node.base_subject),
+            )
+        ]
+        if node.parent_id:
+            seqs += [
+                r[0]
+                for r in conn.execute(
+                    """SELECT seq FROM messages WHERE parent_id = ? AND from_key = ?
+                          AND kind IN ('patch', 'cover')""",
+                    (node.parent_id, node.from_key),
+                )
+            ]
+    return seqs
 
 
 def _set(conn: sqlite3.Connection, node: Node, series_id: str | None) -> None:

@@ -1,7 +1,7 @@
 """One raw message in, one `ParsedMessage` out: everything the index needs.
 
 This is the only place that decides what a message *is* (patch, cover letter,
-reply, pull request, other), following FORMAT.md's "Kinds of message".
+reply, pull request, notice, other), following FORMAT.md's "Kinds of message".
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 MAX_PARENTS = 100
 """Ancestors kept per message for threading (nearest first)."""
-KINDS = ("patch", "cover", "reply", "pull", "other")
+KINDS = ("patch", "cover", "reply", "pull", "notice", "other")
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 # Headers that identify a message's content, as public-inbox's ContentHash
 # does: two copies that differ only in Received/X- headers are one message.
@@ -57,6 +57,8 @@ class ParsedMessage:
     recipients: list[str] = field(default_factory=list)
     commit_message: str = ""
     size: int = 0
+    text_hash: str = ""
+    """Hash of the decoded body text with all white space removed (body.text_hash)."""
 
     @property
     def is_entry(self) -> bool:
@@ -105,18 +107,33 @@ def check_is_mail(raw: bytes) -> None:
         raise MailError("it does not start with a mail header (Name: value)")
 
 
-def classify(subject: Subject, has_diff: bool, mentions_pull: bool) -> str:
-    """The kind of a message, in FORMAT.md's order of precedence."""
+def classify(
+    subject: Subject,
+    has_diff: bool,
+    mentions_pull: bool,
+    is_notice: bool = False,
+    embeds_diff: bool = False,
+) -> str:
+    """The kind of a message, in FORMAT.md's order of precedence.
+
+    The counter decides before the tag does: a `0/n` is a cover letter and a
+    numbered message with a diff is a patch even when the tag says `PULL`
+    (`[PULL kvm-unit-tests 00/39]`, `[kvm-unit-tests PULL 2/2]`). A `0/n`
+    whose diff is only quoted in its letter (a sketch, a range-diff) is still
+    the cover letter; one whose diff is the message itself is a patch.
+    """
     if subject.is_reply:
         return "reply"
-    if subject.is_pull:
-        return "pull"
-    if has_diff or (subject.is_patch and (subject.counter or 0) >= 1):
-        return "patch"
+    if is_notice or subject.is_notice:
+        return "notice"
     if subject.counter == 0:
-        return "cover"
-    if mentions_pull:
+        return "patch" if has_diff and not embeds_diff else "cover"
+    if subject.counter is not None and (has_diff or subject.is_patch or subject.is_pull):
+        return "patch"
+    if subject.is_pull or mentions_pull:
         return "pull"
+    if has_diff:
+        return "patch"
     return "other"
 
 
@@ -136,13 +153,17 @@ def parse_message(raw: bytes) -> ParsedMessage:
     subject = parse_subject(mime.decode_header_value(get("subject")))
     from_name, from_addr = mime.parse_address(get("from"))
     texts = mime.body_texts(raw, headers, body)
-    split = bodymod.split_body(texts, is_reply=subject.is_reply)
+    split = bodymod.split_body(
+        texts, is_reply=subject.is_reply, numbered_cover=subject.counter == 0
+    )
     author_name, author_addr = from_name, from_addr
     if "from" in split.inbody:
         name, addr = mime.parse_address(split.inbody["from"])
         if addr:
             author_name, author_addr = name, addr
-    kind = classify(subject, split.has_diff, split.mentions_pull)
+    kind = classify(
+        subject, split.has_diff, split.mentions_pull, split.is_notice, split.embeds_diff
+    )
     in_reply_to = mime.message_ids(get("in-reply-to"))
     references = []
     for value in headers.get("references", ()):
@@ -173,6 +194,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         recipients=recipients,
         commit_message=split.commit_message if kind in ("patch", "cover", "pull") else "",
         size=len(raw),
+        text_hash=split.text_hash,
     )
 
 

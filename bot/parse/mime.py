@@ -183,7 +183,8 @@ def decode_header_value(value: str | None) -> str:
 def parse_address(value: str | None) -> tuple[str, str]:
     """Return (display name, address) from a From-like header, both decoded.
 
-    The display name loses its quotes; a missing address gives "".
+    The display name loses the quotes that enclose all of it (`"Jinhui Guo"`),
+    not quotes inside it (`Hector Martin 'marcan'`); a missing address gives "".
     """
     if not value:
         return "", ""
@@ -196,11 +197,18 @@ def parse_address(value: str | None) -> tuple[str, str]:
     if not addr and "@" in raw:
         # parseaddr gives up on some broken headers; take the first token with @.
         addr = next((w.strip("<>,;\"'") for w in raw.split() if "@" in w), "")
-    name = decode_header_value(name).strip().strip("\"'").strip()
+    name = _unquote(decode_header_value(name).strip())
     addr = _CONTROL.sub("", addr).strip()
     if name.lower() == addr.lower():
         name = ""
     return name, addr
+
+
+def _unquote(name: str) -> str:
+    """Remove one pair of quotes when they enclose the whole name."""
+    while len(name) >= 2 and name[0] == name[-1] and name[0] in "\"'":
+        name = name[1:-1].strip()
+    return name
 
 
 def parse_date(value: str | None) -> int | None:

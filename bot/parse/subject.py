@@ -12,13 +12,36 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_REPLY_PREFIX = re.compile(r"^\s*(?:re|aw|sv|antw|fwd?)\s*(?:\[\d+\]|\(\d+\))?\s*:\s*", re.I)
+# Reply and forward prefixes as mail clients write them in many languages
+# (`Re`, `Aw`, `Sv`, `Vs`, `Antw`, `Odp`, `Rif`, `Fwd`, `Fw`, `Wg`, `Tr`, the
+# Chinese ones with a full-width colon), optionally counted: `Re[2]:`, `Re^2:`.
+_REPLY_PREFIX = re.compile(
+    r"^\s*(?:re|aw|sv|vs|antw|odp|odg|rif|ynt|fwd?|wg|tr|回复|答复|回覆|转发|轉寄)"
+    r"\s*(?:\[\d+\]|\(\d+\)|\^\d+)?\s*[:：]\s*",
+    re.I,
+)
 _BRACKET = re.compile(r"^\s*\[([^\[\]]*)\]\s*")
 _COUNTER = re.compile(r"^0*(\d{1,4})/0*(\d{1,4})$")
+# Mercurial's patchbomb numbers `[PATCH 1 of 4]`: the same marker as `1/4`.
+_COUNTER_OF = re.compile(r"(?<![\w/])0*(\d{1,4})\s+of\s+0*(\d{1,4})(?![\w/])", re.I)
 _VERSION = re.compile(r"^v(\d{1,3})$", re.I)
 # `PATCHv2`, `PATCH-v2`, `RFCv3`: a version glued to the tag word.
 _GLUED = re.compile(r"^(patch|rfc|resend)-?v(\d{1,3})$", re.I)
 _WS = re.compile(r"\s+")
+# Automated notes about a patch, by their subject: the stable team's
+# `Patch "..." has been added to the 5.10-stable tree`, `FAILED: patch "..."
+# failed to apply to 5.10-stable tree`, `patch "..." added to usb-next`,
+# tip-bot's `[tip: x86/urgent] ...`, the media tree's `[git:media_tree/master]`
+# and Andrew Morton's `+ foo.patch added to mm-unstable branch`.
+_NOTICE = re.compile(
+    r"""^(?:FAILED:\s*)?patch\s+["“].*["”]\s+
+          (?:has\s+been\s+|was\s+)?(?:added|removed|dropped|queued|applied|merged|failed)(?:\s|$)
+      |^\[(?:tip|git):[^\]]*\]
+      |^\[(?:merged|folded-merged|withdrawn|to-be-updated|nacked|obsolete)(?:\s[^\]]*)?\]
+          \s*\S+\.patch\b
+      |^[+-]\s*\S+\.patch\s+(?:added\s+to|removed\s+from)\s""",
+    re.I | re.X,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,11 @@ class Subject:
         return "patch" in self.tags or "rfc" in self.tags
 
     @property
+    def is_notice(self) -> bool:
+        """True for an automated note about a patch (FORMAT.md "Kinds of message")."""
+        return not self.is_reply and bool(_NOTICE.match(self.base))
+
+    @property
     def is_pull(self) -> bool:
         """True for `[GIT PULL]` (also spelt `[GIT,PULL]` or `[PULL]`)."""
         return "pull" in self.tags
@@ -67,7 +95,8 @@ def parse_subject(raw: str) -> Subject:
     version, counter, total = 1, None, None
     while m := _BRACKET.match(rest):
         rest = rest[m.end() :]
-        for word in re.split(r"[\s,]+", m.group(1)):
+        group = _COUNTER_OF.sub(r"\1/\2", m.group(1))
+        for word in re.split(r"[\s,]+", group):
             if not word:
                 continue
             if c := _COUNTER.match(word):

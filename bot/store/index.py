@@ -60,28 +60,32 @@ class Index:
                 "upgrade kvm-digest or run `kvm-digest reindex`"
             )
         schema = resources.files("bot.store").joinpath("schema.sql").read_text()
-        wanted = _columns_of(schema)
+        wanted = _tables_of(schema)
         with self.conn:
-            changed = False
-            for table, columns in wanted.items():
-                have = self._columns(table)
-                if not have or have == list(columns):
+            current = dict(
+                self.conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+            )
+            # A derived table whose definition changed (a column, a CHECK on
+            # the kinds) is dropped and rebuilt: it holds nothing git does not.
+            stale = any(
+                table in current and current[table] != wanted[table][0] for table in DERIVED_TABLES
+            )
+            for table, (_sql, columns) in wanted.items():
+                if table in DERIVED_TABLES or table not in current:
                     continue
-                if table in DERIVED_TABLES:
-                    changed = True
-                else:
-                    for name, ddl in columns.items():
-                        if name not in have:
-                            self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {ddl}")
-            if changed:
+                have = self._columns(table)
+                for name, ddl in columns.items():
+                    if name not in have:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+            if stale:
                 for (view,) in self.conn.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'view'"
                 ).fetchall():
-                    self.conn.execute(f"DROP VIEW {view}")
+                    self.conn.execute(f'DROP VIEW IF EXISTS "{view}"')
                 for table in DERIVED_TABLES:
                     self.conn.execute(f"DROP TABLE IF EXISTS {table}")
             self.conn.executescript(schema)
-            if changed or self.meta("rules_version") != str(RULES_VERSION):
+            if stale or self.meta("rules_version") != str(RULES_VERSION):
                 if self.meta("last_commit") is not None:
                     log.warning("the index predates this version's rules; rebuilding it")
                 self._clear_derived()
@@ -143,11 +147,19 @@ class Index:
     def _insert(self, commit_id: str, p: ParsedMessage) -> None:
         s = p.subject
         from_key = p.from_addr.lower()
+        # A re-delivery (the archive holds this very message again, as a
+        # mirror may) keeps its row, so archive positions stay whole, but
+        # counts nowhere: no entry, no series, no statistics.
+        redelivered = self.has(p.message_id, p.content_hash)
+        is_entry = p.is_entry and not redelivered
+        # A duplicate entry repeats an earlier one's subject, sender and text
+        # (a resend); the same subject with changed text is a new entry.
         is_dup = (
-            p.is_entry
+            is_entry
             and self.conn.execute(
-                "SELECT 1 FROM messages WHERE is_entry AND subject = ? AND from_key = ?",
-                (s.full, from_key),
+                "SELECT 1 FROM messages WHERE is_entry AND subject = ? AND from_key = ?"
+                " AND text_hash = ?",
+                (s.full, from_key, p.text_hash),
             ).fetchone()
             is not None
         )
@@ -172,8 +184,10 @@ class Index:
             "received": self._arrival(p.received),
             "list_id": p.list_id,
             "kind": p.kind,
-            "is_entry": int(p.is_entry),
+            "is_entry": int(is_entry),
             "is_dup": int(is_dup),
+            "text_hash": p.text_hash,
+            "redelivered": int(redelivered),
             "parent_id": parents[0] if parents else None,
             # The first References id is the thread's root, as mail clients see it.
             "thread_id": p.references[0]
@@ -271,8 +285,8 @@ class Index:
         )
 
 
-def _columns_of(schema: str) -> dict[str, dict[str, str]]:
-    """Each table's columns (name -> definition for ALTER TABLE) in `schema`.
+def _tables_of(schema: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """Each table's definition and columns (name -> ALTER TABLE text) in `schema`.
 
     SQLite itself reads the schema, into a scratch in-memory database, so
     no SQL is parsed here.
@@ -280,12 +294,10 @@ def _columns_of(schema: str) -> dict[str, dict[str, str]]:
     scratch = sqlite3.connect(":memory:")
     try:
         scratch.executescript(schema)
-        tables = [
-            row[0] for row in scratch.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
-        out: dict[str, dict[str, str]] = {}
-        for table in tables:
-            out[table] = {}
+        tables = dict(scratch.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        out: dict[str, tuple[str, dict[str, str]]] = {}
+        for table, sql in tables.items():
+            out[table] = (sql, {})
             for _cid, name, kind, notnull, default, _pk in scratch.execute(
                 f"PRAGMA table_info({table})"
             ):
@@ -294,7 +306,7 @@ def _columns_of(schema: str) -> dict[str, dict[str, str]]:
                     ddl += f" DEFAULT {default}"
                 if notnull and default is not None:
                     ddl += " NOT NULL"
-                out[table][name] = ddl
+                out[table][1][name] = ddl
         return out
     finally:
         scratch.close()

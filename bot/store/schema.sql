@@ -21,9 +21,12 @@ CREATE TABLE IF NOT EXISTS messages (
     date         INTEGER,               -- Date header, epoch seconds
     received     INTEGER,               -- first Received header, else Date
     list_id      TEXT NOT NULL,
-    kind         TEXT NOT NULL CHECK (kind IN ('patch','cover','reply','pull','other')),
-    is_entry     INTEGER NOT NULL,      -- gets a digest entry
-    is_dup       INTEGER NOT NULL,      -- an earlier entry has its subject and sender
+    kind         TEXT NOT NULL
+                 CHECK (kind IN ('patch','cover','reply','pull','notice','other')),
+    is_entry     INTEGER NOT NULL,      -- gets a digest entry (never a re-delivery)
+    is_dup       INTEGER NOT NULL,      -- an earlier entry has its subject, sender, text
+    text_hash    TEXT NOT NULL DEFAULT '', -- decoded body text, white space removed
+    redelivered  INTEGER NOT NULL DEFAULT 0, -- an earlier row has its Message-ID and content
     parent_id    TEXT,                  -- In-Reply-To, else last References id
     thread_id    TEXT NOT NULL,         -- root of the References chain
     series_id    TEXT,                  -- see series.py
@@ -37,8 +40,9 @@ CREATE INDEX IF NOT EXISTS messages_sender_series
     ON messages(from_key, version, total) WHERE kind IN ('patch', 'cover');
 CREATE INDEX IF NOT EXISTS messages_base_subject
     ON messages(base_subject) WHERE kind IN ('patch', 'cover');
-CREATE INDEX IF NOT EXISTS messages_entry_key
-    ON messages(subject, from_key) WHERE is_entry;
+CREATE INDEX IF NOT EXISTS messages_entry_text
+    ON messages(subject, from_key, text_hash) WHERE is_entry;
+CREATE INDEX IF NOT EXISTS messages_parent ON messages(parent_id);
 
 -- Every id a message points at, nearest first (0 = its parent).
 CREATE TABLE IF NOT EXISTS refs (
