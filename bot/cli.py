@@ -14,6 +14,7 @@ import logging
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -275,12 +276,20 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
             + ("'failed'" if args.failed else "'queued', 'failed'")
             + ") ORDER BY id"
         ).fetchall()
+        # Command mail over a limit waits to be answered (issue 11): show it too.
+        deferred = index.conn.execute(
+            "SELECT id, limit_key, deferred_until FROM inbound"
+            " WHERE NOT done AND deferred_until IS NOT NULL ORDER BY deferred_until, id"
+        ).fetchall()
     finally:
         index.close()
     for row_id, kind, recipient, status, attempts, error in rows:
         print(f"{row_id}\t{kind}\t{recipient}\t{status}\t{attempts} attempts\t{error}")
     if not rows:
         print("the outbox is empty" if not args.failed else "no failed mail")
+    for row_id, key, until in deferred:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+        print(f"command mail {row_id} from {key}\tdeferred until {when} (over a limit)")
     return 0
 
 

@@ -8,6 +8,7 @@ directory kvm-digest runs in (systemd sets it to the state directory).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -81,6 +82,17 @@ class ServerSection:
             raise ConfigError(
                 f"[{self.name}] security must be tls, starttls or none, not {self.security!r}"
             )
+        if self.security == "none" and self.host and not is_loopback(self.host):
+            raise ConfigError(
+                f'[{self.name}] security = "none" sends mail and passwords in clear text; '
+                f"it is only allowed for a loopback host, not {self.host}; "
+                'use "tls" or "starttls"'
+            )
+        if self.security == "none" and self.user:
+            raise ConfigError(
+                f'[{self.name}] logs in as {self.user} but security is "none"; a password '
+                'is never sent without TLS: use "tls" or "starttls"'
+            )
 
     def secret(self) -> str:
         """The password, from the config, its own file or the environment."""
@@ -120,8 +132,14 @@ class CommandsSection:
     protocol: str = "lmtp"
     max_size: int = 1024 * 1024
     per_address_per_hour: int = 10
+    """Replies to one mailbox (however its address is written) per hour."""
     per_hour: int = 500
+    """Replies in all per hour; mail over a limit waits (deferred), fairly."""
     token_hours: int = 72
+    max_reply_bytes: int = 1024 * 1024
+    """The largest reply; a bigger digest is refused with smaller ranges to ask."""
+    reply_bytes_per_day: int = 4 * 1024 * 1024
+    """Bytes of replies to one mailbox per day; more waits for the next day."""
 
     def __post_init__(self) -> None:
         if self.protocol not in ("lmtp", "smtp"):
@@ -211,6 +229,33 @@ _SECTIONS = {
 }
 
 
+SECRET_KEYS = frozenset({"password"})
+"""Settings whose values are never printed, even in an error."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses, where clear text stays on the machine."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_inline_password(table: dict[str, typing.Any], path: Path) -> None:
+    """An inline password is only as secret as the file that holds it."""
+    for name in ("imap", "smtp"):
+        section = table.get(name)
+        if isinstance(section, dict) and section.get("password"):
+            mode = path.stat().st_mode
+            if mode & 0o077:
+                raise ConfigError(
+                    f"[{name}] password is written in {path}, which other users can read; "
+                    f"run chmod 600 {path}, or use password_file or password_env"
+                )
+
+
 def read_secret(where: str, value: str, file: str, env: str) -> str:
     """A password from the config, a file of its own, or the environment.
 
@@ -252,6 +297,8 @@ def load(
     elif explicit:
         raise ConfigError(f"config file {path} does not exist; check the path")
     config = from_table(table, str(path))
+    if path.exists():
+        _check_inline_password(table, path)
     overrides: dict[str, typing.Any] = {
         "source": path if path.exists() else None,
         "data_dir_override": data_dir,
@@ -288,9 +335,11 @@ def _section(cls: type, table: dict[str, typing.Any], name: str, where: str) -> 
             )
         expected = hints[key]
         if not _is_instance(value, expected):
+            # A mistyped secret must not end up in a log: name its type only.
+            shown = "" if key in SECRET_KEYS else f" {value!r}"
             raise ConfigError(
                 f"[{name}] {key} in {where} must be {_describe(expected)}, "
-                f"not {type(value).__name__} {value!r}"
+                f"not {type(value).__name__}{shown}"
             )
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"[{name}] {key} in {where} must not be negative")

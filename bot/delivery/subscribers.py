@@ -2,8 +2,15 @@
 
 A subscription starts as a token mailed to the address that asked; only the
 owner of that mailbox can confirm it, so nobody can subscribe someone else.
-Tokens are random, valid for `[commands] token_hours`, single use, and only
-their SHA-256 is stored.
+The same goes for unsubscribing and for a digest asked for by someone who
+is not a subscriber. Tokens are random, valid for `[commands] token_hours`,
+single use, and only their SHA-256 is stored. At most one token per action
+is pending for a canonical address, so forged requests cannot make the bot
+mail a victim again and again.
+
+Each subscriber also has a secret of its own, sent only to it in the
+List-Unsubscribe header of its digests (`bot+unsubscribe-<secret>@`): mail
+to that address is the proof of ownership, so it unsubscribes at once.
 """
 
 from __future__ import annotations
@@ -29,25 +36,61 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
-def request(conn: sqlite3.Connection, address: str, schedule: str, hours: int) -> str:
-    """A new confirmation token for `address` (in the caller's transaction)."""
+@dataclass(frozen=True)
+class Pending:
+    """A confirmed request, as stored with its token."""
+
+    action: str
+    address: str
+    schedule: str
+    args: str
+
+
+def pending(conn: sqlite3.Connection, key: str, action: str) -> bool:
+    """True when an unexpired `action` token is waiting for the mailbox `key`."""
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM tokens WHERE limit_key = ? AND action = ? AND expires >= ?",
+            (key, action, int(time.time())),
+        ).fetchone()
+    )
+
+
+def request(
+    conn: sqlite3.Connection,
+    address: str,
+    schedule: str,
+    hours: int,
+    *,
+    action: str = "subscribe",
+    args: str = "",
+    key: str = "",
+) -> str:
+    """A new confirmation token for `address` (in the caller's transaction).
+
+    An older pending token for the same action and mailbox is replaced.
+    """
     token = secrets.token_hex(16)
-    conn.execute("DELETE FROM tokens WHERE expires < ?", (int(time.time()),))
+    now = int(time.time())
+    conn.execute("DELETE FROM tokens WHERE expires < ?", (now,))
+    if key:
+        conn.execute("DELETE FROM tokens WHERE limit_key = ? AND action = ?", (key, action))
     conn.execute(
-        "INSERT INTO tokens (token_hash, address, schedule, expires) VALUES (?, ?, ?, ?)",
-        (_hash(token), address.lower(), schedule, int(time.time()) + hours * 3600),
+        "INSERT INTO tokens (token_hash, address, schedule, expires, action, args, limit_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (_hash(token), address.lower(), schedule, now + hours * 3600, action, args, key),
     )
     return token
 
 
-def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
-    """Use a token: subscribe its address and return the schedule, else None.
+def use(conn: sqlite3.Connection, token: str, address: str) -> Pending | None:
+    """Use a token: the request it confirms, or None.
 
     The token must be unexpired and must come back from the address it was
     sent to; it is deleted either way once it matches.
     """
     row = conn.execute(
-        "SELECT address, schedule, expires FROM tokens WHERE token_hash = ?",
+        "SELECT address, schedule, expires, action, args FROM tokens WHERE token_hash = ?",
         (_hash(token),),
     ).fetchone()
     if row is None or row[0] != address.lower():
@@ -55,20 +98,46 @@ def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
     conn.execute("DELETE FROM tokens WHERE token_hash = ?", (_hash(token),))
     if row[2] < time.time():
         return None
-    subscribe(conn, row[0], row[1])
-    return row[1]
+    return Pending(action=row[3], address=row[0], schedule=row[1], args=row[4])
+
+
+def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
+    """Use a subscribe token: subscribe its address and return the schedule, else None."""
+    found = use(conn, token, address)
+    if found is None or found.action != "subscribe":
+        return None
+    subscribe(conn, found.address, found.schedule)
+    return found.schedule
 
 
 def subscribe(conn: sqlite3.Connection, address: str, schedule: str = "daily") -> None:
     """Make `address` an active subscriber (admin add, or a confirmed token)."""
     now = int(time.time())
     conn.execute(
-        "INSERT INTO subscribers (address, schedule, status, created, changed)"
-        " VALUES (?, ?, 'active', ?, ?) ON CONFLICT(address) DO UPDATE SET"
+        "INSERT INTO subscribers (address, schedule, status, created, changed, unsub_secret)"
+        " VALUES (?, ?, 'active', ?, ?, ?) ON CONFLICT(address) DO UPDATE SET"
         " schedule = excluded.schedule, status = 'active', changed = excluded.changed,"
-        " hard_failures = 0",
-        (address.lower(), schedule, now, now),
+        " hard_failures = 0, unsub_secret = COALESCE(unsub_secret, excluded.unsub_secret)",
+        (address.lower(), schedule, now, now, secrets.token_hex(12)),
     )
+
+
+def unsubscribe_secret(conn: sqlite3.Connection, address: str) -> str | None:
+    """The secret of `address` for its List-Unsubscribe address, if it has one."""
+    row = conn.execute(
+        "SELECT unsub_secret FROM subscribers WHERE address = ?", (address.lower(),)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def by_secret(conn: sqlite3.Connection, secret: str) -> str | None:
+    """The subscriber whose List-Unsubscribe secret this is, or None."""
+    if not secret:
+        return None
+    row = conn.execute(
+        "SELECT address FROM subscribers WHERE unsub_secret = ?", (secret.lower(),)
+    ).fetchone()
+    return row[0] if row else None
 
 
 def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:

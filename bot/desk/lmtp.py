@@ -17,7 +17,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bot.desk.inbound import Desk
+from bot.desk.inbound import Busy, Desk
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ class CommandIntake:
         try:
             for rcpt in envelope.rcpt_tos:
                 self.desk.queue(raw, sender, rcpt)
+        except Busy as busy:
+            # A flood from one mailbox waits at its MTA (issue 11), not in our queue.
+            log.warning("refusing command mail for now: %s", busy)
+            return "451 4.7.1 too many requests from this address are waiting; try again later"
         except (sqlite3.Error, OSError):
             # The mail is not stored: the MTA must keep it and retry.
             log.exception("could not queue command mail from %s", sender)
