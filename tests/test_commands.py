@@ -28,7 +28,14 @@ USER = "Una User <una@example.org>"
 class Bot:
     """The command side of the bot, in-process, on a real LMTP port."""
 
-    def __init__(self, root: Path, sink: Sink, max_days: int = 3650, per_hour: int = 500) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sink: Sink,
+        max_days: int = 3650,
+        per_hour: int = 500,
+        **commands: int,
+    ) -> None:
         self.port = free_port()
         self.config = from_table(
             {
@@ -38,6 +45,7 @@ class Bot:
                     "address": BOT,
                     "listen": f"127.0.0.1:{self.port}",
                     "per_hour": per_hour,
+                    **commands,
                 },
                 "smtp": {"host": "127.0.0.1", "port": sink.port, "security": "none"},
                 "digest": {"max_messages": 20, "max_days": max_days},
@@ -222,7 +230,7 @@ async def test_range_start_after_end(bot, sink):
 async def test_unknown_command_gets_the_help_text(bot, sink):
     await bot.ask(command("subscirbe\n", subject="hello"))
     text = reply_text(sink.wait_for(1)[0])
-    assert "No command found: the first line was 'subscirbe'" in text
+    assert "No command found: the first line was not a command I know:\n\n    subscirbe\n" in text
     assert "This is the KVM digest bot" in text
 
 

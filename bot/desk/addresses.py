@@ -28,6 +28,7 @@ from email.policy import default
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 _ANGLE = re.compile(r"<([^<>]*@[^<>]*)>")
+_TRAILING_DOT = re.compile(r"\.+(\s*>|\s*$)")
 _NOISE = re.compile(r'[\s"\\\x00-\x1f\x7f]+')
 MAX_ADDRESS = 254
 """RFC 5321's limit on a forward path; longer is not an address."""
@@ -100,6 +101,8 @@ def _from_original(value: str) -> str | None:
 
 
 def _parse_one(value: str) -> str | None:
+    # A fully qualified `example.com.` is the same domain; the parser rejects the dot.
+    value = _TRAILING_DOT.sub(r"\1", value)
     try:
         header = default.header_factory("from", value)
         addresses = header.addresses  # type: ignore[attr-defined]

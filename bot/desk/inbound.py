@@ -304,16 +304,22 @@ class Desk:
     def process(self) -> int:
         """Answer every queued command mail that is due; return how many were handled.
 
-        Mail is taken round-robin by mailbox (the first of each mailbox,
-        then the second of each...), so one sender's flood shares the global
-        limit fairly with everyone else. Deferred mail counts as handled.
+        Mail is taken round-robin by domain and, within a domain, by mailbox
+        (the first of each, then the second of each...), so one sender's
+        flood shares the global limit fairly with everyone else. Deferred
+        mail counts as handled.
         """
         now = int(time.time())
+        # Turns: first by domain (a flood from many addresses of one domain is
+        # one sender), then by mailbox within the domain.
         rows = self.conn.execute(
             "SELECT id, sender, rcpt, raw FROM ("
-            " SELECT id, sender, rcpt, raw,"
-            " ROW_NUMBER() OVER (PARTITION BY limit_key ORDER BY id) AS turn"
-            " FROM inbound WHERE NOT done AND COALESCE(deferred_until, 0) <= ?)"
+            " SELECT id, sender, rcpt, raw, ROW_NUMBER() OVER ("
+            "  PARTITION BY substr(limit_key, instr(limit_key, '@') + 1)"
+            "  ORDER BY mailbox_turn, id) AS turn"
+            " FROM (SELECT id, sender, rcpt, raw, limit_key, ROW_NUMBER() OVER ("
+            "  PARTITION BY limit_key ORDER BY id) AS mailbox_turn"
+            "  FROM inbound WHERE NOT done AND COALESCE(deferred_until, 0) <= ?))"
             " ORDER BY turn, id",
             (now,),
         ).fetchall()
@@ -381,8 +387,13 @@ class Desk:
 
     def _run(self, ctx: Context, lines: list[str], stray: str | None) -> str | None:
         if not lines:
-            found = f"the first line was '{sanitise(stray)}', which" if stray else "the mail"
-            return f"No command found: {found} is not a command I know.\n\n" + help_text(ctx)
+            if not stray:
+                return "No command found in the mail.\n\n" + help_text(ctx)
+            # One line, sanitised and cut, so the bot cannot carry someone's text.
+            return (
+                "No command found: the first line was not a command I know:\n\n"
+                f"    {sanitise(stray, MAX_ECHO - 8)}\n\n" + help_text(ctx)
+            )
         parts = []
         for line in lines:
             name, *args = line.split()
