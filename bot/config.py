@@ -72,7 +72,8 @@ class ServerSection:
     cafile: str = ""
     """CA certificates to trust instead of the system's (a private CA)."""
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
+    """Better in password_file or password_env; inline, the file must be mode 0600."""
     password_file: str = ""
     password_env: str = ""
     timeout: int = 60
@@ -88,7 +89,9 @@ class ServerSection:
                 f"it is only allowed for a loopback host, not {self.host}; "
                 'use "tls" or "starttls"'
             )
-        if self.security == "none" and self.user:
+        if self.security == "none" and self.user and self.name == "smtp":
+            # SMTP AUTH in clear text is refused even on loopback (the relay
+            # refuses it too); an IMAP login on loopback stays on the machine.
             raise ConfigError(
                 f'[{self.name}] logs in as {self.user} but security is "none"; a password '
                 'is never sent without TLS: use "tls" or "starttls"'

@@ -276,3 +276,31 @@ def test_example_config_needs_no_inline_password():
 async def test_bot_refuses_foreign_rcpt_even_with_secret_shape(bot):
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         await bot.deliver(command("help\n"), rcpt="someone+unsubscribe-0123456789ab@evil.org")
+
+
+def test_check_config_refuses_clear_text_to_a_remote_host(cli, tmp_path):
+    path = tmp_path / "plain.toml"
+    for section in ("imap", "smtp"):
+        path.write_text(f'[{section}]\nhost = "mail.example.org"\nsecurity = "none"\n')
+        result = cli("--config", path, "check-config")
+        assert result.code == 1 and result.out == ""
+        (line,) = result.err.strip().splitlines()
+        assert f"[{section}] security" in line and "loopback" in line
+    path.write_text("[smtp]\npassword = 12345678\n")
+    result = cli("--config", path, "check-config")
+    assert result.code == 1 and "12345678" not in result.err + result.out
+
+
+async def test_admin_outbox_shows_deferred_command_mail(tmp_path, sink, cli):
+    b = await Bot(tmp_path / "adm", sink, per_address_per_hour=3).start()
+    try:
+        for i in range(5):
+            await b.deliver(command("help\n", frm=FORMS[i]), sender="attacker@evil.com")
+            b.desk.process()
+        await b.sender.flush()
+    finally:
+        await b.close()
+    assert len(mailbox(sink)) == 3
+    out = cli("--data-dir", b.store.root, "outbox").out
+    deferred = [line for line in out.splitlines() if "deferred until" in line]
+    assert len(deferred) == 2 and all(VICTIM in line for line in deferred)

@@ -48,8 +48,14 @@ MAX_COMMANDS = 10
 MAX_ECHO = 80
 """The most user text a reply quotes: one line of this many characters."""
 _REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|fwd?)\s*:\s*)+", re.I)
-_ARGUMENT = re.compile(r"^[\w.:+-]{1,64}$", re.ASCII)
-"""What a command argument looks like: a range, a date, a token, a word."""
+_ARGUMENT = re.compile(
+    r"^([0-9a-f]{1,40}(\.\.[0-9a-f]{1,40})?"  # a commit id, a range, a token, a number
+    r"|\d{4}-\d\d-\d\d(t[\d:.]{2,15}([+-]\d\d:?\d\d|z)?)?"  # an ISO date (time)
+    r"|[a-z]{1,12})$",  # a keyword: daily, since, last, days...
+    re.ASCII | re.IGNORECASE,
+)
+"""What a command argument may look like. Nothing else is run or quoted
+back: no URL, address or sentence can be carried in a reply."""
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
 _COMMENT = re.compile(r"\([^()]*\)")
 _SECRET_TAG = re.compile(r"^unsubscribe-([0-9a-f]{8,64})$")
@@ -159,12 +165,17 @@ class Mail:
 
 def robot_reason(mail: Mail, me: Identity) -> str | None:
     """Why this mail must not be answered (RFC 3834 and common practice), or None."""
-    auto = auto_submitted(mime.first(mail.headers, "auto-submitted"))
-    if auto is not None and auto != "no":
-        return f"Auto-Submitted: {sanitise(auto, 40)}"
+    for value in mail.headers.get("auto-submitted", []):
+        auto = auto_submitted(value)
+        if auto != "no":
+            return f"Auto-Submitted: {sanitise(auto or '(empty)', 40)}"
     for value in mail.headers.get("precedence", []):
-        if value.strip().lower() in ROBOT_PRECEDENCE:
+        if (auto_submitted(value) or "") in ROBOT_PRECEDENCE:  # same syntax: comments
             return f"Precedence: {sanitise(value, 40)}"
+    me_key = addresses.limit_key(me.address)
+    for value in mail.headers.get("x-loop", []):
+        if me_key in addresses.limit_key(value):
+            return "X-Loop names the bot"
     for name in ROBOT_HEADERS:
         if name in mail.headers:
             return f"it has a {name} header, which robots and lists send"
@@ -402,8 +413,8 @@ class Desk:
             try:
                 if len(args) > 4 or not all(_ARGUMENT.match(a) for a in args):
                     raise CommandError(
-                        f"{name.lower()} takes a few short words such as ranges, dates or "
-                        "tokens; see 'help'"
+                        f"{name.lower()} takes at most four words: commit ids, ranges "
+                        "(A..B), dates (YYYY-MM-DD), numbers or keywords; see 'help'"
                     )
                 shown = sanitise(f"> {name.lower()} {' '.join(args)}")
                 result = command.run(ctx, args)
