@@ -143,6 +143,8 @@ class CommandsSection:
     """The largest reply; a bigger digest is refused with smaller ranges to ask."""
     reply_bytes_per_day: int = 4 * 1024 * 1024
     """Bytes of replies to one mailbox per day; more waits for the next day."""
+    max_waiting_per_address: int = 100
+    """Unanswered mails from one mailbox kept; more is refused with 451 (the MTA retries)."""
 
     def __post_init__(self) -> None:
         if self.protocol not in ("lmtp", "smtp"):

@@ -279,7 +279,15 @@ async def test_robots_and_loops_get_no_answer(bot, sink, headers, frm, sender):
     assert [r.recipients for r in sink.wait_for(1)] == [["una@example.org"]]
 
 
-async def test_rate_limit_per_address_defers_then_refuses_with_451(bot, sink):
+async def test_rate_limit_per_address_defers_then_refuses_with_451(tmp_path, sink):
+    bot = await Bot(tmp_path / "limited", sink, max_waiting_per_address=10).start()
+    try:
+        await rate_limit_per_address(bot, sink)
+    finally:
+        await bot.close()
+
+
+async def rate_limit_per_address(bot: Bot, sink: Sink) -> None:
     for _ in range(12):
         await bot.deliver(command("help\n"))
         bot.desk.process()
@@ -291,7 +299,7 @@ async def test_rate_limit_per_address_defers_then_refuses_with_451(bot, sink):
         "SELECT deferred_until - strftime('%s', 'now') FROM inbound WHERE NOT done"
     ).fetchall()
     assert len(waiting) == 2 and all(3500 < w < 3700 for (w,) in waiting)
-    # Once an hour's worth waits, more mail is refused with 451: the MTA keeps it.
+    # Once max_waiting_per_address wait, more mail is refused with 451: the MTA keeps it.
     for _ in range(8):
         await bot.deliver(command("help\n"))
     with pytest.raises(smtplib.SMTPDataError) as err:

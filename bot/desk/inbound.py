@@ -270,8 +270,8 @@ class Desk:
         A mail fetched again after a crash (IMAP), or delivered both to the
         mailbox and over LMTP, is answered once. The mailbox it claims to
         come from is stored with it, for fair ordering and limits. With
-        `refuse`, a mailbox that already has an hour's worth of unanswered
-        mail waiting gets Busy (the server says 451: its MTA keeps the mail
+        `refuse`, a mailbox that already has `max_waiting_per_address`
+        unanswered mails waiting gets Busy (the server says 451: its MTA keeps the mail
         and tries later), so a flood waits at the sender, not here.
         """
         digest = hashlib.sha256(plus_base(rcpt).encode() + b"\0" + raw).hexdigest()
@@ -283,7 +283,7 @@ class Desk:
             (waiting,) = self.conn.execute(
                 "SELECT COUNT(*) FROM inbound WHERE limit_key = ? AND NOT done", (key,)
             ).fetchone()
-            if waiting >= self.config.commands.per_address_per_hour:
+            if waiting >= self.config.commands.max_waiting_per_address:
                 raise Busy(f"{waiting} mails from {key} are waiting for an answer")
         with self.conn:
             self.conn.execute(
