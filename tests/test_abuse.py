@@ -11,6 +11,7 @@ import os
 import smtplib
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 
 from bot.config import ConfigError, SmtpSection, from_table, load
@@ -123,6 +124,18 @@ async def test_no_echo_of_user_text(bot, sink):
         assert len(quoted) <= 1 and all(len(line) <= 80 for line in quoted)
         assert sum(line.count("evil.example") for line in quoted) <= 1
     assert "evil.example" not in reply_text(got[1])  # arguments are never quoted whole
+
+
+async def test_no_echo_through_threading_headers(bot, sink):
+    huge = "x" * 900  # an SMTP line holds at most 1000
+    await bot.ask(command("help\n", msgid=f"<{huge}@evil.example>"))
+    refs = "\r\n ".join(f"<ref{i}.{'y' * 200}@example.org>" for i in range(200))
+    await bot.ask(command("help\n", headers=f"References: {refs}\r\n"))
+    first, second = sink.wait_for(2)
+    assert "x" * 300 not in first.data.decode()
+    assert first.message["In-Reply-To"] is None
+    assert len(second.data) < 6_000
+    assert second.message["References"].count("<ref") <= 5
 
 
 async def test_subscribe_confirmations_are_not_repeated(bot, sink):
@@ -266,6 +279,32 @@ async def test_relay_never_logs_in_without_tls(sink):
         await relay.send(BOT, "una@example.org", b"Subject: x\r\n\r\nx\r\n")
     await relay.close()
     assert sink.received == []
+
+
+async def test_relay_logs_in_after_starttls(tmp_path):
+    from tests.dovecot import make_certificates
+    from tests.smtpsink import Sink
+
+    (tmp_path / "certs").mkdir()
+    make_certificates(tmp_path / "certs")
+    tls = Sink(tmp_path / "certs").start()
+    try:
+        relay = Relay(
+            SmtpSection(
+                host="localhost",
+                port=tls.port,
+                security="starttls",
+                user="bot",
+                password="hunter2",
+                cafile=str(tmp_path / "certs" / "ca.pem"),
+            )
+        )
+        # Over TLS the login is tried (and this sink knows no users: 535).
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+            await relay.send(BOT, "una@example.org", b"Subject: x\r\n\r\nx\r\n")
+        await relay.close()
+    finally:
+        tls.stop()
 
 
 def test_example_config_needs_no_inline_password():

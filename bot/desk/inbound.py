@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 SHORTCUTS = {"subscribe": "subscribe", "unsubscribe": "unsubscribe", "help": "help"}
 MAX_COMMANDS = 10
 MAX_ECHO = 80
+MAX_ID = 250
+"""The longest message id threaded under (RFC 5322 ids are short in practice)."""
 """The most user text a reply quotes: one line of this many characters."""
 _REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|fwd?)\s*:\s*)+", re.I)
 _ARGUMENT = re.compile(
@@ -111,6 +113,11 @@ def auto_submitted(value: str | None) -> str | None:
     return bare.split(";", 1)[0].strip().lower()
 
 
+def _short_ids(value: str | None) -> list[str]:
+    """Message ids of a sane length: a reply threads under them, so they are echoed."""
+    return [i for i in mime.message_ids(value) if len(i) <= MAX_ID and i.isprintable()]
+
+
 def envelope_sender(raw: bytes) -> str | None:
     """The envelope sender a mailbox copy records in Return-Path ('' for <>).
 
@@ -147,9 +154,9 @@ class Mail:
         texts = mime.body_texts(raw, headers, body)
         froms = headers.get("from", [])
         from_addr = addresses.from_header(_text(froms[0])) if len(froms) == 1 else None
-        ids = mime.message_ids(mime.first(headers, "message-id"))[:1]
+        ids = _short_ids(mime.first(headers, "message-id"))[:1]
         # A few references thread the reply; more would only be user bytes echoed.
-        refs = [f"<{r}>" for r in mime.message_ids(mime.first(headers, "references"))][-5:]
+        refs = [f"<{r}>" for r in _short_ids(mime.first(headers, "references"))][-5:]
         refs += [f"<{ids[0]}>"] if ids else []
         return cls(
             sender=sender,
