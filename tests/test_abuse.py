@@ -213,6 +213,11 @@ async def test_a_flood_does_not_lock_out_a_real_request(tmp_path, sink):
         "List-Unsubscribe: <mailto:leave@lists.example.org>\r\n",
         "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;"
         ' boundary="b"\r\n',
+        'Content-Type: Multipart/Report; report-type="disposition-notification"; boundary=b\r\n',
+        "Auto-Submitted: auto-notified\r\nAuto-Submitted: no\r\n",
+        "Auto-Submitted:\r\n",
+        "Precedence: bulk (newsletter)\r\n",
+        f"X-Loop: {BOT}\r\n",
     ],
 )
 async def test_robots_get_no_answer(bot, sink, headers):

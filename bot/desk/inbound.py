@@ -75,6 +75,12 @@ ROBOT_HEADERS = (
     "list-unsubscribe",
 )
 """Headers only robots, autoresponders and lists put on mail (any value)."""
+REPORT_TYPES = (
+    "multipart/report",  # RFC 6522: DSNs, MDNs, ARF
+    "message/delivery-status",
+    "message/disposition-notification",
+    "message/feedback-report",
+)
 ROBOT_LOCALS = re.compile(
     r"^(mailer-daemon|postmaster|listserv|majordomo|owner-.*|.*-(request|owner|bounces?)"
     r"|no-?reply|do-?not-?reply|bounces?)$"
@@ -187,8 +193,8 @@ def robot_reason(mail: Mail, me: Identity) -> str | None:
         if name in mail.headers:
             return f"it has a {name} header, which robots and lists send"
     content_type = (mime.first(mail.headers, "content-type") or "").strip().lower()
-    if content_type.startswith(("multipart/report", "message/delivery-status")):
-        return "it is a delivery or disposition report"
+    if content_type.startswith(REPORT_TYPES):
+        return "it is a delivery, disposition or feedback report"
     if not mail.sender or _robot_local(mail.sender):
         return "empty or robot envelope sender"
     if not mail.from_addr:
