@@ -112,6 +112,20 @@ async def test_a_digest_larger_than_a_reply_may_be_is_refused_with_halves(tmp_pa
     assert f"'digest {ids[2][:9]}.." in text and f"..{ids[12][:9]}'" in text
 
 
+async def test_several_digests_in_one_mail_share_the_reply_size(tmp_path, sink):
+    b = await Bot(tmp_path / "many", sink, max_reply_bytes=12_000).start()
+    try:
+        b.subscribe(VICTIM)
+        ids = archive_ids(b.store.root)
+        ask = "".join(f"digest {ids[i][:9]}..{ids[i + 2][:9]}\n" for i in range(10))
+        await b.ask(command(ask, frm=VICTIM))
+    finally:
+        await b.close()
+    (reply,) = mailbox(sink)
+    assert len(reply.data) < 12_000
+    assert "KB a reply may be. Send one digest request" in reply_text(reply)
+
+
 async def test_no_echo_of_user_text(bot, sink):
     bait = "URGENT your account is locked visit http://evil.example/login now " * 6
     await bot.ask(command(bait + "\n" + bait + "\n", subject=bait[:500], frm=VICTIM))

@@ -395,6 +395,15 @@ class Desk:
             return 0
         subject = ctx.reply_subject or "Re: your mail to " + self.me.address
         message_id = self.me.new_message_id()
+        limit = self.config.commands.max_reply_bytes
+        if len(body.encode()) > limit:
+            # Several digests in one mail: each fits, together they do not.
+            subject = "Re: your mail to " + self.me.address
+            body = (
+                f"The answer to your mail would be {len(body.encode()) // 1024} KB, more\n"
+                f"than the {limit // 1024} KB a reply may be. Send one digest request\n"
+                "per mail, or ask for smaller ranges.\n"
+            )
         message = compose(
             self.me,
             mail.from_addr,
