@@ -237,12 +237,12 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
             elif args.action == "add":
                 for address in args.addresses:
                     subscribers.subscribe(index.conn, address, args.schedule)
-                    print(f"added {address.lower()} ({args.schedule})")
+                    print(f"added {subscribers.canonical(address)} ({args.schedule})")
             else:
                 for address in args.addresses:
                     if not subscribers.unsubscribe(index.conn, address):
                         raise DigestError(f"{address} is not subscribed")
-                    print(f"removed {address.lower()}")
+                    print(f"removed {subscribers.canonical(address)}")
     finally:
         index.close()
     return 0

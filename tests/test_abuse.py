@@ -362,3 +362,12 @@ async def test_admin_outbox_shows_deferred_command_mail(tmp_path, sink, cli):
     out = cli("--data-dir", b.store.root, "outbox").out
     deferred = [line for line in out.splitlines() if "deferred until" in line]
     assert len(deferred) == 2 and all(VICTIM in line for line in deferred)
+
+
+async def test_subscriber_lookup_uses_the_canonical_address(bot, sink):
+    bot.subscribe("Una@Bücher.DE")  # as `subscribers add` would store it
+    ids = archive_ids(bot.store.root)
+    await bot.ask(command(f"digest {ids[2][:9]}..{ids[5][:9]}\n", frm="una@XN--BCHER-KVA.de"))
+    (reply,) = sink.wait_for(1)
+    assert reply.recipients == ["una@xn--bcher-kva.de"]
+    assert reply.message["Subject"].startswith("KVM mailing list update from ")

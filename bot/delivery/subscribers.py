@@ -21,6 +21,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from bot.desk import addresses
+
 SCHEDULES = ("daily", "weekly")
 
 
@@ -30,6 +32,15 @@ class Subscriber:
     schedule: str
     status: str
     hard_failures: int
+
+
+def canonical(address: str) -> str:
+    """The stored form of an address: `Una@Bücher.DE` is `una@xn--bcher-kva.de`.
+
+    The same rule as command mail's asker (bot.desk.addresses.normal), so an
+    admin-added subscriber is found when it writes to the bot.
+    """
+    return addresses.normal(address) or address.strip().lower()
 
 
 def _hash(token: str) -> str:
@@ -78,7 +89,7 @@ def request(
     conn.execute(
         "INSERT INTO tokens (token_hash, address, schedule, expires, action, args, limit_key)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (_hash(token), address.lower(), schedule, now + hours * 3600, action, args, key),
+        (_hash(token), canonical(address), schedule, now + hours * 3600, action, args, key),
     )
     return token
 
@@ -93,7 +104,7 @@ def use(conn: sqlite3.Connection, token: str, address: str) -> Pending | None:
         "SELECT address, schedule, expires, action, args FROM tokens WHERE token_hash = ?",
         (_hash(token),),
     ).fetchone()
-    if row is None or row[0] != address.lower():
+    if row is None or row[0] != canonical(address):
         return None
     conn.execute("DELETE FROM tokens WHERE token_hash = ?", (_hash(token),))
     if row[2] < time.time():
@@ -118,14 +129,14 @@ def subscribe(conn: sqlite3.Connection, address: str, schedule: str = "daily") -
         " VALUES (?, ?, 'active', ?, ?, ?) ON CONFLICT(address) DO UPDATE SET"
         " schedule = excluded.schedule, status = 'active', changed = excluded.changed,"
         " hard_failures = 0, unsub_secret = COALESCE(unsub_secret, excluded.unsub_secret)",
-        (address.lower(), schedule, now, now, secrets.token_hex(12)),
+        (canonical(address), schedule, now, now, secrets.token_hex(12)),
     )
 
 
 def unsubscribe_secret(conn: sqlite3.Connection, address: str) -> str | None:
     """The secret of `address` for its List-Unsubscribe address, if it has one."""
     row = conn.execute(
-        "SELECT unsub_secret FROM subscribers WHERE address = ?", (address.lower(),)
+        "SELECT unsub_secret FROM subscribers WHERE address = ?", (canonical(address),)
     ).fetchone()
     return row[0] if row else None
 
@@ -145,7 +156,7 @@ def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
     cur = conn.execute(
         "UPDATE subscribers SET status = 'unsubscribed', changed = ?"
         " WHERE address = ? AND status != 'unsubscribed'",
-        (int(time.time()), address.lower()),
+        (int(time.time()), canonical(address)),
     )
     return cur.rowcount > 0
 
@@ -153,7 +164,7 @@ def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
 def get(conn: sqlite3.Connection, address: str) -> Subscriber | None:
     row = conn.execute(
         "SELECT address, schedule, status, hard_failures FROM subscribers WHERE address = ?",
-        (address.lower(),),
+        (canonical(address),),
     ).fetchone()
     return Subscriber(*row) if row else None
 

@@ -242,6 +242,14 @@ def command_lines(mail: Mail, known: set[str]) -> tuple[list[str], str | None]:
     return found[:MAX_COMMANDS], (None if found else stray or subject or None)
 
 
+def reply_subject(lines: list[str], me: Identity) -> str:
+    """`Re: help`, from the names of the commands run: never the asker's own words."""
+    names = list(dict.fromkeys(line.split()[0].lower() for line in lines))
+    if not names:
+        return f"Re: your mail to {me.address}"
+    return "Re: " + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 class Busy(Exception):
     """Too much mail from one mailbox is waiting: refuse this one for now (4xx)."""
 
@@ -393,7 +401,7 @@ class Desk:
         if body is None:
             log.info("nothing new to tell %s: a confirmation is pending", mail.from_addr)
             return 0
-        subject = ctx.reply_subject or "Re: your mail to " + self.me.address
+        subject = ctx.reply_subject or reply_subject(lines, self.me)
         message_id = self.me.new_message_id()
         limit = self.config.commands.max_reply_bytes
         if len(body.encode()) > limit:
