@@ -257,9 +257,11 @@ class Busy(Exception):
 class Deferred(Exception):
     """Over a limit: answer this mail at `until` instead (rolls back its handling)."""
 
-    def __init__(self, until: int, why: str) -> None:
+    def __init__(self, until: int, why: str, everyone: bool = False) -> None:
         super().__init__(why)
         self.until = until
+        self.everyone = everyone
+        """True for the global limit: nobody's mail can be answered before `until`."""
 
 
 class Desk:
@@ -344,18 +346,24 @@ class Desk:
         now = int(time.time())
         # Turns: first by domain (a flood from many addresses of one domain is
         # one sender), then by mailbox within the domain.
-        rows = self.conn.execute(
-            "SELECT id, sender, rcpt, raw FROM ("
-            " SELECT id, sender, rcpt, raw, ROW_NUMBER() OVER ("
-            "  PARTITION BY substr(limit_key, instr(limit_key, '@') + 1)"
-            "  ORDER BY mailbox_turn, id) AS turn"
-            " FROM (SELECT id, sender, rcpt, raw, limit_key, ROW_NUMBER() OVER ("
-            "  PARTITION BY limit_key ORDER BY id) AS mailbox_turn"
-            "  FROM inbound WHERE NOT done AND COALESCE(deferred_until, 0) <= ?))"
-            " ORDER BY turn, id",
-            (now,),
-        ).fetchall()
-        for row_id, sender, rcpt, raw in rows:
+        ids = [
+            row[0]
+            for row in self.conn.execute(
+                "SELECT id FROM ("
+                " SELECT id, ROW_NUMBER() OVER ("
+                "  PARTITION BY substr(limit_key, instr(limit_key, '@') + 1)"
+                "  ORDER BY mailbox_turn, id) AS turn"
+                " FROM (SELECT id, limit_key, ROW_NUMBER() OVER ("
+                "  PARTITION BY limit_key ORDER BY id) AS mailbox_turn"
+                "  FROM inbound WHERE NOT done AND COALESCE(deferred_until, 0) <= ?))"
+                " ORDER BY turn, id",
+                (now,),
+            )
+        ]
+        for n, row_id in enumerate(ids):
+            sender, rcpt, raw = self.conn.execute(
+                "SELECT sender, rcpt, raw FROM inbound WHERE id = ?", (row_id,)
+            ).fetchone()
             mail = Mail.parse(raw, sender, rcpt)
             try:
                 with self.conn:
@@ -367,18 +375,24 @@ class Desk:
                     )
             except Deferred as deferred:
                 # The handling was rolled back (no token, no reply): do it later.
+                # Over the global limit, the rest of this round waits as well,
+                # unread, in its turn order.
+                later = ids[n:] if deferred.everyone else [row_id]
                 with self.conn:
-                    self.conn.execute(
+                    self.conn.executemany(
                         "UPDATE inbound SET deferred_until = ? WHERE id = ?",
-                        (deferred.until, row_id),
+                        [(deferred.until, i) for i in later],
                     )
                 log.warning(
-                    "deferred mail from %s until %s: %s",
+                    "deferred %d mail(s), from %s first, until %s: %s",
+                    len(later),
                     mail.from_addr,
                     time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(deferred.until)),
                     deferred,
                 )
-        return len(rows)
+                if deferred.everyone:
+                    break
+        return len(ids)
 
     def deferred(self) -> list[tuple[int, str, int]]:
         """Mail waiting for a limit: (id, mailbox, due time), for the admin CLI."""
@@ -474,7 +488,9 @@ class Desk:
                 f"more than {limits.per_address_per_hour} replies to it in the last hour",
             )
         if everyone >= limits.per_hour:
-            raise Deferred(first + 3600, f"more than {limits.per_hour} replies in the last hour")
+            raise Deferred(
+                first + 3600, f"more than {limits.per_hour} replies in the last hour", True
+            )
 
     def _check_budget(self, key: str, size: int) -> None:
         """Raise Deferred when `size` more bytes would pass the mailbox's daily budget."""
