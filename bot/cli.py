@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -237,12 +238,12 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
             elif args.action == "add":
                 for address in args.addresses:
                     subscribers.subscribe(index.conn, address, args.schedule)
-                    print(f"added {address.lower()} ({args.schedule})")
+                    print(f"added {subscribers.canonical(address)} ({args.schedule})")
             else:
                 for address in args.addresses:
                     if not subscribers.unsubscribe(index.conn, address):
                         raise DigestError(f"{address} is not subscribed")
-                    print(f"removed {address.lower()}")
+                    print(f"removed {subscribers.canonical(address)}")
     finally:
         index.close()
     return 0
@@ -276,12 +277,20 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
             + ("'failed'" if args.failed else "'queued', 'failed'")
             + ") ORDER BY id"
         ).fetchall()
+        # Command mail over a limit waits to be answered (issue 11): show it too.
+        deferred = index.conn.execute(
+            "SELECT id, limit_key, deferred_until FROM inbound"
+            " WHERE NOT done AND deferred_until IS NOT NULL ORDER BY deferred_until, id"
+        ).fetchall()
     finally:
         index.close()
     for row_id, kind, recipient, status, attempts, error in rows:
         print(f"{row_id}\t{kind}\t{recipient}\t{status}\t{attempts} attempts\t{error}")
     if not rows:
         print("the outbox is empty" if not args.failed else "no failed mail")
+    for row_id, key, until in deferred:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+        print(f"command mail {row_id} from {key}\tdeferred until {when} (over a limit)")
     return 0
 
 
@@ -446,8 +455,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # The data directory holds subscribers' addresses and raw command mail:
-    # whatever the caller's umask, what we create is ours alone.
-    os.umask(0o077)
+    # whatever the caller's umask, what we create is ours alone. (Restored on
+    # return, for callers that run us in-process, such as the tests.)
+    umask = os.umask(0o077)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(umask)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose + (1 if args.command in ("listen", "run") else 0))

@@ -8,6 +8,7 @@ directory kvm-digest runs in (systemd sets it to the state directory).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -75,7 +76,8 @@ class ServerSection:
     cafile: str = ""
     """CA certificates to trust instead of the system's (a private CA)."""
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
+    """Better in password_file or password_env; inline, the file must be mode 0600."""
     password_file: str = ""
     password_env: str = ""
     timeout: int = 60
@@ -84,6 +86,19 @@ class ServerSection:
         if self.security not in ("tls", "starttls", "none"):
             raise ConfigError(
                 f"[{self.name}] security must be tls, starttls or none, not {self.security!r}"
+            )
+        if self.security == "none" and self.host and not is_loopback(self.host):
+            raise ConfigError(
+                f'[{self.name}] security = "none" sends mail and passwords in clear text; '
+                f"it is only allowed for a loopback host, not {self.host}; "
+                'use "tls" or "starttls"'
+            )
+        if self.security == "none" and self.user and self.name == "smtp":
+            # SMTP AUTH in clear text is refused even on loopback (the relay
+            # refuses it too); an IMAP login on loopback stays on the machine.
+            raise ConfigError(
+                f'[{self.name}] logs in as {self.user} but security is "none"; a password '
+                'is never sent without TLS: use "tls" or "starttls"'
             )
 
     def secret(self) -> str:
@@ -124,7 +139,9 @@ class CommandsSection:
     protocol: str = "lmtp"
     max_size: int = 1024 * 1024
     per_address_per_hour: int = 10
+    """Replies to one mailbox (however its address is written) per hour."""
     per_hour: int = 500
+    """Replies in all per hour; mail over a limit waits (deferred), fairly."""
     token_hours: int = 72
     max_connections: int = 100
     """Open LMTP/SMTP sessions at once; more are told 421 and closed."""
@@ -133,7 +150,12 @@ class CommandsSection:
     """A session's absolute deadline: NOOPs do not extend it."""
     max_pending: int = 200
     """Command mails waiting to be handled; past it, new mail gets 452 (retry later)."""
-    max_pending_per_sender: int = 20
+    max_reply_bytes: int = 1024 * 1024
+    """The largest reply; a bigger digest is refused with smaller ranges to ask."""
+    reply_bytes_per_day: int = 4 * 1024 * 1024
+    """Bytes of replies to one mailbox per day; more waits for the next day."""
+    max_waiting_per_address: int = 100
+    """Unanswered mails from one mailbox kept; more is refused with 451 (the MTA retries)."""
 
     def __post_init__(self) -> None:
         if self.protocol not in ("lmtp", "smtp"):
@@ -223,6 +245,33 @@ _SECTIONS = {
 }
 
 
+SECRET_KEYS = frozenset({"password"})
+"""Settings whose values are never printed, even in an error."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses, where clear text stays on the machine."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_inline_password(table: dict[str, typing.Any], path: Path) -> None:
+    """An inline password is only as secret as the file that holds it."""
+    for name in ("imap", "smtp"):
+        section = table.get(name)
+        if isinstance(section, dict) and section.get("password"):
+            mode = path.stat().st_mode
+            if mode & 0o077:
+                raise ConfigError(
+                    f"[{name}] password is written in {path}, which other users can read; "
+                    f"run chmod 600 {path}, or use password_file or password_env"
+                )
+
+
 def read_secret(where: str, value: str, file: str, env: str) -> str:
     """A password from the config, a file of its own, or the environment.
 
@@ -264,6 +313,8 @@ def load(
     elif explicit:
         raise ConfigError(f"config file {path} does not exist; check the path")
     config = from_table(table, str(path))
+    if path.exists():
+        _check_inline_password(table, path)
     overrides: dict[str, typing.Any] = {
         "source": path if path.exists() else None,
         "data_dir_override": data_dir,
@@ -300,9 +351,11 @@ def _section(cls: type, table: dict[str, typing.Any], name: str, where: str) -> 
             )
         expected = hints[key]
         if not _is_instance(value, expected):
+            # A mistyped secret must not end up in a log: name its type only.
+            shown = "" if key in SECRET_KEYS else f" {value!r}"
             raise ConfigError(
                 f"[{name}] {key} in {where} must be {_describe(expected)}, "
-                f"not {type(value).__name__} {value!r}"
+                f"not {type(value).__name__}{shown}"
             )
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"[{name}] {key} in {where} must not be negative")

@@ -190,13 +190,16 @@ class Daemon:
                 asyncio.ensure_future(desk.pending.wait()),
                 asyncio.ensure_future(stop.wait()),
             }
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            # Deferred mail (over a limit) is due at a time of its own.
+            due = desk.next_due()
+            timeout = max(0.0, due - time.time()) + 0.01 if due is not None else None
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
 
     def _from_imap(self, desk: Desk, raw: bytes, parsed: ParsedMessage) -> None:
         rcpt = next((r for r in parsed.recipients if desk.accepts(r)), self.me.address)
-        desk.queue(raw, parsed.from_addr, rcpt)
+        desk.queue_fetched(raw, rcpt)  # the envelope sender is its Return-Path
 
     async def _watchdog(self, stop: asyncio.Event) -> None:
         interval = systemd.watchdog_interval()

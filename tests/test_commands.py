@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import from_table
+from bot.delivery import subscribers
 from bot.delivery.mail import Identity
 from bot.delivery.outbox import Outbox, Sender
 from bot.desk import lmtp
@@ -83,6 +84,11 @@ class Bot:
         await self.deliver(raw, rcpt, sender)
         self.desk.process()
         await self.sender.flush()
+
+    def subscribe(self, address: str = "una@example.org") -> None:
+        """Make `address` a confirmed subscriber (as `subscribers add` does)."""
+        with self.store.index.conn:
+            subscribers.subscribe(self.store.index.conn, address)
 
     async def close(self) -> None:
         if self.server:
@@ -161,11 +167,15 @@ async def test_subscribe_confirm_by_plain_reply_then_status_and_unsubscribe(bot,
     assert "Error" not in text
     await bot.ask(command("status\n"))
     assert "una@example.org: active, weekly digest." in reply_text(sink.wait_for(3)[2])
+    # Unsubscribing is confirmed by a token too.
     await bot.ask(command(subject="unsubscribe"))
-    assert "will not receive the digest any more" in reply_text(sink.wait_for(4)[3])
+    asked = sink.wait_for(4)[3].message["Subject"]
+    assert asked.startswith("confirm ")
+    await bot.ask(command(subject=f"Re: {asked}"))
+    assert "will not receive the digest any more" in reply_text(sink.wait_for(5)[4])
     # The token was single use.
     await bot.ask(command(f"confirm {token}\n"))
-    assert "token is unknown, used, expired" in reply_text(sink.wait_for(5)[4])
+    assert "token is unknown, used, expired" in reply_text(sink.wait_for(6)[5])
 
 
 async def test_nobody_can_subscribe_someone_else(bot, sink):
@@ -186,6 +196,7 @@ async def test_nobody_can_subscribe_someone_else(bot, sink):
 async def test_digest_by_mail_equals_the_cli_digest(bot, sink, cli, data_dir):
     ids = archive_ids(bot.store.root)
     a, b = ids[2][:9], ids[12][:9]
+    bot.subscribe()  # only a confirmed subscriber gets a digest at once
     await bot.ask(command(f"digest {a}..{b}\n"))
     (reply,) = sink.wait_for(1)
     assert reply.message["Subject"] == f"KVM mailing list update from {a} to {b}"
@@ -227,7 +238,7 @@ async def test_range_start_after_end(bot, sink):
 async def test_unknown_command_gets_the_help_text(bot, sink):
     await bot.ask(command("subscirbe\n", subject="hello"))
     text = reply_text(sink.wait_for(1)[0])
-    assert "No command found: the first line was 'subscirbe'" in text
+    assert "No command found: the first line was not a command I know:\n\n    subscirbe\n" in text
     assert "This is the KVM digest bot" in text
 
 
@@ -276,12 +287,33 @@ async def test_robots_and_loops_get_no_answer(bot, sink, headers, frm, sender):
     assert [r.recipients for r in sink.wait_for(1)] == [["una@example.org"]]
 
 
-async def test_rate_limit_per_address(bot, sink):
+async def test_rate_limit_per_address_defers_then_refuses_with_451(tmp_path, sink):
+    bot = await Bot(tmp_path / "limited", sink, max_waiting_per_address=10).start()
+    try:
+        await rate_limit_per_address(bot, sink)
+    finally:
+        await bot.close()
+
+
+async def rate_limit_per_address(bot: Bot, sink: Sink) -> None:
     for _ in range(12):
         await bot.deliver(command("help\n"))
-    bot.desk.process()
+        bot.desk.process()
     await bot.sender.flush()
     assert len(sink.received) == 10  # [commands] per_address_per_hour
+    # The other two wait for the hour to pass; nothing is dropped.
+    conn = bot.store.index.conn
+    waiting = conn.execute(
+        "SELECT deferred_until - strftime('%s', 'now') FROM inbound WHERE NOT done"
+    ).fetchall()
+    assert len(waiting) == 2 and all(3500 < w < 3700 for (w,) in waiting)
+    # Once max_waiting_per_address wait, more mail is refused with 451: the MTA keeps it.
+    for _ in range(8):
+        await bot.deliver(command("help\n"))
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        await bot.deliver(command("help\n"))
+    assert err.value.smtp_code == 451
+    assert conn.execute("SELECT COUNT(*) FROM inbound WHERE NOT done").fetchone() == (10,)
 
 
 async def test_no_header_injection_from_user_text(bot, sink):
@@ -307,13 +339,15 @@ async def test_rate_limits_hold_under_a_flood_of_1000_command_mails(tmp_path, si
     finally:
         await flooded.close()
     assert len(sink.received) == 100  # [commands] per_hour
-    pending = flooded.store.index.conn.execute(
-        "SELECT COUNT(*) FROM inbound WHERE NOT done"
+    # The rest waits for the limit to free up (deferred), none is dropped.
+    deferred = flooded.store.index.conn.execute(
+        "SELECT COUNT(*) FROM inbound WHERE NOT done AND deferred_until IS NOT NULL"
     ).fetchone()
-    assert pending == (0,)
+    assert deferred == (900,)
 
 
 async def test_digest_for_time_windows(bot, sink):
+    bot.subscribe()
     await bot.ask(command("digest since 2019-05-01 until 2019-06-01\n"))
     first = sink.wait_for(1)[0]
     assert first.message["Subject"].startswith("KVM mailing list update from ")

@@ -77,9 +77,14 @@ async def test_digest_reaches_every_subscriber_with_list_headers(setup, sink):
     msg = received[0].message
     assert msg["Subject"].startswith("KVM mailing list update from ")
     assert msg["List-Id"] == "KVM digest <kvm-digest.example.org>"
-    assert msg["List-Unsubscribe"].strip() == (
-        "<mailto:kvm-digest+unsubscribe@example.org?subject=unsubscribe>"
-    )
+    # Each reader gets its own secret unsubscribe address, nobody else's.
+    secrets = dict(setup.conn.execute("SELECT address, unsub_secret FROM subscribers"))
+    for r in received:
+        assert r.message["List-Unsubscribe"].strip() == (
+            f"<mailto:kvm-digest+unsubscribe-{secrets[r.recipients[0]]}@example.org"
+            "?subject=unsubscribe>"
+        )
+    assert len(set(secrets.values())) == 2
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["Precedence"] == "bulk"
     assert msg["To"] == received[0].recipients[0]
@@ -221,7 +226,7 @@ async def test_relay_that_takes_the_data_then_drops_the_connection(setup, sink):
 async def test_dns_failure_keeps_the_mail_queued(tmp_path, sink):
     broken = Setup(tmp_path / "dns", sink)
     broken.sender.s = from_table(
-        {"smtp": {"host": "relay.invalid", "port": 25, "security": "none"}}
+        {"smtp": {"host": "relay.invalid", "port": 25, "security": "starttls"}}
     ).smtp
     broken.sender.relay.s = broken.sender.s
     broken.subscribe("a@example.org")

@@ -112,9 +112,7 @@ async def test_hostile_mail_to_the_command_server(tmp_path):
     from tests.test_commands import BOT, Bot
 
     sink = Sink().start()
-    bot = await Bot(
-        tmp_path / "var", sink, max_size=1_000_000, max_pending_per_sender=len(FILES)
-    ).start()
+    bot = await Bot(tmp_path / "var", sink, max_size=1_000_000).start()
     try:
         refused = []
         for path in FILES:

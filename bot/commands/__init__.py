@@ -1,7 +1,8 @@
 """Email commands, one small class per module, as in Mailman 3.
 
 A command has a `name`, a one-line `description`, `examples`, and one method,
-`run(ctx, args) -> str`, which returns the text of its part of the reply or
+`run(ctx, args) -> str | None`, which returns the text of its part of the
+reply (None: nothing new to say, e.g. a confirmation already pending) or
 raises CommandError with a plain sentence. Commands are found by scanning
 this package, so adding a command touches one file.
 """
@@ -33,8 +34,10 @@ class Context:
     config: Config
     me: Identity
     sender: str
-    """The asker's address (header From), lower-cased."""
+    """The asker's address (header From), normalised (bot.desk.addresses.normal)."""
     env: jinja2.Environment
+    key: str = ""
+    """The asker's mailbox for limits and pending requests (addresses.limit_key)."""
     reply_subject: str | None = None
     """Set by a command that needs the reply to carry a given subject."""
     notes: list[str] = field(default_factory=list)
@@ -49,7 +52,7 @@ class Command:
     alone: ClassVar[bool] = False
     """True when its result is the whole reply if it is the only command."""
 
-    def run(self, ctx: Context, args: list[str]) -> str:
+    def run(self, ctx: Context, args: list[str]) -> str | None:
         raise NotImplementedError
 
 

@@ -1,4 +1,11 @@
-"""digest: the digest for any archive range or time window, by mail."""
+"""digest: the digest for any archive range or time window, by mail.
+
+A digest can be large and the sender of a command mail can be forged, so
+only a confirmed subscriber gets it at once; anyone else first gets one
+short "reply to get it" confirmation (at most one pending per mailbox).
+No reply is larger than `[commands] max_reply_bytes`: a bigger digest is
+refused with the two halves of the range to ask for instead.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ import re
 import time
 
 from bot.commands import Command, CommandError, Context
+from bot.commands.subscribe import confirmation
+from bot.delivery import subscribers
 from bot.digest import build as digestmod
 from bot.digest import ranges
 from bot.errors import RangeError
@@ -24,21 +33,59 @@ class Digest(Command):
     )
     alone = True
 
-    def run(self, ctx: Context, args: list[str]) -> str:
-        try:
-            rng = select(ctx, args)
-        except RangeError as err:
-            raise CommandError(str(err)) from None
-        check_size(ctx, rng)
-        d = digestmod.build(
+    def run(self, ctx: Context, args: list[str]) -> str | None:
+        current = subscribers.get(ctx.conn, ctx.sender)
+        if current is not None and current.status == "active":
+            return deliver(ctx, args)
+        checked(ctx, args)  # a request that cannot work gets its error now
+        if subscribers.pending(ctx.conn, ctx.key, "digest"):
+            return None
+        request = " ".join(args)
+        token = subscribers.request(
             ctx.conn,
-            rng,
-            ctx.config.list.title,
-            ctx.config.digest.top,
-            ctx.config.digest.abbrev,
+            ctx.sender,
+            "",
+            ctx.config.commands.token_hours,
+            action="digest",
+            args=request,
+            key=ctx.key,
         )
-        ctx.reply_subject = d.subject
-        return digestmod.render(d, ctx.env)
+        return confirmation(ctx, f"to send 'digest {request}' to {ctx.sender}", token)
+
+
+def checked(ctx: Context, args: list[str]) -> ranges.Range:
+    """The range the arguments ask for, within the size limits."""
+    try:
+        rng = select(ctx, args)
+    except RangeError as err:
+        raise CommandError(str(err)) from None
+    check_size(ctx, rng)
+    return rng
+
+
+def deliver(ctx: Context, args: list[str]) -> str:
+    """The digest itself, or a refusal when it would be too large a reply."""
+    rng = checked(ctx, args)
+    d = digestmod.build(
+        ctx.conn,
+        rng,
+        ctx.config.list.title,
+        ctx.config.digest.top,
+        ctx.config.digest.abbrev,
+    )
+    text = digestmod.render(d, ctx.env)
+    limit = ctx.config.commands.max_reply_bytes
+    if len(text.encode()) > limit:
+        digits = ctx.config.digest.abbrev
+        start, end = rng.abbrev(digits)
+        middle = ranges._id_at(ctx.conn, (rng.start_seq + rng.end_seq) // 2)[:digits]
+        raise CommandError(
+            f"that digest would be {len(text.encode()) // 1024} KB, more than the "
+            f"{limit // 1024} KB a reply may be; ask for a smaller range, e.g. its "
+            f"halves 'digest {start}..{middle}' and 'digest {middle}..{end}'"
+        )
+    ctx.reply_subject = d.subject
+    return text
 
 
 def select(ctx: Context, args: list[str]) -> ranges.Range:

@@ -96,12 +96,15 @@ def compose(
     digest: bool = False,
     in_reply_to: str | None = None,
     references: str | None = None,
+    unsubscribe: str | None = None,
 ) -> bytes:
     """One plain-text message, ready for SMTP; MailError for a bad `to`.
 
     Digests carry the list headers (List-Id, List-Unsubscribe...),
     `Auto-Submitted: auto-generated` and `Precedence: bulk`; command replies
     are threaded under the command mail and say `auto-replied`.
+    `unsubscribe` is the reader's own secret unsubscribe address; without
+    one, List-Unsubscribe names the shortcut, which asks for confirmation.
     """
     to, utf8 = wire_address(to)
     msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
@@ -115,7 +118,8 @@ def compose(
         msg["References"] = header_safe(references or in_reply_to)
     if digest:
         msg["List-Id"] = me.list_id
-        msg["List-Unsubscribe"] = f"<mailto:{me.plus('unsubscribe')}?subject=unsubscribe>"
+        where = unsubscribe or me.plus("unsubscribe")
+        msg["List-Unsubscribe"] = f"<mailto:{where}?subject=unsubscribe>"
         msg["List-Help"] = f"<mailto:{me.plus('help')}?subject=help>"
         msg["List-Subscribe"] = f"<mailto:{me.plus('subscribe')}?subject=subscribe>"
         msg["Auto-Submitted"] = "auto-generated"

@@ -27,6 +27,7 @@ import aiosmtplib
 
 from bot.config import SmtpSection
 from bot.delivery.mail import Identity, compose, wire_address
+from bot.delivery.subscribers import unsubscribe_secret
 from bot.errors import MailError
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,17 @@ class Outbox:
         subject, body = self.conn.execute(
             "SELECT subject, body FROM digests WHERE id = ?", (item.digest_id,)
         ).fetchone()
-        return compose(self.me, item.recipient, subject, body, item.message_id, digest=True)
+        # Only this reader gets its secret unsubscribe address (bot+unsubscribe-<secret>@).
+        secret = unsubscribe_secret(self.conn, item.recipient)
+        return compose(
+            self.me,
+            item.recipient,
+            subject,
+            body,
+            item.message_id,
+            digest=True,
+            unsubscribe=self.me.plus(f"unsubscribe-{secret}") if secret else None,
+        )
 
     def sent(self, item: Queued) -> None:
         with self.conn:
@@ -174,6 +185,13 @@ class Relay:
         )
         await client.connect()
         if s.user:
+            if client.get_transport_info("sslcontext") is None:
+                # A password must never cross the network in clear text,
+                # whatever the config says (check-config refuses it too).
+                client.close()
+                raise aiosmtplib.SMTPException(
+                    f"{s.host}:{s.port} offers no TLS; not sending the password in clear text"
+                )
             await client.login(s.user, password)
         return client
 

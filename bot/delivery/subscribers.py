@@ -2,8 +2,15 @@
 
 A subscription starts as a token mailed to the address that asked; only the
 owner of that mailbox can confirm it, so nobody can subscribe someone else.
-Tokens are random, valid for `[commands] token_hours`, single use, and only
-their SHA-256 is stored.
+The same goes for unsubscribing and for a digest asked for by someone who
+is not a subscriber. Tokens are random, valid for `[commands] token_hours`,
+single use, and only their SHA-256 is stored. At most one token per action
+is pending for a canonical address, so forged requests cannot make the bot
+mail a victim again and again.
+
+Each subscriber also has a secret of its own, sent only to it in the
+List-Unsubscribe header of its digests (`bot+unsubscribe-<secret>@`): mail
+to that address is the proof of ownership, so it unsubscribes at once.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
+
+from bot.desk import addresses
 
 SCHEDULES = ("daily", "weekly")
 
@@ -25,50 +34,121 @@ class Subscriber:
     hard_failures: int
 
 
+def canonical(address: str) -> str:
+    """The stored form of an address: `Una@Bücher.DE` is `una@xn--bcher-kva.de`.
+
+    The same rule as command mail's asker (bot.desk.addresses.normal), so an
+    admin-added subscriber is found when it writes to the bot.
+    """
+    return addresses.normal(address) or address.strip().lower()
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
-def request(conn: sqlite3.Connection, address: str, schedule: str, hours: int) -> str:
-    """A new confirmation token for `address` (in the caller's transaction)."""
+@dataclass(frozen=True)
+class Pending:
+    """A confirmed request, as stored with its token."""
+
+    action: str
+    address: str
+    schedule: str
+    args: str
+
+
+def pending(conn: sqlite3.Connection, key: str, action: str) -> bool:
+    """True when an unexpired `action` token is waiting for the mailbox `key`."""
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM tokens WHERE limit_key = ? AND action = ? AND expires >= ?",
+            (key, action, int(time.time())),
+        ).fetchone()
+    )
+
+
+def request(
+    conn: sqlite3.Connection,
+    address: str,
+    schedule: str,
+    hours: int,
+    *,
+    action: str = "subscribe",
+    args: str = "",
+    key: str = "",
+) -> str:
+    """A new confirmation token for `address` (in the caller's transaction).
+
+    An older pending token for the same action and mailbox is replaced.
+    """
     token = secrets.token_hex(16)
-    conn.execute("DELETE FROM tokens WHERE expires < ?", (int(time.time()),))
+    now = int(time.time())
+    conn.execute("DELETE FROM tokens WHERE expires < ?", (now,))
+    if key:
+        conn.execute("DELETE FROM tokens WHERE limit_key = ? AND action = ?", (key, action))
     conn.execute(
-        "INSERT INTO tokens (token_hash, address, schedule, expires) VALUES (?, ?, ?, ?)",
-        (_hash(token), address.lower(), schedule, int(time.time()) + hours * 3600),
+        "INSERT INTO tokens (token_hash, address, schedule, expires, action, args, limit_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (_hash(token), canonical(address), schedule, now + hours * 3600, action, args, key),
     )
     return token
 
 
-def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
-    """Use a token: subscribe its address and return the schedule, else None.
+def use(conn: sqlite3.Connection, token: str, address: str) -> Pending | None:
+    """Use a token: the request it confirms, or None.
 
     The token must be unexpired and must come back from the address it was
     sent to; it is deleted either way once it matches.
     """
     row = conn.execute(
-        "SELECT address, schedule, expires FROM tokens WHERE token_hash = ?",
+        "SELECT address, schedule, expires, action, args FROM tokens WHERE token_hash = ?",
         (_hash(token),),
     ).fetchone()
-    if row is None or row[0] != address.lower():
+    if row is None or row[0] != canonical(address):
         return None
     conn.execute("DELETE FROM tokens WHERE token_hash = ?", (_hash(token),))
     if row[2] < time.time():
         return None
-    subscribe(conn, row[0], row[1])
-    return row[1]
+    return Pending(action=row[3], address=row[0], schedule=row[1], args=row[4])
+
+
+def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
+    """Use a subscribe token: subscribe its address and return the schedule, else None."""
+    found = use(conn, token, address)
+    if found is None or found.action != "subscribe":
+        return None
+    subscribe(conn, found.address, found.schedule)
+    return found.schedule
 
 
 def subscribe(conn: sqlite3.Connection, address: str, schedule: str = "daily") -> None:
     """Make `address` an active subscriber (admin add, or a confirmed token)."""
     now = int(time.time())
     conn.execute(
-        "INSERT INTO subscribers (address, schedule, status, created, changed)"
-        " VALUES (?, ?, 'active', ?, ?) ON CONFLICT(address) DO UPDATE SET"
+        "INSERT INTO subscribers (address, schedule, status, created, changed, unsub_secret)"
+        " VALUES (?, ?, 'active', ?, ?, ?) ON CONFLICT(address) DO UPDATE SET"
         " schedule = excluded.schedule, status = 'active', changed = excluded.changed,"
-        " hard_failures = 0",
-        (address.lower(), schedule, now, now),
+        " hard_failures = 0, unsub_secret = COALESCE(unsub_secret, excluded.unsub_secret)",
+        (canonical(address), schedule, now, now, secrets.token_hex(12)),
     )
+
+
+def unsubscribe_secret(conn: sqlite3.Connection, address: str) -> str | None:
+    """The secret of `address` for its List-Unsubscribe address, if it has one."""
+    row = conn.execute(
+        "SELECT unsub_secret FROM subscribers WHERE address = ?", (canonical(address),)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def by_secret(conn: sqlite3.Connection, secret: str) -> str | None:
+    """The subscriber whose List-Unsubscribe secret this is, or None."""
+    if not secret:
+        return None
+    row = conn.execute(
+        "SELECT address FROM subscribers WHERE unsub_secret = ?", (secret.lower(),)
+    ).fetchone()
+    return row[0] if row else None
 
 
 def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
@@ -76,7 +156,7 @@ def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
     cur = conn.execute(
         "UPDATE subscribers SET status = 'unsubscribed', changed = ?"
         " WHERE address = ? AND status != 'unsubscribed'",
-        (int(time.time()), address.lower()),
+        (int(time.time()), canonical(address)),
     )
     return cur.rowcount > 0
 
@@ -84,7 +164,7 @@ def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
 def get(conn: sqlite3.Connection, address: str) -> Subscriber | None:
     row = conn.execute(
         "SELECT address, schedule, status, hard_failures FROM subscribers WHERE address = ?",
-        (address.lower(),),
+        (canonical(address),),
     ).fetchone()
     return Subscriber(*row) if row else None
 

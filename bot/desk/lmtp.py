@@ -2,10 +2,10 @@
 
 A real MTA delivers the bot's addresses here (README: Postfix
 transport_maps). The handler has one coroutine per protocol step, as
-aiosmtpd intends: MAIL refuses with 452 while too much mail from that sender
-(or in all) waits to be handled, RCPT accepts only the bot's own addresses
-(it is never a relay), the size limit gives 552, and DATA answers 250 only
-once the mail is durably queued in the index.
+aiosmtpd intends: MAIL refuses with 452 while too much mail waits to be
+handled, RCPT accepts only the bot's own addresses (it is never a relay),
+the size limit gives 552, and DATA answers 250 only once the mail is durably
+queued in the index (or 451 when one mailbox already has too much waiting).
 
 The server is configured, not subclassed: each aiosmtpd protocol is wrapped
 by a `Guard` that counts sessions, refuses those over the caps with 421, and
@@ -26,7 +26,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bot.desk.inbound import Desk
+from bot.desk.inbound import Busy, Desk
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ class Limits:
     per_peer: int = 20
     session_seconds: float = 600
     max_pending: int = 200
-    max_pending_per_sender: int = 20
 
 
 class CommandIntake:
@@ -58,16 +57,13 @@ class CommandIntake:
         address: str,
         mail_options: list[str],
     ) -> str:
-        sender = "" if address in ("", "<>") else address
         try:
-            mine, everyone = self.desk.pending_counts(sender)
+            waiting = self.desk.waiting()
         except sqlite3.Error:
             log.exception("cannot count queued command mail")
             return "451 4.3.0 cannot take mail now; try again later"
-        if everyone >= self.limits.max_pending:
+        if waiting >= self.limits.max_pending:
             return "452 4.3.1 too much mail is waiting to be handled; try again later"
-        if mine >= self.limits.max_pending_per_sender:
-            return "452 4.5.3 too many of your mails are waiting to be handled; try again later"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -93,6 +89,10 @@ class CommandIntake:
         try:
             for rcpt in envelope.rcpt_tos:
                 self.desk.queue(raw, sender, rcpt)
+        except Busy as busy:
+            # A flood from one mailbox waits at its MTA (issue 11), not in our queue.
+            log.warning("refusing command mail for now: %s", busy)
+            return "451 4.7.1 too many requests from this address are waiting; try again later"
         except (sqlite3.Error, OSError):
             # The mail is not stored: the MTA must keep it and retry.
             log.exception("could not queue command mail from %s", sender)
@@ -210,5 +210,4 @@ def limits_from(config: Any) -> Limits:
         per_peer=config.max_connections_per_peer,
         session_seconds=config.session_seconds,
         max_pending=config.max_pending,
-        max_pending_per_sender=config.max_pending_per_sender,
     )

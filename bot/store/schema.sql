@@ -101,16 +101,24 @@ CREATE TABLE IF NOT EXISTS subscribers (
     status        TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'unsubscribed')),
     created       INTEGER NOT NULL,
     changed       INTEGER NOT NULL,
-    hard_failures INTEGER NOT NULL DEFAULT 0
+    hard_failures INTEGER NOT NULL DEFAULT 0,
+    unsub_secret  TEXT                  -- in List-Unsubscribe: bot+unsubscribe-<secret>@
 );
+CREATE UNIQUE INDEX IF NOT EXISTS subscribers_unsub_secret ON subscribers(unsub_secret);
 
--- State: double opt-in tokens, stored hashed, single use.
+-- State: confirmation tokens (subscribe, unsubscribe, a digest for a
+-- non-subscriber), stored hashed, single use, one pending per action and
+-- canonical address (limit_key).
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
     address    TEXT NOT NULL,
     schedule   TEXT NOT NULL,
-    expires    INTEGER NOT NULL
+    expires    INTEGER NOT NULL,
+    action     TEXT NOT NULL DEFAULT 'subscribe',  -- subscribe, unsubscribe, digest
+    args       TEXT NOT NULL DEFAULT '',           -- the digest request's arguments
+    limit_key  TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS tokens_pending ON tokens(limit_key, action);
 
 -- State: where each periodic schedule's last digest ended.
 CREATE TABLE IF NOT EXISTS schedules (
@@ -160,9 +168,14 @@ CREATE TABLE IF NOT EXISTS inbound (
     raw_hash TEXT NOT NULL UNIQUE,       -- the same mail fetched twice is one
     done     INTEGER NOT NULL DEFAULT 0, -- 1 once handled (answered, or not)
     handled  INTEGER,                    -- when it was handled (for retention)
-    error    TEXT                        -- why handling failed; NULL if it did not
+    error    TEXT,                       -- why handling failed; NULL if it did not
+    limit_key      TEXT NOT NULL DEFAULT '',  -- canonical From (addresses.limit_key)
+    deferred_until INTEGER,              -- over a limit: answered at this time
+    answered       INTEGER,              -- when the reply was queued
+    reply_bytes    INTEGER NOT NULL DEFAULT 0  -- its size; limits count these
 );
 CREATE INDEX IF NOT EXISTS inbound_pending ON inbound(done, sender);
+CREATE INDEX IF NOT EXISTS inbound_answered ON inbound(answered, limit_key);
 
 -- State: list mail that could not be parsed or stored, kept with its
 -- reason for the admin (`kvm-digest failed`), so nothing is lost silently.
