@@ -28,6 +28,7 @@ from bot.intake.imap import Listener, Route
 from bot.intake.importer import Importer
 from bot.parse.message import ParsedMessage
 from bot.store.archive import Archive, WriterLock
+from bot.store.inbox import Inbox, is_inbox, open_mirror
 from bot.store.index import Index
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,57 @@ class Daemon:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self.config.is_mirror:
-            raise DigestError("the daemon archives list mail itself; unset [archive] path")
-        with WriterLock(self.config.data_dir):
-            archive = Archive.create(self.config.archive_path)
-            index = Index(self.config.index_path)
+        config = self.config
+        with WriterLock(config.data_dir):
+            index = Index(config.index_path)
             try:
+                if config.is_mirror:
+                    # Followed or mirrored: git brings the mail, a task indexes it.
+                    if config.archive.follow:
+                        try:
+                            await self._fetch(index)
+                        except DigestError as err:
+                            if not is_inbox(config.archive_path):
+                                raise  # nothing to serve digests from yet
+                            log.warning("%s; serving what was fetched before", err)
+                    archive: Archive | Inbox = open_mirror(config.archive_path)
+                else:
+                    archive = Archive.create(config.archive_path)
                 index.catch_up(archive)
                 await self._serve(archive, index, stop)
             finally:
                 index.close()
 
-    async def _serve(self, archive: Archive, index: Index, stop: asyncio.Event) -> None:
+    async def _fetch(self, index: Index) -> int:
+        """Fetch the followed inbox (git in a thread) and index what is new."""
+        from bot.intake import follow
+
+        url = self.config.archive.follow
+        fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path)
+        added = index.catch_up(open_mirror(self.config.archive_path))
+        log.info("fetched %s: %s; %d new messages indexed", url, fetched, added)
+        return added
+
+    async def _follow(self, index: Index, stop: asyncio.Event) -> None:
+        """Fetch (or, for a mirror someone else fetches, re-read) on an interval.
+
+        A failed fetch (network, server) is logged and tried again at the
+        next interval; the digests meanwhile cover what has been indexed.
+        """
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.archive.fetch_interval)
+            if stop.is_set():
+                return
+            try:
+                if self.config.archive.follow:
+                    await self._fetch(index)
+                else:
+                    index.catch_up(open_mirror(self.config.archive_path))
+            except DigestError as err:
+                log.warning("%s; trying again in %d s", err, self.config.archive.fetch_interval)
+
+    async def _serve(self, archive: Archive | Inbox, index: Index, stop: asyncio.Event) -> None:
         config = self.config
         outbox = Outbox(index.conn, self.me)
         desk = Desk(index.conn, config, outbox, self.env)
@@ -84,7 +124,10 @@ class Daemon:
                 config.commands.protocol,
                 config.commands.listen,
             )
-        if config.imap.host:
+        if config.is_mirror:
+            tasks.append(asyncio.create_task(self._follow(index, intake_stop), name="follow"))
+        elif config.imap.host:
+            assert isinstance(archive, Archive)
             importer = Importer(archive, index, config.import_.max_message_size)
             routes = Route(config.list.id, config.list.address, config.commands.address)
             listener = Listener(
