@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -124,3 +125,25 @@ def test_the_man_page_is_generated_from_the_parser() -> None:
     for name in subcommands():  # roff escapes every "-"
         escaped = name.replace("-", "\\-")
         assert f"kvm\\-digest\\fR \\fI\\,{escaped}" in shipped, name
+
+
+def test_the_readme_first_job_runs_on_a_fresh_clone(
+    cli, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's first command block: no ../shared, and its main job works."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "../shared" not in block
+    commands = [
+        shlex.split(part)[1:]
+        for part in block.splitlines()[0].split("&&")
+        if part.strip().startswith(".venv/bin/kvm-digest")
+    ]
+    assert [c[0] for c in commands] == ["import", "digest"]
+    monkeypatch.chdir(ROOT)  # the shipped config is found as in a clone
+    imported = cli(*commands[0])
+    assert imported.out == "samples/kvm-sample.mbox: 63 imported, 0 duplicates, 0 rejected\n"
+    digest = cli(*commands[1])
+    assert digest.code == 0 and digest.out.startswith("From 000000000 to ")
+    assert "[PATCH v2 1/1] virtio: add driver_override support" in digest.out.splitlines()
+    assert "pytest" in block.splitlines()[1]
