@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import http.server
 import mailbox
 import sqlite3
+import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,3 +184,49 @@ async def test_the_daemon_fetches_on_its_interval(
         stop.set()
         await asyncio.wait_for(task, 30)
     assert (data_dir / "mirror" / "git" / "1.git").is_dir()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output clean."""
+
+
+@pytest.fixture
+def web(upstream: Upstream, tmp_path: Path):
+    """The inbox served over (dumb) HTTP the way lore lays it out: <url>/N."""
+    root = tmp_path / "www"
+    (root / "kvm").mkdir(parents=True)
+    handler = functools.partial(_Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def publish() -> str:
+        for epoch in sorted((upstream.root / "git").iterdir()):
+            subprocess.run(["git", "-C", str(epoch), "update-server-info"], check=True)
+            link = root / "kvm" / epoch.name.removesuffix(".git")
+            if not link.exists():
+                link.symlink_to(epoch)
+        return f"http://127.0.0.1:{server.server_address[1]}/kvm"
+
+    yield publish
+    server.shutdown()
+    thread.join()
+
+
+def test_fetch_over_http_uses_the_web_layout(
+    upstream: Upstream, web: Callable[[], str], cli: Callable, tmp_path: Path
+) -> None:
+    url = web()
+    config = follow_config(tmp_path, url)
+    first = cli("--config", config, "fetch")
+    assert first.out.strip() == f"{url}: new epochs 0; 10 new messages indexed", first.err
+    upstream.add(0, SLICE[10:12])
+    upstream.add(1, SLICE[12:20])
+    web()
+    second = cli("--config", config, "fetch")
+    assert second.out.strip() == (
+        f"{url}: new epochs 1; fetched epochs 0; 10 new messages indexed"
+    ), second.err
+    digest = cli("--config", config, "digest", "--all")
+    assert header_range(digest.out) == f"From 000000000 to {upstream.heads[1][:9]}"

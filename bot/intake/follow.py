@@ -2,13 +2,14 @@
 
 `[archive] follow = "https://lore.kernel.org/kvm"` keeps a mirror of the
 inbox's epochs under the data dir (or `[archive] path`): `git/0.git`,
-`git/1.git`, ... each a `git clone --mirror` of `<url>/git/N.git`, which is
-how public-inbox serves them. A fetch updates every epoch we have, then looks
-for the next one by trying to clone it: public-inbox starts a new epoch as an
-inbox grows, and a missing one is simply not there yet. That probe works the
-same for lore over https and for a local or file:// inbox, with no manifest
-to parse. The index reads the result as one archive (bot/store/inbox.py), so
-digests carry the inbox's own commit ids.
+`git/1.git`, ... each a `git clone --mirror` of `<url>/N`, which is how
+public-inbox serves them over the web (`<url>/git/N.git` for an inbox on
+disk). A fetch updates every epoch we have, then looks for the next one by
+trying to clone it: public-inbox starts a new epoch as an inbox grows, and a
+missing one is simply not there yet. That probe works the same for lore over
+https and for a local or file:// inbox, with no manifest to parse. The index
+reads the result as one archive (bot/store/inbox.py), so digests carry the
+inbox's own commit ids.
 
 git runs as a subprocess (no shell), never prompting for credentials.
 """
@@ -47,8 +48,16 @@ class Fetched:
 
 
 def epoch_url(url: str, number: int) -> str:
-    """Where public-inbox serves epoch `number` of the inbox at `url`."""
-    return f"{url.rstrip('/')}/git/{number}.git"
+    """Where public-inbox serves epoch `number` of the inbox at `url`.
+
+    Over the web it is `<url>/N` (public-inbox-overview(7): "git clone
+    --mirror URL/EPOCH"); an inbox on disk (a path or file:// URL) keeps it
+    at `git/N.git`, the v2 layout.
+    """
+    base = url.rstrip("/")
+    if base.startswith(("http://", "https://")):
+        return f"{base}/{number}"
+    return f"{base}/git/{number}.git"
 
 
 def fetch(url: str, inbox: Path) -> Fetched:
