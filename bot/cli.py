@@ -372,6 +372,21 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     print(f"data directory: {config.data_dir}")
     print(f"archive: {config.archive_path}" + (" (mirror, read-only)" if config.is_mirror else ""))
     imap, smtp, commands = config.imap, config.smtp, config.commands
+    if config.archive.follow:
+        print(
+            f"intake: following {config.archive.follow} by git every "
+            f"{config.archive.fetch_interval} s"
+        )
+    elif config.is_mirror:
+        print(
+            f"intake: the mirror at {config.archive_path}, re-read every "
+            f"{config.archive.fetch_interval} s"
+        )
+    elif not imap.host:
+        print(
+            "intake: none; `run` needs [archive] follow (the inbox URL) or [imap] host "
+            "(import and digest work without)"
+        )
     if imap.host:
         imap.secret()  # a missing or world-readable password file fails here
         print(
@@ -379,7 +394,7 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
             f"{imap.folder}" + ("" if imap.verify else ", certificates NOT checked")
         )
     else:
-        print("imap: not configured (no live intake)")
+        print("imap: not configured" + ("" if config.is_mirror else " (no live intake)"))
     if commands.address:
         print(f"commands: {commands.address}, {commands.protocol.upper()} on {commands.listen}")
     else:

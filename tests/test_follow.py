@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import functools
 import http.server
 import mailbox
+import os
+import pty
 import sqlite3
+import struct
 import subprocess
+import sys
+import termios
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +33,7 @@ from bot.parse.message import parse_lenient
 from bot.store.archive import Archive
 from tests.mailfactory import DATA
 
+ROOT = Path(__file__).resolve().parents[1]
 SLICE = [m.as_bytes() for m in mailbox.mbox(DATA / "kvmarm-slice.mbox")]
 
 
@@ -142,6 +149,14 @@ def test_run_without_any_intake_says_what_to_set(cli: Callable) -> None:
     result = cli("run")
     assert result.code == 1
     assert "set [archive] follow" in result.err
+    assert "intake: none; `run` needs [archive] follow" in cli("check-config").out
+
+
+def test_check_config_names_the_intake(tmp_path: Path, cli: Callable) -> None:
+    config = follow_config(tmp_path, "https://lore.kernel.org/kvm")
+    out = cli("--config", config, "check-config").out.splitlines()
+    assert "intake: following https://lore.kernel.org/kvm by git every 300 s" in out
+    assert "imap: not configured" in out
 
 
 def _indexed_head(index: Path) -> str | None:
@@ -157,11 +172,15 @@ def _indexed_head(index: Path) -> str | None:
     return row[0] if row else None
 
 
+@pytest.mark.parametrize("intake", ["follow", "path"])
 async def test_the_daemon_fetches_on_its_interval(
-    upstream: Upstream, tmp_path: Path, data_dir: Path
+    upstream: Upstream, tmp_path: Path, data_dir: Path, intake: str
 ) -> None:
-    path = follow_config(
-        tmp_path, upstream.url, f'fetch_interval = 1\n[data]\ndir = "{data_dir}"\n'
+    """`follow`: the daemon fetches; `path`: someone else fetches, it re-reads."""
+    where = upstream.url if intake == "follow" else str(upstream.root)
+    path = tmp_path / "daemon.toml"
+    path.write_text(
+        f'[archive]\n{intake} = "{where}"\nfetch_interval = 1\n[data]\ndir = "{data_dir}"\n'
     )
     config = configmod.load(path)
     config = dataclasses.replace(
@@ -183,7 +202,8 @@ async def test_the_daemon_fetches_on_its_interval(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-    assert (data_dir / "mirror" / "git" / "1.git").is_dir()
+    if intake == "follow":
+        assert (data_dir / "mirror" / "git" / "1.git").is_dir()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -230,3 +250,34 @@ def test_fetch_over_http_uses_the_web_layout(
     ), second.err
     digest = cli("--config", config, "digest", "--all")
     assert header_range(digest.out) == f"From 000000000 to {upstream.heads[1][:9]}"
+
+
+def test_first_indexing_of_a_mirror_shows_a_progress_bar(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """On a terminal (a real pty here), as import does; silent in logs."""
+    upstream.add(1, SLICE[10:27])
+    command = [sys.executable, "-m", "bot.cli", "--data-dir", str(tmp_path / "var")]
+    command += ["--archive", str(upstream.root), "digest", "--all"]
+    primary, secondary = pty.openpty()
+    # A terminal 80 columns wide (a fresh pty has none: tqdm would draw nothing).
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, cwd=ROOT)
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(primary)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert out.startswith(b"From 000000000 to ")
+    assert b"indexing: 100%" in seen and b"27/27" in seen
+    # Indexed once: the next command has nothing to show.
+    again = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=60)
+    assert again.returncode == 0 and again.stderr == b""
