@@ -88,9 +88,3 @@ class Inbox:
 
     def message_commits(self) -> list[str]:
         return [c for epoch in self.epochs for c in epoch.message_commits()]
-
-    def start_append(self, batch: object) -> None:
-        raise DigestError(
-            f"the archive at {self.path} is a read-only mirror; new mail "
-            "reaches it through `git fetch` or `kvm-digest fetch`, not through kvm-digest"
-        )
