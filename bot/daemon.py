@@ -53,32 +53,31 @@ class Daemon:
         with WriterLock(config.data_dir):
             index = Index(config.index_path)
             try:
-                if config.is_mirror:
-                    # Followed or mirrored: git brings the mail, a task indexes it.
-                    if config.archive.follow:
-                        try:
-                            await self._fetch(index)
-                        except DigestError as err:
-                            if not is_inbox(config.archive_path):
-                                raise  # nothing to serve digests from yet
-                            log.warning("%s; serving what was fetched before", err)
-                    archive: Archive | Inbox = open_mirror(config.archive_path)
-                else:
-                    archive = Archive.create(config.archive_path)
+                if config.archive.follow:
+                    try:
+                        await self._fetch()
+                    except DigestError as err:
+                        if not is_inbox(config.archive_path):
+                            raise  # nothing to serve digests from yet
+                        log.warning("%s; serving what was fetched before", err)
+                # Followed or mirrored, git brings the mail; else we archive it.
+                archive: Archive | Inbox = (
+                    open_mirror(config.archive_path)
+                    if config.is_mirror
+                    else Archive.create(config.archive_path)
+                )
                 index.catch_up(archive)
                 await self._serve(archive, index, stop)
             finally:
                 index.close()
 
-    async def _fetch(self, index: Index) -> int:
-        """Fetch the followed inbox (git in a thread) and index what is new."""
+    async def _fetch(self) -> None:
+        """Fetch the followed inbox; git runs in a thread, the loop goes on."""
         from bot.intake import follow
 
         url = self.config.archive.follow
         fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path)
-        added = index.catch_up(open_mirror(self.config.archive_path))
-        log.info("fetched %s: %s; %d new messages indexed", url, fetched, added)
-        return added
+        log.info("fetched %s: %s", url, fetched)
 
     async def _follow(self, index: Index, stop: asyncio.Event) -> None:
         """Fetch (or, for a mirror someone else fetches, re-read) on an interval.
@@ -86,18 +85,22 @@ class Daemon:
         A failed fetch (network, server) is logged and tried again at the
         next interval; the digests meanwhile cover what has been indexed.
         """
+        interval = self.config.archive.fetch_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.archive.fetch_interval)
+                await asyncio.wait_for(stop.wait(), interval)
             if stop.is_set():
                 return
             try:
                 if self.config.archive.follow:
-                    await self._fetch(index)
-                else:
-                    index.catch_up(open_mirror(self.config.archive_path))
+                    await self._fetch()
+                # Reopened each time: a fetch may have brought a new epoch.
+                added = index.catch_up(open_mirror(self.config.archive_path))
             except DigestError as err:
-                log.warning("%s; trying again in %d s", err, self.config.archive.fetch_interval)
+                log.warning("%s; trying again in %d s", err, interval)
+                continue
+            if added:
+                log.info("indexed %d new messages", added)
 
     async def _serve(self, archive: Archive | Inbox, index: Index, stop: asyncio.Event) -> None:
         config = self.config

@@ -389,16 +389,12 @@ class WriterLock:
                     f"{self.path.parent}; stop it or wait for it to finish"
                 ) from None
             try:
-                current = os.stat(self.path)
+                same = os.path.samestat(os.stat(self.path), os.fstat(fd))
             except FileNotFoundError:
-                current = None
-            mine = os.fstat(fd)
-            if current is not None and (current.st_ino, current.st_dev) == (
-                mine.st_ino,
-                mine.st_dev,
-            ):
+                same = False
+            if same:
                 break
-            os.close(fd)  # removed by the previous holder while we waited: retry
+            os.close(fd)  # removed by the previous holder in between: retry
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
