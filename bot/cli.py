@@ -27,7 +27,7 @@ from bot.intake.imap import Listener, Route
 from bot.intake.importer import Counts, Importer
 from bot.intake.sources import open_source
 from bot.store.archive import Archive, WriterLock
-from bot.store.inbox import Inbox, open_mirror
+from bot.store.inbox import Inbox, is_inbox, open_mirror
 from bot.store.index import Index
 
 log = logging.getLogger("kvm-digest")
@@ -46,7 +46,7 @@ def setup_logging(verbosity: int) -> None:
 def open_archive(config: Config) -> Archive | Inbox:
     """The archive to read: the configured mirror (an epoch or a v2 inbox), or our own."""
     path = config.archive_path
-    if config.archive.follow and not path.exists():
+    if config.archive.follow and not is_inbox(path):
         raise DigestError(
             f"nothing has been fetched from {config.archive.follow} yet; run "
             "`kvm-digest fetch` first"
