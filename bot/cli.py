@@ -324,7 +324,12 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     try:
         if args.action == "retry":
             n = outbox_admin.retry(index.conn, args.ids)
-            print(f"queued {n} failed mails again; a running daemon sends them on its next pass")
+            # A running daemon only looks again when it queues or retries mail
+            # itself; send-now's wake-up (issue 15b) belongs here too once merged.
+            print(
+                f"queued {n} failed mails again; a running daemon sends them with its "
+                "next mail, or at once after `systemctl restart kvm-digest`"
+            )
             return 0
         if args.action == "purge":
             n = outbox_admin.purge(index.conn, args.ids)
