@@ -29,6 +29,7 @@ from bot.intake.imap import Listener, Route
 from bot.intake.importer import Counts, Importer
 from bot.intake.sources import open_source
 from bot.store.archive import Archive, WriterLock
+from bot.store.inbox import Inbox, is_inbox, open_mirror
 from bot.store.index import Index
 
 log = logging.getLogger("kvm-digest")
@@ -44,11 +45,16 @@ def setup_logging(verbosity: int) -> None:
     )
 
 
-def open_archive(config: Config) -> Archive:
-    """The archive to read: the configured mirror, or our own."""
+def open_archive(config: Config) -> Archive | Inbox:
+    """The archive to read: the configured mirror (an epoch or a v2 inbox), or our own."""
     path = config.archive_path
+    if config.archive.follow and not is_inbox(path):
+        raise DigestError(
+            f"nothing has been fetched from {config.archive.follow} yet; run "
+            "`kvm-digest fetch` first"
+        )
     if config.is_mirror:
-        return Archive.open(path)
+        return open_mirror(path)
     if not (path / "HEAD").exists():
         raise DigestError(
             f"there is no archive at {path} yet; run `kvm-digest import SOURCE` "
@@ -58,18 +64,13 @@ def open_archive(config: Config) -> Archive:
 
 
 @contextlib.contextmanager
-def writer(config: Config) -> Iterator[tuple[Archive, Index]]:
+def writer(config: Config) -> Iterator[tuple[Archive | Inbox, Index]]:
     """Hold the data dir's writer lock with an archive and a caught-up index."""
     with WriterLock(config.data_dir):
-        archive = (
-            Archive.open(config.archive_path)
-            if config.is_mirror
-            else Archive.create(config.archive_path)
-        )
+        archive = open_archive(config) if config.is_mirror else Archive.create(config.archive_path)
         index = Index(config.index_path)
         try:
-            with progress_bar(lambda: archive.count(index.last_commit()), "indexing") as bar:
-                index.catch_up(archive, bar)
+            catch_up(archive, index)
             yield archive, index
         finally:
             index.close()
@@ -95,6 +96,17 @@ def progress_bar(count: Callable[[], int], what: str) -> Iterator[Callable[[int]
         yield bar.update
 
 
+def catch_up(archive: Archive | Inbox, index: Index) -> int:
+    """Index what is new in the archive, with a progress bar on a terminal.
+
+    The first indexing of a large mirror takes a while; the bar says so.
+    """
+    if archive.head() == index.last_commit():
+        return 0
+    with progress_bar(lambda: archive.count(index.last_commit()), "indexing") as bar:
+        return index.catch_up(archive, bar)
+
+
 def reader(config: Config) -> Index:
     """An index that has caught up with the archive, when that can be done now.
 
@@ -106,7 +118,7 @@ def reader(config: Config) -> Index:
     if archive.head() != index.last_commit():
         try:
             with WriterLock(config.data_dir):
-                index.catch_up(archive)
+                catch_up(archive, index)
         except DigestError as err:
             log.info("not catching up the index: %s", err)
     return index
@@ -118,8 +130,8 @@ def reader(config: Config) -> Index:
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
     if config.is_mirror:
         raise DigestError(
-            "the archive is a read-only mirror ([archive] path); update it with "
-            "`git fetch` instead of importing"
+            "the archive is a read-only mirror ([archive] path or follow); update it "
+            "with `kvm-digest fetch` or `git fetch` instead of importing"
         )
     cache = config.data_dir / "sources"
     sources = [open_source(Path(p), cache) for p in args.sources]
@@ -142,9 +154,30 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     return 1 if failed else 0
 
 
-def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
+    """Fetch the followed inbox once and index what is new."""
+    from bot.intake import follow
+
+    url = config.archive.follow
+    if not url:
+        raise ConfigError(
+            "kvm-digest fetch needs [archive] follow, the inbox URL to follow "
+            '(e.g. follow = "https://lore.kernel.org/kvm"); see the README, "Follow lore"'
+        )
     with WriterLock(config.data_dir):
-        archive = open_archive(config)
+        fetched = follow.fetch(url, config.archive_path)
+        index = Index(config.index_path)
+        try:
+            added = catch_up(open_mirror(config.archive_path), index)
+        finally:
+            index.close()
+    print(f"{url}: {fetched}; {added} new messages indexed")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+    archive = open_archive(config)  # first: a missing archive creates nothing
+    with WriterLock(config.data_dir):
         index = Index(config.index_path)
         index.clear()
         with progress_bar(archive.count, "reindexing") as bar:
@@ -209,6 +242,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """The daemon: everything in one process until SIGTERM."""
     from bot.daemon import Daemon
 
+    if not (config.imap.host or config.is_mirror):
+        raise ConfigError(
+            "kvm-digest run needs an intake for list mail: set [archive] follow (the "
+            "inbox URL, e.g. https://lore.kernel.org/kvm) or [imap] host; see the README"
+        )
+
     # Check the password sources now: a bad one is a config error, not a retry loop.
     if config.imap.host:
         config.imap.secret()
@@ -217,8 +256,18 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _state(config: Config) -> Index:
-    """The index for state commands (subscribers, outbox), without the lock."""
+def _state(config: Config, create: bool = False) -> Index:
+    """The index for state commands (subscribers, outbox), without the lock.
+
+    Commands that only read (`subscribers list`, `outbox`) must not create a
+    data dir where the user mistyped one: they say so instead.
+    """
+    if not create and not config.index_path.exists():
+        raise DigestError(
+            f"there is no kvm-digest data in {config.data_dir} (no index.sqlite3); "
+            "check --data-dir, $KVM_DIGEST_DATA or [data] dir (the service's is "
+            "/var/lib/kvm-digest)"
+        )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return Index(config.index_path)
 
@@ -226,7 +275,7 @@ def _state(config: Config) -> Index:
 def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
     from bot.delivery import subscribers
 
-    index = _state(config)
+    index = _state(config, create=args.action != "list")
     try:
         with index.conn:
             if args.action == "list":
@@ -269,14 +318,24 @@ def cmd_send_now(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
+    from bot.delivery import outbox_admin
+
+    if args.ids and args.action == "list":
+        raise DigestError("mail ids go with `outbox retry` or `outbox purge`, not a listing")
     index = _state(config)
     try:
-        rows = index.conn.execute(
-            "SELECT id, kind, recipient, status, attempts, last_error FROM outbox"
-            " WHERE status IN ("
-            + ("'failed'" if args.failed else "'queued', 'failed'")
-            + ") ORDER BY id"
-        ).fetchall()
+        if args.action == "retry":
+            n = outbox_admin.retry(index.conn, args.ids)
+            print(
+                f"queued {n} failed mails again; a running daemon sends them within "
+                "seconds (it polls the outbox)"
+            )
+            return 0
+        if args.action == "purge":
+            n = outbox_admin.purge(index.conn, args.ids)
+            print(f"deleted {n} failed mails")
+            return 0
+        rows = outbox_admin.listing(index.conn, args.failed)
         # Command mail over a limit waits to be answered (issue 11): show it too.
         deferred = index.conn.execute(
             "SELECT id, limit_key, deferred_until FROM inbound"
@@ -284,8 +343,8 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
         ).fetchall()
     finally:
         index.close()
-    for row_id, kind, recipient, status, attempts, error in rows:
-        print(f"{row_id}\t{kind}\t{recipient}\t{status}\t{attempts} attempts\t{error}")
+    for row in rows:
+        print(row.line())
     if not rows:
         print("the outbox is empty" if not args.failed else "no failed mail")
     for row_id, key, until in deferred:
@@ -299,8 +358,15 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
     from bot.store import fsck
 
     archive = open_archive(config)
-    index = Index(config.index_path)
+    index = _state(config, create=True)  # the archive exists: its index may not yet
     try:
+        if index.last_commit() is None and archive.head() is not None and not index.count():
+            # A fresh mirror: nothing indexed is not a disagreement.
+            print(
+                f"not indexed yet: the archive holds {archive.count()} commits; any "
+                "command that reads it (e.g. `kvm-digest digest --all`) indexes it"
+            )
+            return 0
         report = fsck.check(archive, index)
     finally:
         index.close()
@@ -356,6 +422,21 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     print(f"data directory: {config.data_dir}")
     print(f"archive: {config.archive_path}" + (" (mirror, read-only)" if config.is_mirror else ""))
     imap, smtp, commands = config.imap, config.smtp, config.commands
+    if config.archive.follow:
+        print(
+            f"intake: following {config.archive.follow} by git every "
+            f"{config.archive.fetch_interval} s"
+        )
+    elif config.is_mirror:
+        print(
+            f"intake: the mirror at {config.archive_path}, re-read every "
+            f"{config.archive.fetch_interval} s"
+        )
+    elif not imap.host:
+        print(
+            "intake: none; `run` needs [archive] follow (the inbox URL) or [imap] host "
+            "(import and digest work without)"
+        )
     if imap.host:
         imap.secret()  # a missing or world-readable password file fails here
         print(
@@ -363,7 +444,7 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
             f"{imap.folder}" + ("" if imap.verify else ", certificates NOT checked")
         )
     else:
-        print("imap: not configured (no live intake)")
+        print("imap: not configured" + ("" if config.is_mirror else " (no live intake)"))
     if commands.address:
         print(f"commands: {commands.address}, {commands.protocol.upper()} on {commands.listen}")
     else:
@@ -378,11 +459,32 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("kvm-digest")
+    except metadata.PackageNotFoundError:
+        import bot
+
+        return bot.__version__
+
+
+def _command(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does, not only its options."""
+    return sub.add_parser(name, help=summary, description=f"{summary}. {description}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvm-digest",
         description="Archive a mailing list, thread its patch series and mail digests.",
+        epilog="Each command has its own --help. The README explains the whole bot.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--config",
         type=Path,
@@ -392,19 +494,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help=f"data directory (or ${configmod.ENV_DATA})")
     parser.add_argument(
         "--archive",
-        help="index this public-inbox epoch in place "
+        help="index this public-inbox epoch or v2 inbox directory in place "
         "(mirror mode) instead of the data dir's own archive",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "import", help="import mail: mbox, Maildir, .eml, public-inbox git or bundle"
+    p = _command(
+        sub,
+        "import",
+        "import mail: mbox, Maildir, .eml, public-inbox git or bundle",
+        "Appends new messages to the data dir's archive and indexes them; a message "
+        "already there is counted as a duplicate, so importing again is harmless.",
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("digest", help="print the digest for a range")
+    p = _command(
+        sub,
+        "digest",
+        "print the digest for a range",
+        "Reads the index only; the range is archive commit ids, as digest headers "
+        "print them, or a window of arrival times.",
+    )
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument(
         "--range",
@@ -417,38 +529,98 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", metavar="DATE", help="end of the --since window (excluded)")
     p.set_defaults(func=cmd_digest)
 
-    p = sub.add_parser("reindex", help="rebuild the index from the archive")
+    p = _command(
+        sub,
+        "fetch",
+        "fetch the followed inbox ([archive] follow) once",
+        "Clones or fetches its epochs (git/0.git, git/1.git, ...) and indexes the "
+        "new messages; `kvm-digest run` does this on a schedule.",
+    )
+    p.set_defaults(func=cmd_fetch)
+
+    p = _command(
+        sub,
+        "reindex",
+        "rebuild the index from the archive",
+        "Subscribers, schedules and the outbox are kept; digests come out the same.",
+    )
     p.set_defaults(func=cmd_reindex)
 
-    p = sub.add_parser("listen", help="consume the list's mailbox live (IMAP IDLE)")
+    p = _command(
+        sub,
+        "listen",
+        "consume the list's mailbox live (IMAP IDLE)",
+        "Stores list mail as it arrives until SIGTERM or Ctrl-C; `run` includes this.",
+    )
     p.set_defaults(func=cmd_listen)
 
-    p = sub.add_parser("run", help="the daemon: intake, commands, schedule, delivery")
+    p = _command(
+        sub,
+        "run",
+        "the daemon: intake, commands, schedule, delivery",
+        "Runs until SIGTERM: follows the inbox or listens on IMAP, answers command "
+        "mail, sends scheduled digests and works through the outbox.",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("subscribers", help="list, add or remove digest subscribers")
+    p = _command(
+        sub,
+        "subscribers",
+        "list, add or remove digest subscribers",
+        "Adding here skips the confirmation mail: the operator vouches for the address.",
+    )
     p.add_argument("action", choices=["list", "add", "remove"])
     p.add_argument("addresses", nargs="*", metavar="ADDRESS")
     p.add_argument("--schedule", choices=["daily", "weekly"], default="daily")
     p.set_defaults(func=cmd_subscribers)
 
-    p = sub.add_parser("send-now", help="queue a schedule's next digest now")
+    p = _command(
+        sub,
+        "send-now",
+        "queue a schedule's next digest now",
+        "The digest covers the archive since that schedule's last one; a running "
+        "daemon sends the queued mail.",
+    )
     p.add_argument("--schedule", choices=["daily", "weekly"], default="daily")
     p.set_defaults(func=cmd_send_now)
 
-    p = sub.add_parser("outbox", help="show queued and failed outgoing mail")
-    p.add_argument("--failed", action="store_true", help="only failed mail")
+    p = _command(
+        sub,
+        "outbox",
+        "show queued and failed outgoing mail; retry or purge failed mail",
+        "`outbox` lists mail with when it was queued and its next try; `outbox retry "
+        "[ID...]` queues failed mail again and `outbox purge [ID...]` deletes it "
+        "(all failed mail when no id is given).",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "retry", "purge"], default="list")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="outbox ids, as listed")
+    p.add_argument("--failed", action="store_true", help="list only failed mail")
     p.set_defaults(func=cmd_outbox)
 
-    p = sub.add_parser(
-        "failed", help="list mail that could not be stored, answered or sent, with reasons"
+    p = _command(
+        sub,
+        "failed",
+        "list mail that could not be stored, answered or sent, with reasons",
+        "List mail that could not be parsed or stored, command mail whose handling "
+        "failed, and outgoing mail given up on, each with its reason; nothing is lost "
+        "silently.",
     )
     p.set_defaults(func=cmd_failed)
 
-    p = sub.add_parser("fsck", help="check that the archive and the index agree")
+    p = _command(
+        sub,
+        "fsck",
+        "check that the archive and the index agree",
+        "Changes nothing; `kvm-digest reindex` repairs what it reports.",
+    )
     p.set_defaults(func=cmd_fsck)
 
-    p = sub.add_parser("check-config", help="validate the configuration")
+    p = _command(
+        sub,
+        "check-config",
+        "validate the configuration",
+        "Reads the config file, says in one line what is wrong, or prints what it will use.",
+    )
     p.set_defaults(func=cmd_check_config)
     return parser
 

@@ -45,7 +45,19 @@ class DataSection:
 @dataclass(frozen=True)
 class ArchiveSection:
     path: str = ""
-    """A public-inbox epoch to index in place (mirror mode); empty: our own."""
+    """A public-inbox epoch or v2 inbox dir to index in place (mirror mode); empty: our own."""
+    follow: str = ""
+    """A public-inbox inbox URL (e.g. https://lore.kernel.org/kvm) to mirror by git."""
+    fetch_interval: int = 300
+    """Seconds between fetches of `follow` while `kvm-digest run` runs."""
+
+    def __post_init__(self) -> None:
+        public = self.follow.startswith(("http://", "https://", "git://"))
+        if (public and self.fetch_interval < 60) or self.fetch_interval < 1:
+            raise ConfigError(
+                f"[archive] fetch_interval = {self.fetch_interval} is too often; a server "
+                "on the network needs at least 60 seconds (e.g. 300), a local inbox 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -225,13 +237,25 @@ class Config:
     def data_dir(self) -> Path:
         return Path(self.data_dir_override or os.environ.get(ENV_DATA) or self.data.dir)
 
+    def __post_init__(self) -> None:
+        if self.archive.follow and self.imap.host:
+            raise ConfigError(
+                "[archive] follow and [imap] host are both set; choose one intake: "
+                "follow the inbox by git, or read list mail from the mailbox"
+            )
+
     @property
     def archive_path(self) -> Path:
-        return Path(self.archive.path) if self.archive.path else self.data_dir / "archive.git"
+        if self.archive.path:
+            return Path(self.archive.path)
+        if self.archive.follow:
+            return self.data_dir / "mirror"
+        return self.data_dir / "archive.git"
 
     @property
     def is_mirror(self) -> bool:
-        return bool(self.archive.path)
+        """True when the archive is someone else's (a mirror), read-only to us."""
+        return bool(self.archive.path or self.archive.follow)
 
     @property
     def index_path(self) -> Path:

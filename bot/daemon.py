@@ -36,6 +36,7 @@ from bot.intake.importer import Importer
 from bot.parse.message import ParsedMessage
 from bot.store import retention
 from bot.store.archive import Archive, WriterLock
+from bot.store.inbox import Inbox, is_inbox, open_mirror
 from bot.store.index import Index
 from bot.supervise import Health, supervise
 
@@ -60,18 +61,60 @@ class Daemon:
         self.health = Health()
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self.config.is_mirror:
-            raise DigestError("the daemon archives list mail itself; unset [archive] path")
-        with WriterLock(self.config.data_dir):
-            archive = Archive.create(self.config.archive_path)
-            index = Index(self.config.index_path)
+        config = self.config
+        with WriterLock(config.data_dir):
+            index = Index(config.index_path)
             try:
+                if config.archive.follow:
+                    try:
+                        await self._fetch()
+                    except DigestError as err:
+                        if not is_inbox(config.archive_path):
+                            raise  # nothing to serve digests from yet
+                        log.warning("%s; serving what was fetched before", err)
+                # Followed or mirrored, git brings the mail; else we archive it.
+                archive: Archive | Inbox = (
+                    open_mirror(config.archive_path)
+                    if config.is_mirror
+                    else Archive.create(config.archive_path)
+                )
                 index.catch_up(archive)
                 await self._serve(archive, index, stop)
             finally:
                 index.close()
 
-    async def _serve(self, archive: Archive, index: Index, stop: asyncio.Event) -> None:
+    async def _fetch(self) -> None:
+        """Fetch the followed inbox; git runs in a thread, the loop goes on."""
+        from bot.intake import follow
+
+        url = self.config.archive.follow
+        fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path)
+        log.info("fetched %s: %s", url, fetched)
+
+    async def _follow(self, index: Index, stop: asyncio.Event) -> None:
+        """Fetch (or, for a mirror someone else fetches, re-read) on an interval.
+
+        A failed fetch (network, server) is logged and tried again at the
+        next interval; the digests meanwhile cover what has been indexed.
+        """
+        interval = self.config.archive.fetch_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
+            try:
+                if self.config.archive.follow:
+                    await self._fetch()
+                # Reopened each time: a fetch may have brought a new epoch.
+                added = index.catch_up(open_mirror(self.config.archive_path))
+            except DigestError as err:
+                log.warning("%s; trying again in %d s", err, interval)
+                continue
+            if added:
+                log.info("indexed %d new messages", added)
+
+    async def _serve(self, archive: Archive | Inbox, index: Index, stop: asyncio.Event) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptErrorThrottle())
@@ -106,7 +149,10 @@ class Daemon:
                 config.commands.protocol,
                 config.commands.listen,
             )
-        if config.imap.host:
+        if config.is_mirror:
+            tasks.append(asyncio.create_task(self._follow(index, intake_stop), name="follow"))
+        elif config.imap.host:
+            assert isinstance(archive, Archive)
             importer = Importer(archive, index, config.import_.max_message_size)
             routes = Route(config.list.id, config.list.address, config.commands.address)
             listener = Listener(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import settings
 
 from bot.cli import main
-from tests.mailfactory import BUNDLE, Store
+from tests.mailfactory import BUNDLE, Store, need_shared
 
 # In CI, property tests are derandomized: a failure there reproduces anywhere.
 settings.register_profile("ci", derandomize=True, deadline=None)
@@ -62,7 +62,8 @@ def store(tmp_path: Path) -> Store:
 def kvmarm_git(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The kvmarm bundle as a bare public-inbox epoch (read-only, shared)."""
     path = tmp_path_factory.mktemp("kvmarm") / "0.git"
-    subprocess.run(["git", "clone", "--quiet", "--bare", str(BUNDLE), str(path)], check=True)
+    bundle = need_shared(BUNDLE)
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(bundle), str(path)], check=True)
     return path
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from tests.mailfactory import BUNDLE, DATA
+from tests.mailfactory import BUNDLE, DATA, need_shared
 
 SLICE = DATA / "kvmarm-slice.mbox"
 
@@ -68,7 +68,7 @@ def test_slice_no_references_series(cli):
 
 def test_whole_bundle_end_to_end(cli):
     """The whole kvmarm bundle: imported once, then a day's digest and --all."""
-    result = cli("import", BUNDLE)
+    result = cli("import", need_shared(BUNDLE))
     assert result.code == 0, result.err
     assert result.out.strip().endswith("15000 imported, 0 duplicates, 0 rejected")
     # Idempotent: a second run reads nothing new.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import archive_ids
-from tests.mailfactory import DATA, SHARED
+from tests.mailfactory import DATA, SHARED, need_shared
 
 REFERENCE = DATA / "reference"
 
@@ -42,7 +42,7 @@ def test_reference_digest_line_by_line(cli, data_dir, name):
 
 
 def original_lines(name: str) -> list[str]:
-    (path,) = (SHARED / "reference" / "digests").glob(f"{name}_*.txt")
+    (path,) = need_shared(SHARED / "reference" / "digests").glob(f"{name}_*.txt")
     return path.read_text().splitlines()
 
 

@@ -21,6 +21,7 @@ import pygit2
 
 from bot.errors import MailError
 from bot.store.archive import Archive
+from bot.store.inbox import epoch_paths
 
 _MBOXRD_QUOTED = re.compile(rb"^>(>*From )", re.M)
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
@@ -94,11 +95,7 @@ class GitSource(Source):
     resumable = True
 
     def epochs(self) -> list[Path]:
-        git = self.path / "git"
-        if git.is_dir():
-            found = [p for p in git.iterdir() if re.fullmatch(r"\d+\.git", p.name)]
-            return sorted(found, key=lambda p: int(p.name.split(".")[0]))
-        return [self.path]
+        return epoch_paths(self.path) or [self.path]
 
     def count(self, after: str | None = None) -> int:
         return sum(n for _, n in self._plan(after))

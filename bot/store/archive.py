@@ -364,7 +364,11 @@ class WriterLock:
     """One writer per data directory: the importer, the listener or the daemon.
 
     An exclusive flock on `<data-dir>/lock`, released by the kernel when the
-    process dies, so a crash never leaves a stale lock behind.
+    process dies, so a crash never leaves a held lock behind. The holder
+    removes the file when it is done, so a data dir at rest holds no lock
+    file; a process that locked a file which was removed meanwhile (its
+    holder finishing) sees that the path now names another file, and starts
+    over on the new one.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -372,17 +376,25 @@ class WriterLock:
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise DigestError(
-                f"another kvm-digest process (pid {holder}) is writing to "
-                f"{self.path.parent}; stop it or wait for it to finish"
-            ) from None
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise DigestError(
+                    f"another kvm-digest process (pid {holder}) is writing to "
+                    f"{self.path.parent}; stop it or wait for it to finish"
+                ) from None
+            try:
+                same = os.path.samestat(os.stat(self.path), os.fstat(fd))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # removed by the previous holder in between: retry
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -390,5 +402,10 @@ class WriterLock:
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            # Removed while still held, so nobody can lock the old file after us.
+            # A read-only data dir cannot lose it: that is harmless, the next
+            # writer locks the same file.
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
             os.close(self._fd)
             self._fd = None

@@ -1,0 +1,90 @@
+"""A whole public-inbox v2 inbox, read-only: every epoch `git/N.git`, in order.
+
+lore starts a new epoch (a new git repository with its own root commit) every
+gigabyte or so, so a mirror of a busy list is a directory of epochs, not one
+repository. This presents them to the index as one archive, the way
+public-inbox does: messages in epoch order, then commit order; a position is
+a commit id, which names its epoch; the head is the newest epoch's head.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from bot.errors import DigestError
+from bot.store.archive import Archive
+
+_EPOCH = re.compile(r"(\d+)\.git")
+
+
+def epoch_paths(inbox: Path) -> list[Path]:
+    """The epochs of a v2 inbox directory, oldest first (`git/0.git`, ...)."""
+    git = inbox / "git"
+    if not git.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in git.iterdir() if (m := _EPOCH.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def is_inbox(path: Path) -> bool:
+    """True for a v2 inbox directory (it has `git/N.git` epochs)."""
+    return bool(epoch_paths(path))
+
+
+def open_mirror(path: Path) -> Archive | Inbox:
+    """A mirror to index in place: one epoch or a whole v2 inbox directory."""
+    if is_inbox(path):
+        return Inbox(path)
+    return Archive.open(path)
+
+
+class Inbox:
+    """Several epochs read as one archive (the part of Archive the index uses)."""
+
+    writable = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.epochs = [Archive.open(p) for p in epoch_paths(path)]
+        if not self.epochs:
+            raise DigestError(
+                f"{path} holds no epochs (git/0.git, git/1.git, ...); point [archive] "
+                "path at a public-inbox v2 inbox directory or at one epoch"
+            )
+
+    def head(self) -> str | None:
+        """The newest message commit: the head of the last non-empty epoch."""
+        for epoch in reversed(self.epochs):
+            head = epoch.head()
+            if head is not None:
+                return head
+        return None
+
+    def _epoch_of(self, commit_id: str | None) -> int | None:
+        """The position of the epoch whose history holds `commit_id`."""
+        if not commit_id:
+            return None
+        return next((i for i, e in enumerate(self.epochs) if e.contains(commit_id)), None)
+
+    def contains(self, commit_id: str) -> bool:
+        return self._epoch_of(commit_id) is not None
+
+    def _plan(self, after: str | None) -> list[tuple[Archive, str | None]]:
+        """Each epoch still to read, with the commit to start after in it."""
+        start = self._epoch_of(after)
+        if start is None:
+            return [(e, None) for e in self.epochs]
+        return [(self.epochs[start], after)] + [(e, None) for e in self.epochs[start + 1 :]]
+
+    def walk(self, after: str | None = None) -> Iterator[tuple[str, bytes | None]]:
+        """Yield (commit id, raw message or None) oldest first, across epochs."""
+        for epoch, start in self._plan(after):
+            yield from epoch.walk(start)
+
+    def count(self, after: str | None = None) -> int:
+        return sum(epoch.count(start) for epoch, start in self._plan(after))
+
+    def message_commits(self) -> list[str]:
+        return [c for epoch in self.epochs for c in epoch.message_commits()]
