@@ -30,6 +30,8 @@ class ListSection:
     address: str = "kvm@vger.kernel.org"
     id: str = "kvm.vger.kernel.org"
     """The List-Id of the list's mail, without angle brackets."""
+    archive_url: str = "https://lore.kernel.org/kvm/"
+    """The list's public archive: the digests' List-Archive header."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,16 @@ class ScheduleSection:
 
 
 @dataclass(frozen=True)
+class BouncesSection:
+    """Bounce handling, as Mailman 3 does it (see README, "Bounces")."""
+
+    threshold: int = 5
+    """Days with a bounce after which a subscriber is disabled (and told once)."""
+    stale_days: int = 7
+    """A bounce this long after the previous one starts the score again."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; sections mirror the TOML tables."""
 
@@ -184,6 +196,7 @@ class Config:
     commands: CommandsSection = field(default_factory=CommandsSection)
     smtp: SmtpSection = field(default_factory=SmtpSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    bounces: BouncesSection = field(default_factory=BouncesSection)
     source: Path | None = None
     data_dir_override: str | None = None
 

@@ -45,6 +45,7 @@ class Daemon:
             config.commands.address or f"kvm-digest@{_hostname()}",
             config.commands.name,
             config.list.title,
+            config.list.archive_url,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from bot.config import SmtpSection
+from bot.delivery import bounces
 from bot.delivery.mail import Identity, compose
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Outbox:
         self.conn = conn
         self.me = me
         self.wakeup = asyncio.Event()
+        self._verp_key: bytes | None = None
 
     def enqueue(self, recipient: str, message: bytes, message_id: str, kind: str = "reply") -> None:
         """Queue one composed mail (in the caller's transaction)."""
@@ -94,6 +96,14 @@ class Outbox:
         ).fetchone()
         return compose(self.me, item.recipient, subject, body, item.message_id, digest=True)
 
+    def envelope_sender(self, item: Queued) -> str:
+        """Digests go out with a VERP sender, so a bounce names its subscriber."""
+        if item.kind != "digest":
+            return self.me.address
+        if self._verp_key is None:
+            self._verp_key = bounces.install_key(self.conn)
+        return bounces.verp_sender(self.me, self._verp_key, item.recipient)
+
     def sent(self, item: Queued) -> None:
         with self.conn:
             self.conn.execute(
@@ -106,6 +116,7 @@ class Outbox:
                     "UPDATE subscribers SET hard_failures = 0 WHERE address = ?",
                     (item.recipient,),
                 )
+        log.info("sent %s %d to %s", item.kind, item.id, item.recipient)
 
     def retry(self, item: Queued, error: str, settings: SmtpSection) -> None:
         attempts = item.attempts + 1
@@ -252,7 +263,7 @@ class Sender:
     async def _send(self, item: Queued) -> None:
         try:
             message = self.outbox.render(item)
-            await self.relay.send(self.outbox.me.address, item.recipient, message)
+            await self.relay.send(self.outbox.envelope_sender(item), item.recipient, message)
         except aiosmtplib.SMTPRecipientsRefused as err:
             # One recipient per message, so the one refusal is ours.
             refusal = err.recipients[0]

@@ -22,6 +22,7 @@ import jinja2
 from bot.commands import CommandError, Context, registry
 from bot.commands.help import help_text
 from bot.config import Config
+from bot.delivery.bounces import Bounces, looks_like_bounce, verp_token
 from bot.delivery.mail import Identity, compose
 from bot.delivery.outbox import Outbox
 from bot.intake.routing import plus_base
@@ -132,6 +133,7 @@ class Desk:
         self.env = env
         self.me = outbox.me
         self.commands = registry()
+        self.bounces = Bounces(conn, config.bounces, outbox)
         self.pending = asyncio.Event()
         """Set when mail is queued; the daemon's worker waits on it."""
 
@@ -161,7 +163,11 @@ class Desk:
         ).fetchall()
         for row_id, sender, rcpt, raw in rows:
             with self.conn:
-                self._handle(Mail.parse(raw, sender, rcpt))
+                # Bounces first: the robot filter below would drop them unread.
+                if verp_token(rcpt) is not None or looks_like_bounce(raw, sender):
+                    self.bounces.handle(raw, rcpt)
+                else:
+                    self._handle(Mail.parse(raw, sender, rcpt))
                 self.conn.execute("UPDATE inbound SET done = 1 WHERE id = ?", (row_id,))
         return len(rows)
 

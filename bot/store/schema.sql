@@ -100,6 +100,16 @@ CREATE TABLE IF NOT EXISTS subscribers (
     hard_failures INTEGER NOT NULL DEFAULT 0
 );
 
+-- State: bounce scores (bot/delivery/bounces.py), one row per address that
+-- bounced. A score decays: a bounce after [bounces] stale_days starts again at 1.
+CREATE TABLE IF NOT EXISTS bounces (
+    address     TEXT PRIMARY KEY,       -- lower-cased, as in subscribers
+    score       INTEGER NOT NULL,       -- days with a bounce, at most one point a day
+    last_bounce INTEGER NOT NULL,       -- epoch seconds
+    last_day    TEXT NOT NULL,          -- UTC date of last_bounce, YYYY-MM-DD
+    disabled_at INTEGER                 -- when bouncing disabled it (and it was told)
+);
+
 -- State: double opt-in tokens, stored hashed, single use.
 CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
