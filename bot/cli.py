@@ -33,13 +33,10 @@ log = logging.getLogger("kvm-digest")
 
 
 def setup_logging(verbosity: int) -> None:
-    """Log to stderr without timestamps: journald adds its own."""
-    level = logging.WARNING - 10 * verbosity
-    logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    """stderr logging; timestamps unless journald adds its own (bot/logsetup.py)."""
+    from bot import logsetup
+
+    logsetup.configure(verbosity)
 
 
 def open_archive(config: Config) -> Archive:
