@@ -148,6 +148,14 @@ class SmtpSection(ServerSection):
     max_attempts: int = 50
     hard_failures: int = 3
     """5xx answers after which a subscriber is disabled."""
+    poll_interval: int = 2
+    """Seconds between looks at the outbox for mail other processes queued
+    (`kvm-digest send-now`): the daemon sends it within this time."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.poll_interval < 1:
+            raise ConfigError("[smtp] poll_interval must be at least 1 (seconds)")
 
 
 @dataclass(frozen=True)

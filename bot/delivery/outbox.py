@@ -244,7 +244,11 @@ class Sender:
         """Wait for new mail, the next retry, or stop."""
         self.outbox.wakeup.clear()
         next_due = self.outbox.next_due()
-        timeout = max(0.0, next_due - time.time()) + 0.01 if next_due else None
+        # Other processes (`kvm-digest send-now`) queue mail too, and cannot
+        # set our event: look at the table again every poll_interval seconds.
+        timeout = float(self.s.poll_interval)
+        if next_due:
+            timeout = min(timeout, max(0.0, next_due - time.time()) + 0.01)
         waiters = {
             asyncio.ensure_future(self.outbox.wakeup.wait()),
             asyncio.ensure_future(stop.wait()),
