@@ -301,31 +301,10 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
-    where = config.source or "built-in defaults (no config file found)"
-    print(f"configuration from {where} is valid")
-    print(f"data directory: {config.data_dir}")
-    print(f"archive: {config.archive_path}" + (" (mirror, read-only)" if config.is_mirror else ""))
-    imap, smtp, commands = config.imap, config.smtp, config.commands
-    if imap.host:
-        imap.secret()  # a missing or world-readable password file fails here
-        print(
-            f"imap: {imap.user}@{imap.host}:{imap.port} ({imap.security}), folder "
-            f"{imap.folder}" + ("" if imap.verify else ", certificates NOT checked")
-        )
-    else:
-        print("imap: not configured (no live intake)")
-    if commands.address:
-        print(f"commands: {commands.address}, {commands.protocol.upper()} on {commands.listen}")
-    else:
-        print("commands: not configured (no command mail)")
-    smtp.secret()
-    print(
-        f"smtp relay: {smtp.host}:{smtp.port} ({smtp.security})"
-        + ("" if smtp.verify else ", certificates NOT checked")
-    )
-    schedule = config.schedule
-    print(f"schedule (UTC): daily {schedule.daily or 'off'}, weekly {schedule.weekly or 'off'}")
-    return 0
+    """Every problem in one run, "valid" only without any (bot/checkconfig.py)."""
+    from bot import checkconfig
+
+    return checkconfig.run(config, args.connect, args.credentials)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fsck)
 
     p = sub.add_parser("check-config", help="validate the configuration")
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="also log in to IMAP, say EHLO/STARTTLS/AUTH to the relay, bind the LMTP port",
+    )
+    p.add_argument(
+        "--credentials",
+        metavar="DIR",
+        help="resolve ${CREDENTIALS_DIRECTORY} in password files to DIR, as systemd would",
+    )
     p.set_defaults(func=cmd_check_config)
     return parser
 

@@ -164,6 +164,8 @@ class ScheduleSection:
     """Cron expression (UTC) for daily digests; empty: none."""
     weekly: str = "0 6 * * mon"
     send_empty: bool = False
+    seconds: bool = False
+    """Accept a sixth, leading seconds field (tests and load runs only)."""
 
     def __post_init__(self) -> None:
         from bot.delivery.cron import trigger  # APScheduler: only when a schedule is set
@@ -173,11 +175,12 @@ class ScheduleSection:
             if not expression:
                 continue
             try:
-                trigger(expression)
+                trigger(expression, self.seconds)
             except ValueError as err:
                 raise ConfigError(
                     f"[schedule] {name} = {expression!r} is not a cron expression ({err}); "
-                    'write five fields, e.g. "0 6 * * *" for 06:00 UTC daily'
+                    "write five fields (minute hour day-of-month month day-of-week), "
+                    'e.g. "0 6 * * *" for 06:00 UTC daily'
                 ) from None
 
 

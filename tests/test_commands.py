@@ -144,7 +144,9 @@ async def test_subscribe_confirm_by_plain_reply_then_status_and_unsubscribe(bot,
     assert "una@example.org now receives the weekly digest." in text
     assert "Error" not in text
     await bot.ask(command("status\n"))
-    assert "una@example.org: active, weekly digest." in reply_text(sink.wait_for(3)[2])
+    status = reply_text(sink.wait_for(3)[2])
+    assert "una@example.org: active, weekly digest." in status
+    assert "goes out every Monday at 06:00 UTC (cron '0 6 * * mon')." in status
     await bot.ask(command(subject="unsubscribe"))
     assert "will not receive the digest any more" in reply_text(sink.wait_for(4)[3])
     # The token was single use.

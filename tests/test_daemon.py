@@ -112,6 +112,7 @@ connections = {connections}
 [schedule]
 daily = "*/2 * * * * *"
 weekly = ""
+seconds = true
 """
     )
     return config
