@@ -23,20 +23,10 @@ import ssl
 from pathlib import Path
 
 from bot.config import Config
+from bot.delivery import address
 from bot.errors import DigestError
 
 CREDENTIALS = "CREDENTIALS_DIRECTORY"
-
-
-def address_problem(address: str) -> str | None:
-    """Why `address` is not a mail address, or None (syntax only, no DNS)."""
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        validate_email(address, check_deliverability=False)
-    except EmailNotValidError as err:
-        return str(err).rstrip(".")
-    return None
 
 
 def creatable(path: Path) -> str | None:
@@ -70,7 +60,7 @@ def problems(config: Config) -> list[str]:
         ("[commands] address", commands.address),
     ):
         if value:
-            why = address_problem(value)
+            why = address.problem(value)
             if why:
                 found.append(f"{where} = {value!r} is not a mail address ({why}); fix it")
     why = creatable(config.data_dir)

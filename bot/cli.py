@@ -231,6 +231,14 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
                         f"{sub.hard_failures} hard failures"
                     )
             elif args.action == "add":
+                from bot.delivery.address import problem
+
+                for address in args.addresses:
+                    why = problem(address)
+                    if why:
+                        raise DigestError(
+                            f"{address!r} is not a mail address ({why}); nobody was added"
+                        )
                 for address in args.addresses:
                     subscribers.subscribe(index.conn, address, args.schedule)
                     print(f"added {address.lower()} ({args.schedule})")

@@ -226,3 +226,27 @@ def test_connect_to_a_plain_relay_that_offers_no_starttls(tmp_path, capsys):
         assert f"smtp: 127.0.0.1:{sink.port}: EHLO ok" in out
     finally:
         sink.stop()
+
+
+def test_subscribers_add_validates_every_address_first(tmp_path, capsys):
+    config = write(tmp_path, "")
+    code, out = check_cmd(capsys, config, "subscribers", "add", "ok@example.org", "no-at-sign")
+    assert code == 1
+    assert out.startswith("kvm-digest: error: 'no-at-sign' is not a mail address (")
+    assert out.rstrip().endswith("nobody was added") and len(out.splitlines()) == 1
+    for bad in ("two@@example.org", "a b@example.org", "x@localhost"):
+        assert check_cmd(capsys, config, "subscribers", "add", bad)[0] == 1
+    # Nothing was added, not even the good address before the bad one.
+    assert check_cmd(capsys, config, "subscribers", "list") == (0, "")
+    # Valid addresses, including internationalised ones, need no DNS.
+    code, out = check_cmd(
+        capsys, config, "subscribers", "add", "Una@Example.ORG", "jörg@bücher.example"
+    )
+    assert code == 0, out
+    assert "added una@example.org (daily)" in out
+
+
+def check_cmd(capsys, config: Path, *args: str) -> tuple[int, str]:
+    code = main(["--config", str(config), *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
