@@ -30,6 +30,7 @@ from bot.desk.inbound import Desk
 from bot.digest.build import environment
 from tests.dovecot import free_port
 from tests.mailfactory import Store
+from tests.smtpsink import Sink
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -254,3 +255,55 @@ def test_loopback_postfix_needs_security_none(postfix_ready, bot, tmp_path, caps
         assert f"smtp: 127.0.0.1:{postfix.port}: EHLO ok" in capsys.readouterr().out
     finally:
         postfix.stop()
+
+
+async def test_a_real_postfix_bounce_comes_back_by_verp_and_disables(postfix_ready, tmp_path):
+    """The whole loop: digest out through Postfix, its DSN back over LMTP."""
+    from bot.delivery import bounces, periodic, subscribers
+    from bot.delivery.outbox import Sender
+
+    port = free_port()
+    postfix = Postfix(port)
+    # bounce.test's server refuses the address after Postfix has accepted
+    # the digest: Postfix writes its own DSN to the envelope sender.
+    remote = Sink()
+    remote.handler.refuse["gone@bounce.test"] = "550 5.1.1 <gone@bounce.test>: no such user"
+    remote.start()
+    with (postfix.conf / "transport").open("a") as f:
+        f.write(f"bounce.test    smtp:[127.0.0.1]:{remote.port}\n")
+    postfix.run("postmap", "-c", str(postfix.conf), f"hash:{postfix.conf}/transport")
+    postfix.start()
+    config = from_table(
+        {
+            "commands": {"address": BOT, "listen": f"127.0.0.1:{port}"},
+            "smtp": {"host": "127.0.0.1", "port": postfix.port, "security": "none"},
+            "schedule": {"send_empty": True},
+            "bounces": {"threshold": 1},
+        }
+    )
+    store = Store(tmp_path / "var")
+    conn = store.index.conn
+    outbox = Outbox(conn, Identity(BOT))
+    desk = Desk(conn, config, outbox, environment())
+    server = await lmtp.serve(desk, "127.0.0.1", port)
+    try:
+        with conn:
+            subscribers.subscribe(conn, "gone@bounce.test")
+        periodic.run(conn, config, outbox, environment(), "daily")
+        sender = Sender(outbox, config.smtp)
+        await sender.flush()
+        assert outbox.counts() == {"sent": 1}  # Postfix said 250: the failure comes later
+        await asyncio.wait_for(desk.pending.wait(), 30)
+        ((rcpt, sender_addr, raw),) = conn.execute("SELECT rcpt, sender, raw FROM inbound")
+        key = bounces.install_key(conn)
+        assert rcpt == f"kvm-digest+bounce-{bounces.token(key, 'gone@bounce.test')}@{BOT[11:]}"
+        assert sender_addr == ""  # a DSN, null sender
+        assert b"multipart/report" in raw and b"5.1.1" in raw
+        desk.process()
+        assert subscribers.get(conn, "gone@bounce.test").status == "disabled"
+        (notice,) = conn.execute("SELECT recipient FROM outbox WHERE kind = 'notice'")
+        assert notice == ("gone@bounce.test",)
+    finally:
+        server.close()
+        postfix.stop()
+        remote.stop()
