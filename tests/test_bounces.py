@@ -222,7 +222,7 @@ async def test_verp_dsn_over_lmtp_scores_then_disables_and_tells_once(bot, sink)
     # Next day: the threshold (2) is reached; disabled and told.
     with bot.conn:
         out = bot.desk.bounces.handle(
-            qmail_bounce("gone@example.net", verp), verp, now=_tomorrow(bot)
+            qmail_bounce("gone@example.net", verp), verp, "", now=_tomorrow(bot)
         )
     assert out.disabled == ("gone@example.net",)
     assert bot.status("gone@example.net") == "disabled"
@@ -236,7 +236,7 @@ async def test_verp_dsn_over_lmtp_scores_then_disables_and_tells_once(bot, sink)
     # More bounces (of the notice, say) never tell again.
     with bot.conn:
         again = bot.desk.bounces.handle(
-            exim_bounce("gone@example.net", BOT), BOT, now=_tomorrow(bot) + DAY
+            exim_bounce("gone@example.net", BOT), BOT, "", now=_tomorrow(bot) + DAY
         )
     assert again.addresses == ("gone@example.net",) and again.disabled == ()
     assert bot.conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'notice'").fetchone() == (1,)
@@ -284,13 +284,13 @@ async def test_score_decays_after_stale_days_and_resubscribing_resets(bot, sink)
     key = bounces.install_key(bot.conn)
     verp = bounces.verp_sender(bot.me, key, address)
     with bot.conn:
-        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, now=1_000_000 * DAY)
+        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, "", now=1_000_000 * DAY)
         # Eight days later: the old point is stale, the score starts again at 1.
-        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, now=1_000_008 * DAY)
+        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, "", now=1_000_008 * DAY)
     assert bot.score(address) == 1
     assert bot.status(address) == "active"
     with bot.conn:
-        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, now=1_000_009 * DAY)
+        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, "", now=1_000_009 * DAY)
     assert bot.status(address) == "disabled"
     # Subscribing again (subscribers.subscribe stamps `changed`) starts from zero.
     bot.subscribe(address)
@@ -298,5 +298,21 @@ async def test_score_decays_after_stale_days_and_resubscribing_resets(bot, sink)
         bot.conn.execute(
             "UPDATE subscribers SET changed = ? WHERE address = ?", (1_000_010 * DAY, address)
         )
-        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, now=1_000_011 * DAY)
+        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, "", now=1_000_011 * DAY)
     assert (bot.score(address), bot.status(address)) == (1, "active")
+
+
+async def test_an_out_of_office_reply_to_the_verp_address_is_not_a_bounce(bot, sink):
+    bot.subscribe("away@example.net")
+    await bot.digest()
+    (r,) = sink.wait_for(1)
+    vacation = (
+        f"From: Away <away@example.net>\r\nTo: {r.sender}\r\n"
+        "Subject: Out of office: KVM mailing list update\r\n"
+        "Auto-Submitted: auto-replied\r\n\r\nI am away until Monday.\r\n"
+    ).encode()
+    await bot.deliver(vacation, rcpt=r.sender, sender="away@example.net")
+    bot.desk.process()
+    assert bot.score("away@example.net") == 0
+    # And it is not answered either.
+    assert bot.conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'reply'").fetchone() == (0,)

@@ -121,7 +121,7 @@ class Bounces:
         self.outbox = outbox
         self.me = outbox.me
 
-    def handle(self, raw: bytes, rcpt: str, now: float | None = None) -> Outcome:
+    def handle(self, raw: bytes, rcpt: str, sender: str = "", now: float | None = None) -> Outcome:
         """Count one bounce mail (in the caller's transaction)."""
         now = time.time() if now is None else now
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
@@ -131,6 +131,12 @@ class Bounces:
             address = subscriber_for(self.conn, install_key(self.conn), tok)
             if address is None:
                 log.info("bounce to %s matches no subscriber; ignored", rcpt)
+                return Outcome((), ())
+            if not permanent and not looks_like_bounce(raw, sender):
+                # Mailman counts anything sent to a VERP address; an
+                # out-of-office reply goes there too (RFC 3834 answers the
+                # envelope sender), and a holiday must not unsubscribe anyone.
+                log.info("mail to %s from %s is not a delivery report; ignored", rcpt, sender)
                 return Outcome((), ())
             if temporary and not permanent:
                 log.info("delivery to %s is delayed (a warning); not counted", address)

@@ -165,7 +165,7 @@ class Desk:
             with self.conn:
                 # Bounces first: the robot filter below would drop them unread.
                 if verp_token(rcpt) is not None or looks_like_bounce(raw, sender):
-                    self.bounces.handle(raw, rcpt)
+                    self.bounces.handle(raw, rcpt, sender)
                 else:
                     self._handle(Mail.parse(raw, sender, rcpt))
                 self.conn.execute("UPDATE inbound SET done = 1 WHERE id = ?", (row_id,))
