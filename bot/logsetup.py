@@ -49,3 +49,7 @@ def configure(verbosity: int, stream: TextIO | None = None) -> None:
     )
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
+    # flufl.bounce logs a traceback for each detector that fails on odd
+    # mail, then raises; bot/delivery/bounces.py logs that in one line.
+    if verbosity < 3:
+        logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)

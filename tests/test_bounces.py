@@ -9,6 +9,7 @@ text.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -316,3 +317,32 @@ async def test_an_out_of_office_reply_to_the_verp_address_is_not_a_bounce(bot, s
     assert bot.score("away@example.net") == 0
     # And it is not answered either.
     assert bot.conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'reply'").fetchone() == (0,)
+
+
+async def test_hostile_mail_as_bounces_is_never_a_crash_nor_a_point(bot, sink):
+    """flufl.bounce raises on some hostile mail; the desk must carry on."""
+    from tests.test_hostile import FILES
+
+    bot.subscribe("gone@example.net")
+    await bot.digest()
+    (r,) = sink.wait_for(1)
+    for path in FILES:
+        raw = path.read_bytes().replace(b"\n", b"\r\n") or b"\r\n"
+        # To the VERP address from someone (with a null sender it would be a
+        # bounce whatever it says, as in Mailman)...
+        await bot.deliver(raw, rcpt=r.sender, sender="someone@example.net")
+        # And as a DSN to the bot (another mail: the same bytes would be a copy).
+        await bot.deliver(b"X-Copy: 2\r\n" + raw, rcpt=BOT, sender="")
+    assert bot.desk.process() == 2 * len(FILES)
+    assert bot.score("gone@example.net") == 0
+    # A megabyte of bounce-like lines is read in bounded time (only its start).
+    flood = b"From: MAILER-DAEMON@x\r\nSubject: failure\r\n\r\n" + b"".join(
+        b"<user%d@example.org>: 550 user unknown\r\n" % i for i in range(25_000)
+    )
+    started = time.monotonic()
+    assert bounces.failures(flood)[1] == frozenset()
+    assert time.monotonic() - started < 2
+    # The next real bounce still counts.
+    await bot.deliver(postfix_dsn("gone@example.net", r.sender), rcpt=r.sender, sender="")
+    bot.desk.process()
+    assert bot.score("gone@example.net") == 1

@@ -100,6 +100,46 @@ def looks_like_bounce(raw: bytes, sender: str) -> bool:
     return b"multipart/report" in head and b"delivery-status" in raw[:65536].lower()
 
 
+SCAN_BYTES = 64 * 1024
+"""How much of a bounce mail the detectors read."""
+_DETECTOR_ERRORS = (AttributeError, IndexError, LookupError, TypeError, ValueError)
+"""What flufl.bounce's detectors raise on mail they cannot read (8-bit
+headers come back as Header objects, a From without an address...)."""
+
+
+def _ascii_headers(raw: bytes) -> bytes:
+    """The mail with every 8-bit byte in its header block made '?'."""
+    end = raw.find(b"\r\n\r\n")
+    end = raw.find(b"\n\n") if end < 0 else end
+    end = len(raw) if end < 0 else end
+    head = bytes(b if b < 0x80 else 0x3F for b in raw[:end])
+    return head + raw[end:]
+
+
+def failures(raw: bytes) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """(temporary, permanent) failed recipients, by flufl.bounce; never raises.
+
+    Its detectors were written for well-formed bounces and fail on hostile
+    mail; a second try with 8-bit header bytes masked reads real bounces
+    from servers that put raw UTF-8 in headers. Mail still unreadable
+    counts as no failure at all, with one line in the log.
+    """
+    # The report comes first (the DSN part, qmail's and Exim's text); what
+    # follows is the returned digest. The detectors' regexes take seconds
+    # on a megabyte, on the daemon's event loop, so read only the start.
+    raw = raw[:SCAN_BYTES]
+    for attempt in (raw, _ascii_headers(raw)):
+        msg = email.message_from_bytes(attempt, policy=email.policy.compat32)
+        try:
+            temporary, permanent = all_failures(msg)
+        except _DETECTOR_ERRORS as err:
+            reason = f"{type(err).__name__}: {err}"
+            continue
+        return frozenset(temporary), frozenset(permanent)
+    log.warning("could not read a bounce mail (%s); not counted", reason)
+    return frozenset(), frozenset()
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one bounce mail did, for logs and tests."""
@@ -124,8 +164,7 @@ class Bounces:
     def handle(self, raw: bytes, rcpt: str, sender: str = "", now: float | None = None) -> Outcome:
         """Count one bounce mail (in the caller's transaction)."""
         now = time.time() if now is None else now
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-        temporary, permanent = all_failures(msg)
+        temporary, permanent = failures(raw)
         tok = verp_token(rcpt)
         if tok is not None:
             address = subscriber_for(self.conn, install_key(self.conn), tok)
