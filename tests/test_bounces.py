@@ -228,6 +228,11 @@ async def test_verp_dsn_over_lmtp_scores_then_disables_and_tells_once(bot, sink)
     assert out.disabled == ("gone@example.net",)
     assert bot.status("gone@example.net") == "disabled"
     assert bot.status("fine@example.net") == "active"
+    status = bot.desk.commands["status"]
+    from bot.commands import Context
+
+    ctx = Context(bot.conn, bot.config, bot.me, "gone@example.net", environment())
+    assert "bounced or was refused" in status.run(ctx, [])
     await bot.sender.flush()
     notices = [r for r in sink.wait_for(3) if r.message["Subject"].endswith("is disabled")]
     assert [n.recipients for n in notices] == [["gone@example.net"]]
@@ -346,3 +351,23 @@ async def test_hostile_mail_as_bounces_is_never_a_crash_nor_a_point(bot, sink):
     await bot.deliver(postfix_dsn("gone@example.net", r.sender), rcpt=r.sender, sender="")
     bot.desk.process()
     assert bot.score("gone@example.net") == 1
+
+
+async def test_a_bounce_that_reaches_the_mailbox_is_read_too(bot, sink):
+    """IMAP intake: the daemon hands mail to the bot's addresses to the desk."""
+    from bot.config import from_table
+    from bot.daemon import Daemon
+    from bot.parse.message import parse_message
+
+    bot.subscribe("gone@example.net")
+    await bot.digest()
+    (r,) = sink.wait_for(1)
+    raw = postfix_dsn("gone@example.net", r.sender)
+    daemon = Daemon(from_table({"commands": {"address": BOT}}))
+    daemon._from_imap(bot.desk, raw, parse_message(raw))
+    ((rcpt, sender),) = bot.conn.execute("SELECT rcpt, sender FROM inbound").fetchall()
+    assert rcpt == r.sender  # the VERP address, from the DSN's To
+    assert sender == "mailer-daemon@mx.example.net"  # its From: a robot
+    bot.desk.process()
+    assert bot.score("gone@example.net") == 1
+    assert bot.conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'reply'").fetchone() == (0,)

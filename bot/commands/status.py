@@ -21,6 +21,11 @@ class Status(Command):
             schedule = "daily"
         else:
             lines = [f"{ctx.sender}: {sub.status}, {sub.schedule} digest."]
+            if sub.status == "disabled":
+                lines.append(
+                    "Digests stopped because mail to this address bounced or was"
+                    " refused;\nsend 'subscribe' to get them again."
+                )
             schedule = sub.schedule
         row = ctx.conn.execute(
             "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"
