@@ -84,6 +84,7 @@ port = {self.relay_port}
 security = "none"
 [schedule]
 daily = "{schedule}"
+seconds = true
 weekly = ""
 """)
         os.environ["LOAD_IMAP_PASSWORD"] = PASSWORD

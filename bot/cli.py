@@ -36,13 +36,10 @@ log = logging.getLogger("kvm-digest")
 
 
 def setup_logging(verbosity: int) -> None:
-    """Log to stderr without timestamps: journald adds its own."""
-    level = logging.WARNING - 10 * verbosity
-    logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    """stderr logging; timestamps unless journald adds its own (bot/logsetup.py)."""
+    from bot import logsetup
+
+    logsetup.configure(verbosity)
 
 
 def open_archive(config: Config) -> Archive | Inbox:
@@ -285,6 +282,14 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
                         f"{sub.hard_failures} hard failures"
                     )
             elif args.action == "add":
+                from bot.delivery.address import problem
+
+                for address in args.addresses:
+                    why = problem(address)
+                    if why:
+                        raise DigestError(
+                            f"{address!r} is not a mail address ({why}); nobody was added"
+                        )
                 for address in args.addresses:
                     subscribers.subscribe(index.conn, address, args.schedule)
                     print(f"added {subscribers.canonical(address)} ({args.schedule})")
@@ -417,46 +422,10 @@ def cmd_failed(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
-    where = config.source or "built-in defaults (no config file found)"
-    print(f"configuration from {where} is valid")
-    print(f"data directory: {config.data_dir}")
-    print(f"archive: {config.archive_path}" + (" (mirror, read-only)" if config.is_mirror else ""))
-    imap, smtp, commands = config.imap, config.smtp, config.commands
-    if config.archive.follow:
-        print(
-            f"intake: following {config.archive.follow} by git every "
-            f"{config.archive.fetch_interval} s"
-        )
-    elif config.is_mirror:
-        print(
-            f"intake: the mirror at {config.archive_path}, re-read every "
-            f"{config.archive.fetch_interval} s"
-        )
-    elif not imap.host:
-        print(
-            "intake: none; `run` needs [archive] follow (the inbox URL) or [imap] host "
-            "(import and digest work without)"
-        )
-    if imap.host:
-        imap.secret()  # a missing or world-readable password file fails here
-        print(
-            f"imap: {imap.user}@{imap.host}:{imap.port} ({imap.security}), folder "
-            f"{imap.folder}" + ("" if imap.verify else ", certificates NOT checked")
-        )
-    else:
-        print("imap: not configured" + ("" if config.is_mirror else " (no live intake)"))
-    if commands.address:
-        print(f"commands: {commands.address}, {commands.protocol.upper()} on {commands.listen}")
-    else:
-        print("commands: not configured (no command mail)")
-    smtp.secret()
-    print(
-        f"smtp relay: {smtp.host}:{smtp.port} ({smtp.security})"
-        + ("" if smtp.verify else ", certificates NOT checked")
-    )
-    schedule = config.schedule
-    print(f"schedule (UTC): daily {schedule.daily or 'off'}, weekly {schedule.weekly or 'off'}")
-    return 0
+    """Every problem in one run, "valid" only without any (bot/checkconfig.py)."""
+    from bot import checkconfig
+
+    return checkconfig.run(config, args.connect, args.credentials)
 
 
 def _version() -> str:
@@ -619,7 +588,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "check-config",
         "validate the configuration",
-        "Reads the config file, says in one line what is wrong, or prints what it will use.",
+        "Reads the config file and lists every problem it finds, each in one sentence; "
+        'prints "valid" only when there is none. --connect also talks to each server.',
+    )
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="also log in to IMAP, say EHLO/STARTTLS/AUTH to the relay, bind the LMTP port",
+    )
+    p.add_argument(
+        "--credentials",
+        metavar="DIR",
+        help="resolve ${CREDENTIALS_DIRECTORY} in password files to DIR, as systemd would",
     )
     p.set_defaults(func=cmd_check_config)
     return parser

@@ -31,6 +31,8 @@ class ListSection:
     address: str = "kvm@vger.kernel.org"
     id: str = "kvm.vger.kernel.org"
     """The List-Id of the list's mail, without angle brackets."""
+    archive_url: str = "https://lore.kernel.org/kvm/"
+    """The list's public archive: the digests' List-Archive header."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,14 @@ class SmtpSection(ServerSection):
     max_attempts: int = 50
     hard_failures: int = 3
     """5xx answers after which a subscriber is disabled."""
+    poll_interval: int = 2
+    """Seconds between looks at the outbox for mail other processes queued
+    (`kvm-digest send-now`): the daemon sends it within this time."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.poll_interval < 1:
+            raise ConfigError("[smtp] poll_interval must be at least 1 (seconds)")
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,8 @@ class ScheduleSection:
     """Cron expression (UTC) for daily digests; empty: none."""
     weekly: str = "0 6 * * mon"
     send_empty: bool = False
+    seconds: bool = False
+    """Accept a sixth, leading seconds field (tests and load runs only)."""
 
     def __post_init__(self) -> None:
         from bot.delivery.cron import trigger  # APScheduler: only when a schedule is set
@@ -209,12 +221,23 @@ class ScheduleSection:
             if not expression:
                 continue
             try:
-                trigger(expression)
+                trigger(expression, self.seconds)
             except ValueError as err:
                 raise ConfigError(
                     f"[schedule] {name} = {expression!r} is not a cron expression ({err}); "
-                    'write five fields, e.g. "0 6 * * *" for 06:00 UTC daily'
+                    "write five fields (minute hour day-of-month month day-of-week), "
+                    'e.g. "0 6 * * *" for 06:00 UTC daily'
                 ) from None
+
+
+@dataclass(frozen=True)
+class BouncesSection:
+    """Bounce handling, as Mailman 3 does it (see README, "Bounces")."""
+
+    threshold: int = 5
+    """Days with a bounce after which a subscriber is disabled (and told once)."""
+    stale_days: int = 7
+    """A bounce this long after the previous one starts the score again."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +253,7 @@ class Config:
     commands: CommandsSection = field(default_factory=CommandsSection)
     smtp: SmtpSection = field(default_factory=SmtpSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    bounces: BouncesSection = field(default_factory=BouncesSection)
     source: Path | None = None
     data_dir_override: str | None = None
 

@@ -57,6 +57,7 @@ class Daemon:
             config.commands.address or f"kvm-digest@{_hostname()}",
             config.commands.name,
             config.list.title,
+            config.list.archive_url,
         )
         self.health = Health()
 
@@ -207,14 +208,16 @@ class Daemon:
                 new = periodic.ensure(index.conn, name)
             scheduler.add_job(
                 self._digest_job,
-                cron.trigger(expression),
+                cron.trigger(expression, self.config.schedule.seconds),
                 args=(index, outbox, name),
                 id=name,
                 coalesce=True,
                 max_instances=1,
                 misfire_grace_time=3600,
             )
-            if not new and periodic.missed(index.conn, name, expression):
+            if not new and periodic.missed(
+                index.conn, name, expression, self.config.schedule.seconds
+            ):
                 # However many runs were missed, one digest covers them all.
                 log.info(
                     "the %s digest was due while the daemon was down; sending it now",

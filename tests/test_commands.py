@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 from email.utils import make_msgid
 from pathlib import Path
@@ -140,8 +141,19 @@ async def test_help_reply_is_threaded_and_auto_replied(bot, sink):
     text = reply_text(reply)
     for name in ("help", "subscribe", "confirm", "unsubscribe", "digest", "status"):
         assert f"\n  {name:<12} " in text
-    assert "digest d62e82362..caab494ce" in text
+    # The examples are this archive's own newest messages, so they work as sent.
+    ids = archive_ids(bot.store.root)
+    start, end = ids[-11][:9], ids[-1][:9]
+    assert f"\n    digest {start}..{end}\n" in text
+    assert f"\n    digest {start} {end}\n" in text
+    since = re.search(r"\n    (digest since \S+ until \S+)\n", text).group(1)
     assert all(len(line) < 80 for line in text.splitlines())
+    # Each example, sent back as it is by a subscriber, gives a digest.
+    bot.subscribe()
+    await bot.ask(command(f"digest {start}..{end}\n"))
+    assert sink.wait_for(2)[1].message["Subject"].endswith(f"update from {start} to {end}")
+    await bot.ask(command(since + "\n"))
+    assert "mailing list update from" in sink.wait_for(3)[2].message["Subject"]
 
 
 async def test_subscribe_confirm_by_plain_reply_then_status_and_unsubscribe(bot, sink):
@@ -166,7 +178,9 @@ async def test_subscribe_confirm_by_plain_reply_then_status_and_unsubscribe(bot,
     assert "una@example.org now receives the weekly digest." in text
     assert "Error" not in text
     await bot.ask(command("status\n"))
-    assert "una@example.org: active, weekly digest." in reply_text(sink.wait_for(3)[2])
+    status = reply_text(sink.wait_for(3)[2])
+    assert "una@example.org: active, weekly digest." in status
+    assert "goes out every Monday at 06:00 UTC (cron '0 6 * * mon')." in status
     # Unsubscribing is confirmed by a token too.
     await bot.ask(command(subject="unsubscribe"))
     asked = sink.wait_for(4)[3].message["Subject"]

@@ -15,6 +15,7 @@ import smtplib
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -119,6 +120,7 @@ connections = {connections}
 [schedule]
 daily = "*/2 * * * * *"
 weekly = ""
+seconds = true
 """
     )
     return config
@@ -334,3 +336,44 @@ def test_sigkill_the_daemon_at_random_points(tmp_path, dovecot, sink, config, kv
             assert at in by_start, f"{reader}: no digest starts at {at}: a gap"
             at, steps = by_start[at], steps + 1
         assert steps == len(spans) >= 3, f"{reader}: {spans}"
+
+
+def test_send_now_wakes_the_running_daemon_within_seconds(tmp_path, sink):
+    """send-now queues in another process; the daemon's outbox poll finds it."""
+    config = tmp_path / "kvm-digest.toml"
+    config.write_text(
+        f"""
+[data]
+dir = "{tmp_path / "var"}"
+[list]
+archive_url = "https://lore.kernel.org/kvm/"
+[commands]
+address = "{BOT}"
+listen = "127.0.0.1:{free_port()}"
+[smtp]
+host = "127.0.0.1"
+port = {sink.port}
+security = "none"
+poll_interval = 1
+[schedule]
+daily = "0 6 1 1 *"
+weekly = ""
+send_empty = true
+"""
+    )
+    subscribe(config, "reader@example.org")
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_log("kvm-digest is running")
+        started = time.monotonic()
+        assert main(["--config", str(config), "send-now"]) == 0
+        (digest,) = daemon.expect(sink.wait_for, 1, timeout=10)
+        elapsed = time.monotonic() - started
+        daemon.wait_log("sent digest 1 to reader@example.org")
+        assert daemon.stop() == 0
+    finally:
+        daemon.proc.kill()
+    assert elapsed < 5, f"the digest took {elapsed:.1f}s to go out"
+    assert digest.sender.startswith("kvm-digest+bounce-")
+    assert digest.message["List-Post"] == "NO"
+    assert digest.message["List-Archive"] == "<https://lore.kernel.org/kvm/>"

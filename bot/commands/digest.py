@@ -25,10 +25,11 @@ _LAST = re.compile(r"^(\d{1,4})$")
 class Digest(Command):
     name = "digest"
     description = "the digest for a range of the archive or a time window"
+    # Filled in with ids and dates from this archive (commands/help.py).
     examples = (
-        "digest d62e82362..caab494ce",
-        "digest d62e82362 caab494ce",
-        "digest since 2025-11-01 until 2025-11-08",
+        "digest {start}..{end}",
+        "digest {start} {end}",
+        "digest since {since} until {until}",
         "digest last 3 days",
     )
     alone = True

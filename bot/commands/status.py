@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from bot.commands import Command, Context
 from bot.delivery import subscribers
+from bot.delivery.cron import describe
 
 
 class Status(Command):
@@ -20,6 +21,11 @@ class Status(Command):
             schedule = "daily"
         else:
             lines = [f"{ctx.sender}: {sub.status}, {sub.schedule} digest."]
+            if sub.status == "disabled":
+                lines.append(
+                    "Digests stopped because mail to this address bounced or was"
+                    " refused;\nsend 'subscribe' to get them again."
+                )
             schedule = sub.schedule
         row = ctx.conn.execute(
             "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"
@@ -36,5 +42,9 @@ class Status(Command):
         else:
             lines.append(f"No {schedule} digest has been sent yet.")
         expression = getattr(ctx.config.schedule, schedule)
-        lines.append(f"The {schedule} digest goes out at cron '{expression}' (UTC).")
+        if expression:
+            words = describe(expression, ctx.config.schedule.seconds)
+            lines.append(f"The {schedule} digest goes out {words} (cron '{expression}').")
+        else:
+            lines.append(f"The {schedule} digest is switched off on this server.")
         return "\n".join(lines)

@@ -66,6 +66,8 @@ class Identity:
     address: str
     name: str = "KVM digest"
     list_title: str = "KVM"
+    archive_url: str = ""
+    """The list's public archive, for List-Archive (RFC 2369); empty: no header."""
 
     @property
     def domain(self) -> str:
@@ -122,6 +124,10 @@ def compose(
         msg["List-Unsubscribe"] = f"<mailto:{where}?subject=unsubscribe>"
         msg["List-Help"] = f"<mailto:{me.plus('help')}?subject=help>"
         msg["List-Subscribe"] = f"<mailto:{me.plus('subscribe')}?subject=subscribe>"
+        if me.archive_url:
+            msg["List-Archive"] = f"<{header_safe(me.archive_url)}>"
+        # RFC 2369: NO says the digest is not a list anyone can post to.
+        msg["List-Post"] = "NO"
         msg["Auto-Submitted"] = "auto-generated"
         msg["Precedence"] = "bulk"
     else:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from bot.config import SmtpSection
+from bot.delivery import bounces
 from bot.delivery.mail import Identity, compose, wire_address
 from bot.delivery.subscribers import unsubscribe_secret
 from bot.errors import MailError
@@ -51,6 +52,7 @@ class Outbox:
         self.conn = conn
         self.me = me
         self.wakeup = asyncio.Event()
+        self._verp_key: bytes | None = None
 
     def enqueue(self, recipient: str, message: bytes, message_id: str, kind: str = "reply") -> None:
         """Queue one composed mail (in the caller's transaction)."""
@@ -106,6 +108,14 @@ class Outbox:
             unsubscribe=self.me.plus(f"unsubscribe-{secret}") if secret else None,
         )
 
+    def envelope_sender(self, item: Queued) -> str:
+        """Digests go out with a VERP sender, so a bounce names its subscriber."""
+        if item.kind != "digest":
+            return self.me.address
+        if self._verp_key is None:
+            self._verp_key = bounces.install_key(self.conn)
+        return bounces.verp_sender(self.me, self._verp_key, item.recipient)
+
     def sent(self, item: Queued) -> None:
         with self.conn:
             self.conn.execute(
@@ -118,6 +128,7 @@ class Outbox:
                     "UPDATE subscribers SET hard_failures = 0 WHERE address = ?",
                     (item.recipient,),
                 )
+        log.info("sent %s %d to %s", item.kind, item.id, item.recipient)
 
     def retry(self, item: Queued, error: str, settings: SmtpSection) -> None:
         attempts = item.attempts + 1
@@ -270,7 +281,11 @@ class Sender:
         """Wait for new mail, the next retry, or stop."""
         self.outbox.wakeup.clear()
         next_due = self.outbox.next_due()
-        timeout = max(0.0, next_due - time.time()) + 0.01 if next_due else None
+        # Other processes (`kvm-digest send-now`) queue mail too, and cannot
+        # set our event: look at the table again every poll_interval seconds.
+        timeout = float(self.s.poll_interval)
+        if next_due:
+            timeout = min(timeout, max(0.0, next_due - time.time()) + 0.01)
         waiters = {
             asyncio.ensure_future(self.outbox.wakeup.wait()),
             asyncio.ensure_future(stop.wait()),
@@ -298,7 +313,7 @@ class Sender:
     async def _try(self, item: Queued) -> None:
         try:
             message = self.outbox.render(item)
-            await self.relay.send(self.outbox.me.address, item.recipient, message)
+            await self.relay.send(self.outbox.envelope_sender(item), item.recipient, message)
         except MailError as err:
             self.outbox.failed(item, str(err), self.s)
             return

@@ -50,13 +50,13 @@ def ensure(conn: sqlite3.Connection, name: str) -> bool:
     return cur.rowcount > 0
 
 
-def missed(conn: sqlite3.Connection, name: str, expression: str) -> bool:
+def missed(conn: sqlite3.Connection, name: str, expression: str, seconds: bool = False) -> bool:
     """True when a run of `name` was due while the daemon was down."""
     row = conn.execute("SELECT last_run FROM schedules WHERE name = ?", (name,)).fetchone()
     if row is None:
         return False
     last = datetime.fromtimestamp(row[0], UTC)
-    due = trigger(expression).get_next_fire_time(None, last)
+    due = trigger(expression, seconds).get_next_fire_time(None, last)
     return due is not None and due <= datetime.now(UTC)
 
 

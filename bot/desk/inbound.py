@@ -35,6 +35,7 @@ import jinja2
 from bot.commands import CommandError, Context, registry
 from bot.commands.help import help_text
 from bot.config import Config
+from bot.delivery.bounces import Bounces, looks_like_bounce, verp_token
 from bot.delivery.mail import Identity, compose, wire_address
 from bot.delivery.outbox import Outbox
 from bot.desk import addresses
@@ -295,6 +296,7 @@ class Desk:
         self.env = env
         self.me = outbox.me
         self.commands = registry()
+        self.bounces = Bounces(conn, config.bounces, outbox)
         self.pending = asyncio.Event()
         """Set when mail is queued; the daemon's worker waits on it."""
 
@@ -390,7 +392,8 @@ class Desk:
         ids = self._due()
         for n, row_id in enumerate(ids):
             sender, rcpt, raw = self._row(row_id)
-            if not self.finish(row_id, parse_command_mail(raw, sender, rcpt), ids[n:]):
+            mail = parse_command_mail(raw, sender, rcpt)
+            if not self.finish(row_id, raw, mail, ids[n:]):
                 break
         return len(ids)
 
@@ -407,11 +410,11 @@ class Desk:
                 mail = await asyncio.to_thread(parse_command_mail, raw, sender, rcpt)
             else:
                 mail = parse_command_mail(raw, sender, rcpt)
-            if not self.finish(row_id, mail, ids[n:]):
+            if not self.finish(row_id, raw, mail, ids[n:]):
                 break
         return len(ids)
 
-    def finish(self, row_id: int, mail: Mail | Exception, rest: list[int]) -> bool:
+    def finish(self, row_id: int, raw: bytes, mail: Mail | Exception, rest: list[int]) -> bool:
         """Handle one queued mail and mark it, in one transaction.
 
         Returns False when the rest of this round must wait (the global limit
@@ -423,7 +426,12 @@ class Desk:
             if isinstance(mail, Exception):
                 raise mail
             with self.conn:
-                size = self._handle(mail)
+                # Bounces first: the robot filter in _handle would drop them unread.
+                if verp_token(mail.rcpt) is not None or looks_like_bounce(raw, mail.sender):
+                    self.bounces.handle(raw, mail.rcpt, mail.sender)
+                    size = 0
+                else:
+                    size = self._handle(mail)
                 now = int(time.time())
                 self.conn.execute(
                     "UPDATE inbound SET done = 1, answered = ?, handled = ?, reply_bytes = ?,"

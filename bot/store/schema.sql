@@ -106,6 +106,16 @@ CREATE TABLE IF NOT EXISTS subscribers (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS subscribers_unsub_secret ON subscribers(unsub_secret);
 
+-- State: bounce scores (bot/delivery/bounces.py), one row per address that
+-- bounced. A score decays: a bounce after [bounces] stale_days starts again at 1.
+CREATE TABLE IF NOT EXISTS bounces (
+    address     TEXT PRIMARY KEY,       -- lower-cased, as in subscribers
+    score       INTEGER NOT NULL,       -- days with a bounce, at most one point a day
+    last_bounce INTEGER NOT NULL,       -- epoch seconds
+    last_day    TEXT NOT NULL,          -- UTC date of last_bounce, YYYY-MM-DD
+    disabled_at INTEGER                 -- when bouncing disabled it (and it was told)
+);
+
 -- State: confirmation tokens (subscribe, unsubscribe, a digest for a
 -- non-subscriber), stored hashed, single use, one pending per action and
 -- canonical address (limit_key).

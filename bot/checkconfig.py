@@ -1,0 +1,245 @@
+"""`kvm-digest check-config`: say what is wrong before the service starts.
+
+Loading the config already refuses broken TOML, unknown settings and bad
+values. This goes further, on what only makes sense as a whole: an IMAP host
+without a user, addresses that are not addresses, a data directory that
+cannot be created, password files that cannot be read (with
+`${CREDENTIALS_DIRECTORY}` resolved from `--credentials DIR`, as systemd
+would). Every problem is printed, then "valid" only when there is none.
+
+`--connect` also talks to each server as the daemon will: logs in to IMAP
+and selects the folder, says EHLO (and STARTTLS, AUTH) to the relay, and
+binds the LMTP port, one line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import ssl
+from pathlib import Path
+
+from bot.config import Config
+from bot.delivery import address
+from bot.errors import DigestError
+
+CREDENTIALS = "CREDENTIALS_DIRECTORY"
+
+
+def creatable(path: Path) -> str | None:
+    """Why the directory `path` cannot be used or created, or None.
+
+    Nothing is created: the nearest existing ancestor must be a directory we
+    can write into, or the path itself a writable directory.
+    """
+    path = path.absolute()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "write to it" if probe == path else f"create {path} in {probe}"
+        return f"this user cannot {verb}"
+    return None
+
+
+def problems(config: Config) -> list[str]:
+    """Every problem found, each one sentence saying what to do."""
+    found: list[str] = []
+    imap, commands = config.imap, config.commands
+    if imap.host and not imap.user.strip():
+        found.append("[imap] user is empty; set it to the mailbox's login name")
+    for where, value in (
+        ("[list] address", config.list.address),
+        ("[commands] address", commands.address),
+    ):
+        if value:
+            why = address.problem(value)
+            if why:
+                found.append(f"{where} = {value!r} is not a mail address ({why}); fix it")
+    why = creatable(config.data_dir)
+    if why:
+        found.append(
+            f"the data directory {config.data_dir} cannot be created or written ({why}); "
+            "fix its permissions or set [data] dir"
+        )
+    for section in (imap, config.smtp):
+        if section is imap and not imap.host:
+            continue
+        file = section.password_file
+        needs_credentials = f"${{{CREDENTIALS}}}" in file or f"${CREDENTIALS}" in file
+        if needs_credentials and not os.environ.get(CREDENTIALS):
+            found.append(
+                f"[{section.name}] password_file {file} needs ${CREDENTIALS}, which "
+                "systemd sets only for the service; run check-config --credentials DIR "
+                "with the directory holding the credentials"
+            )
+            continue
+        try:
+            section.secret()
+        except DigestError as err:
+            found.append(str(err))
+    return found
+
+
+def run(config: Config, connect: bool, credentials: str | None) -> int:
+    """The check-config command: the summary, the problems, the verdict."""
+    if credentials:
+        os.environ[CREDENTIALS] = str(Path(credentials).absolute())
+        print(f"${{{CREDENTIALS}}} = {os.environ[CREDENTIALS]} (from --credentials)")
+    elif os.environ.get(CREDENTIALS):
+        print(f"${{{CREDENTIALS}}} = {os.environ[CREDENTIALS]} (from the environment)")
+    where = config.source or "built-in defaults (no config file found)"
+    print(f"configuration: {where}")
+    _summary(config)
+    found = problems(config)
+    for problem in found:
+        print(f"problem: {problem}")
+    if connect and not found:
+        found += asyncio.run(_connect(config))
+    if found:
+        print(f"configuration from {where} is NOT valid: {len(found)} problem(s)")
+        return 1
+    print(f"configuration from {where} is valid")
+    return 0
+
+
+def _summary(config: Config) -> None:
+    print(f"data directory: {config.data_dir}")
+    print(f"archive: {config.archive_path}" + (" (mirror, read-only)" if config.is_mirror else ""))
+    imap, smtp, commands = config.imap, config.smtp, config.commands
+    if config.archive.follow:
+        print(
+            f"intake: following {config.archive.follow} by git every "
+            f"{config.archive.fetch_interval} s"
+        )
+    elif config.is_mirror:
+        print(
+            f"intake: the mirror at {config.archive_path}, re-read every "
+            f"{config.archive.fetch_interval} s"
+        )
+    elif not imap.host:
+        print(
+            "intake: none; `run` needs [archive] follow (the inbox URL) or [imap] host "
+            "(import and digest work without)"
+        )
+    if imap.host:
+        print(
+            f"imap: {imap.user}@{imap.host}:{imap.port} ({imap.security}), folder "
+            f"{imap.folder}" + ("" if imap.verify else ", certificates NOT checked")
+        )
+    else:
+        print("imap: not configured" + ("" if config.is_mirror else " (no live intake)"))
+    if commands.address:
+        print(f"commands: {commands.address}, {commands.protocol.upper()} on {commands.listen}")
+    else:
+        print("commands: not configured (no command mail)")
+    print(
+        f"smtp relay: {smtp.host}:{smtp.port} ({smtp.security})"
+        + ("" if smtp.verify else ", certificates NOT checked")
+    )
+    from bot.delivery.cron import describe
+
+    schedule = config.schedule
+    for name in ("daily", "weekly"):
+        expression = getattr(schedule, name)
+        said = describe(expression, schedule.seconds) if expression else "off"
+        print(f"{name} digest: {said}")
+
+
+# -- --connect -----------------------------------------------------------
+
+
+async def _connect(config: Config) -> list[str]:
+    """Try each server; print one line each; return the failures."""
+    failed: list[str] = []
+    checks = []
+    if config.imap.host:
+        checks.append(("imap", _imap(config)))
+    checks.append(("smtp", _smtp(config)))
+    if config.commands.address:
+        checks.append((config.commands.protocol, _bind(config)))
+    for name, check in checks:
+        try:
+            line = await check
+        except (DigestError, OSError, ssl.SSLError, TimeoutError) as err:
+            line = f"FAILED: {err}"
+            failed.append(f"{name}: {err}")
+        print(f"{name}: {line}")
+    return failed
+
+
+async def _imap(config: Config) -> str:
+    from bot.intake.imap import ImapDown, Session
+
+    s = config.imap
+    session = Session(s, s.secret())
+    try:
+        await session.open()
+        await session.ok(session.client.select(s.folder), f"SELECT {s.folder}")  # type: ignore[union-attr]
+    except ImapDown as err:
+        raise DigestError(str(err)) from None
+    finally:
+        await session.close()
+    how = {"tls": "TLS", "starttls": "STARTTLS", "none": "no TLS"}[s.security]
+    return f"logged in to {s.host}:{s.port} ({how}) as {s.user}; folder {s.folder} exists"
+
+
+async def _smtp(config: Config) -> str:
+    import aiosmtplib
+
+    s = config.smtp
+    client = aiosmtplib.SMTP(
+        hostname=s.host,
+        port=s.port,
+        timeout=min(s.timeout, 30),
+        use_tls=s.security == "tls",
+        start_tls=False,
+        validate_certs=s.verify,
+        cert_bundle=s.cafile or None,
+    )
+    done = []
+    try:
+        await client.connect()
+        await client.ehlo()
+        done.append("EHLO")
+        if s.security == "starttls":
+            if not client.supports_extension("starttls"):
+                raise DigestError(
+                    f"{s.host}:{s.port} does not offer STARTTLS; "
+                    'set [smtp] security = "none" for a loopback relay, or "tls"'
+                )
+            await client.starttls()
+            done.append("STARTTLS")
+        if s.user:
+            await client.login(s.user, s.secret())
+            done.append(f"AUTH as {s.user}")
+    except aiosmtplib.SMTPException as err:
+        raise DigestError(
+            f"{s.host}:{s.port} after {', '.join(done) or 'connect'}: {err}"
+        ) from None
+    finally:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await client.quit()
+    if s.security == "tls":
+        done.insert(0, "TLS")
+    return f"{s.host}:{s.port}: " + ", ".join(f"{step} ok" for step in done)
+
+
+async def _bind(config: Config) -> str:
+    listen = config.commands.listen
+    host, _, port = listen.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError as err:
+            hint = " (is kvm-digest already running?)" if err.errno == errno.EADDRINUSE else ""
+            raise DigestError(f"cannot listen on {listen}: {err.strerror}{hint}") from None
+    return f"can listen on {listen}"

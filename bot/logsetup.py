@@ -1,0 +1,55 @@
+"""Logging: what an operator reads in journalctl or on a terminal.
+
+Our own modules log one INFO line per delivered mail and per digest run;
+the libraries' per-connection chatter (aiosmtpd's every SMTP verb,
+APScheduler's every job start, flufl.bounce's every detector) stays at
+WARNING but at the most verbose level (`run -vv`). Under journald (it sets
+JOURNAL_STREAM to the device and inode of our stderr) lines carry no
+timestamp, because the journal adds its own; anywhere else they do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+CHATTY = ("mail.log", "mail.debug", "apscheduler", "flufl.bounce")
+"""Libraries that log at INFO for every connection, job or detector."""
+
+
+def under_journald(stream: TextIO | None = None) -> bool:
+    """True when `stream` (stderr) is connected to the journal.
+
+    systemd sets JOURNAL_STREAM=<dev>:<inode> for a service whose output
+    goes to the journal; comparing it with the stream itself keeps a shell
+    started from such a service (same environment, other stderr) stamping.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, inode = value.partition(":")
+    if not (dev.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(inode))
+
+
+def configure(verbosity: int, stream: TextIO | None = None) -> None:
+    """Log to stderr at WARNING, minus ten per -v; the chatty libraries stay quiet."""
+    stream = stream or sys.stderr
+    level = max(logging.WARNING - 10 * verbosity, logging.DEBUG)
+    stamp = "" if under_journald(stream) else "%(asctime)s "
+    logging.basicConfig(
+        level=level,
+        stream=stream,
+        format=stamp + "%(levelname)s %(name)s: %(message)s",
+    )
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
+    # flufl.bounce logs a traceback for each detector that fails on odd
+    # mail, then raises; bot/delivery/bounces.py logs that in one line.
+    if verbosity < 3:
+        logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
