@@ -6,11 +6,13 @@ import re
 import time
 
 from bot.commands import Command, CommandError, Context
+from bot.commands.subscribe import topic_of
 from bot.digest import build as digestmod
 from bot.digest import ranges
 from bot.errors import RangeError
 
 _LAST = re.compile(r"^(\d{1,4})$")
+_COMMIT = re.compile(r"^[0-9a-fA-F]{4,40}$")
 
 
 class Digest(Command):
@@ -21,12 +23,15 @@ class Digest(Command):
         "digest d62e82362 caab494ce",
         "digest since 2025-11-01 until 2025-11-08",
         "digest last 3 days",
+        "digest last 7 days s:x86",
     )
     alone = True
 
     def run(self, ctx: Context, args: list[str]) -> str:
+        used = range_words(args)
+        topic = topic_of(args[used:])
         try:
-            rng = select(ctx, args)
+            rng = select(ctx, args[:used])
         except RangeError as err:
             raise CommandError(str(err)) from None
         check_size(ctx, rng)
@@ -36,9 +41,24 @@ class Digest(Command):
             ctx.config.list.title,
             ctx.config.digest.top,
             ctx.config.digest.abbrev,
+            query=topic or None,
         )
         ctx.reply_subject = d.subject
         return digestmod.render(d, ctx.env)
+
+
+def range_words(args: list[str]) -> int:
+    """How many leading words name the range; the rest is a topic query."""
+    words = [a.lower() for a in args]
+    if not words:
+        return 0
+    if words[0] == "since":
+        return 4 if len(words) >= 4 and words[2] == "until" else min(len(words), 2)
+    if words[0] == "last":
+        return min(len(words), 3)
+    if ".." not in words[0] and len(words) > 1 and _COMMIT.match(words[1]):
+        return 2
+    return 1
 
 
 def select(ctx: Context, args: list[str]) -> ranges.Range:

@@ -20,6 +20,8 @@ class Status(Command):
             schedule = "daily"
         else:
             lines = [f"{ctx.sender}: {sub.status}, {sub.schedule} digest."]
+            if sub.topic:
+                lines.append(f"Topic: {sub.topic} (only matching series).")
             schedule = sub.schedule
         row = ctx.conn.execute(
             "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"

@@ -23,19 +23,23 @@ class Subscriber:
     schedule: str
     status: str
     hard_failures: int
+    topic: str = ""
+    """A topic query (bot/digest/query.py): only matching series; '' for all."""
 
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
-def request(conn: sqlite3.Connection, address: str, schedule: str, hours: int) -> str:
+def request(
+    conn: sqlite3.Connection, address: str, schedule: str, hours: int, topic: str = ""
+) -> str:
     """A new confirmation token for `address` (in the caller's transaction)."""
     token = secrets.token_hex(16)
     conn.execute("DELETE FROM tokens WHERE expires < ?", (int(time.time()),))
     conn.execute(
-        "INSERT INTO tokens (token_hash, address, schedule, expires) VALUES (?, ?, ?, ?)",
-        (_hash(token), address.lower(), schedule, int(time.time()) + hours * 3600),
+        "INSERT INTO tokens (token_hash, address, schedule, expires, topic) VALUES (?, ?, ?, ?, ?)",
+        (_hash(token), address.lower(), schedule, int(time.time()) + hours * 3600, topic),
     )
     return token
 
@@ -47,7 +51,7 @@ def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
     sent to; it is deleted either way once it matches.
     """
     row = conn.execute(
-        "SELECT address, schedule, expires FROM tokens WHERE token_hash = ?",
+        "SELECT address, schedule, expires, topic FROM tokens WHERE token_hash = ?",
         (_hash(token),),
     ).fetchone()
     if row is None or row[0] != address.lower():
@@ -55,20 +59,31 @@ def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
     conn.execute("DELETE FROM tokens WHERE token_hash = ?", (_hash(token),))
     if row[2] < time.time():
         return None
-    subscribe(conn, row[0], row[1])
+    subscribe(conn, row[0], row[1], row[3])
     return row[1]
 
 
-def subscribe(conn: sqlite3.Connection, address: str, schedule: str = "daily") -> None:
+def subscribe(
+    conn: sqlite3.Connection, address: str, schedule: str = "daily", topic: str = ""
+) -> None:
     """Make `address` an active subscriber (admin add, or a confirmed token)."""
     now = int(time.time())
     conn.execute(
-        "INSERT INTO subscribers (address, schedule, status, created, changed)"
-        " VALUES (?, ?, 'active', ?, ?) ON CONFLICT(address) DO UPDATE SET"
+        "INSERT INTO subscribers (address, schedule, status, created, changed, topic)"
+        " VALUES (?, ?, 'active', ?, ?, ?) ON CONFLICT(address) DO UPDATE SET"
         " schedule = excluded.schedule, status = 'active', changed = excluded.changed,"
-        " hard_failures = 0",
-        (address.lower(), schedule, now, now),
+        " hard_failures = 0, topic = excluded.topic",
+        (address.lower(), schedule, now, now, topic),
     )
+
+
+def set_topic(conn: sqlite3.Connection, address: str, topic: str) -> bool:
+    """Change an active subscriber's topic ('' for the whole list); False if none."""
+    cur = conn.execute(
+        "UPDATE subscribers SET topic = ?, changed = ? WHERE address = ? AND status = 'active'",
+        (topic, int(time.time()), address.lower()),
+    )
+    return cur.rowcount > 0
 
 
 def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
@@ -83,7 +98,7 @@ def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
 
 def get(conn: sqlite3.Connection, address: str) -> Subscriber | None:
     row = conn.execute(
-        "SELECT address, schedule, status, hard_failures FROM subscribers WHERE address = ?",
+        "SELECT address, schedule, status, hard_failures, topic FROM subscribers WHERE address = ?",
         (address.lower(),),
     ).fetchone()
     return Subscriber(*row) if row else None
@@ -100,10 +115,23 @@ def active(conn: sqlite3.Connection, schedule: str) -> list[str]:
     ]
 
 
+def by_topic(conn: sqlite3.Connection, schedule: str) -> dict[str, list[str]]:
+    """Active subscribers of a schedule grouped by topic ('' first): one rendering each."""
+    groups: dict[str, list[str]] = {}
+    for address, topic in conn.execute(
+        "SELECT address, topic FROM subscribers WHERE status = 'active' AND schedule = ?"
+        " ORDER BY topic, address",
+        (schedule,),
+    ):
+        groups.setdefault(topic, []).append(address)
+    return groups
+
+
 def listing(conn: sqlite3.Connection) -> list[Subscriber]:
     return [
         Subscriber(*r)
         for r in conn.execute(
-            "SELECT address, schedule, status, hard_failures FROM subscribers ORDER BY address"
+            "SELECT address, schedule, status, hard_failures, topic FROM subscribers"
+            " ORDER BY address"
         )
     ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from bot.errors import MailError
 from bot.parse import body as bodymod
 from bot.parse import mime
+from bot.parse import paths as pathsmod
 from bot.parse.subject import Subject, parse_subject
 
 KINDS = ("patch", "cover", "reply", "pull", "other")
@@ -52,6 +53,8 @@ class ParsedMessage:
     recipients: list[str] = field(default_factory=list)
     commit_message: str = ""
     size: int = 0
+    paths: list[str] = field(default_factory=list)
+    """Files the diffs touch (patches, cover letters, pulls; not replies)."""
 
     @property
     def is_entry(self) -> bool:
@@ -162,6 +165,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         recipients=recipients,
         commit_message=split.commit_message if kind in ("patch", "cover", "pull") else "",
         size=len(raw),
+        paths=pathsmod.touched(texts) if kind in ("patch", "cover", "pull") else [],
     )
 
 

@@ -22,7 +22,7 @@ from bot.store.archive import Archive
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DERIVED_TABLES = ("refs", "messages")
+DERIVED_TABLES = ("paths", "refs", "messages")
 BATCH = 1000
 
 
@@ -147,6 +147,9 @@ class Index:
         self.conn.executemany(
             "INSERT INTO refs (seq, pos, ref) VALUES (?, ?, ?)",
             [(seq, pos, ref) for pos, ref in enumerate(parents)],
+        )
+        self.conn.executemany(
+            "INSERT INTO paths (seq, path) VALUES (?, ?)", [(seq, path) for path in p.paths]
         )
         series.place(self.conn, seq)
 

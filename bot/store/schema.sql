@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS refs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refs_ref ON refs(ref);
 
+-- Every file path a patch, cover letter or pull request touches, from its
+-- diff headers (both names of a rename); `dfn:` queries read it.
+CREATE TABLE IF NOT EXISTS paths (
+    seq  INTEGER NOT NULL REFERENCES messages(seq) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    PRIMARY KEY (seq, path)
+) WITHOUT ROWID;
+
 CREATE VIEW IF NOT EXISTS series AS
     SELECT series_id,
            MIN(seq) AS first_seq,
@@ -97,7 +105,8 @@ CREATE TABLE IF NOT EXISTS subscribers (
     status        TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'unsubscribed')),
     created       INTEGER NOT NULL,
     changed       INTEGER NOT NULL,
-    hard_failures INTEGER NOT NULL DEFAULT 0
+    hard_failures INTEGER NOT NULL DEFAULT 0,
+    topic         TEXT NOT NULL DEFAULT ''  -- a query (bot/digest/query.py); '' = all
 );
 
 -- State: double opt-in tokens, stored hashed, single use.
@@ -105,7 +114,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
     address    TEXT NOT NULL,
     schedule   TEXT NOT NULL,
-    expires    INTEGER NOT NULL
+    expires    INTEGER NOT NULL,
+    topic      TEXT NOT NULL DEFAULT ''
 );
 
 -- State: where each periodic schedule's last digest ended.
@@ -124,7 +134,8 @@ CREATE TABLE IF NOT EXISTS digests (
     end_id    TEXT NOT NULL,
     subject   TEXT NOT NULL,
     body      TEXT NOT NULL,
-    created   INTEGER NOT NULL
+    created   INTEGER NOT NULL,
+    topic     TEXT NOT NULL DEFAULT ''  -- the query it was filtered by
 );
 
 -- State: every outgoing mail, written before it is sent.
