@@ -268,7 +268,8 @@ class Selection:
     `series` are the matching series (any patch or cover letter, in the
     archive up to the range's end, matches); `shown` the positions in the
     range that the patch list and the entries may show (those series'
-    messages and matching pull requests); `counted` the positions the
+    messages, matching pull requests and pull requests that carry a
+    matching series); `counted` the positions the
     statistics count: the series' messages and every message of their threads.
     """
 
@@ -299,6 +300,18 @@ def select(conn: sqlite3.Connection, start_seq: int, end_seq: int, node: Node) -
     ).fetchall()
     threads = {t for _, t in pulls}
     shown = {seq for seq, _ in pulls}
+    # A pull request that carries a matching series (its patches were sent
+    # in reply to it, so it names the series) is shown with it.
+    roots = {sid[1 : sid.rfind(">/v")] for sid in series}
+    shown.update(
+        seq
+        for seq, message_id in conn.execute(
+            "SELECT seq, message_id FROM messages"
+            " WHERE seq > ? AND seq <= ? AND kind = 'pull' AND series_id IS NULL",
+            (start_seq, end_seq),
+        )
+        if message_id in roots
+    )
     counted = set(shown)
     for series_id in series:
         threads.update(
