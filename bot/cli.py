@@ -237,10 +237,14 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
                     print(
                         f"{sub.address}\t{sub.schedule}\t{sub.status}\t"
                         f"{sub.hard_failures} hard failures"
+                        + (f"\ttopic {sub.topic}" if sub.topic else "")
                     )
             elif args.action == "add":
+                from bot.digest.query import normal
+
+                topic = normal(args.topic) if args.topic else ""
                 for address in args.addresses:
-                    subscribers.subscribe(index.conn, address, args.schedule)
+                    subscribers.subscribe(index.conn, address, args.schedule, topic)
                     print(f"added {address.lower()} ({args.schedule})")
             else:
                 for address in args.addresses:
@@ -393,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "add", "remove"])
     p.add_argument("addresses", nargs="*", metavar="ADDRESS")
     p.add_argument("--schedule", choices=["daily", "weekly"], default="daily")
+    p.add_argument("--topic", metavar="QUERY", help="only series matching it (see --query)")
     p.set_defaults(func=cmd_subscribers)
 
     p = sub.add_parser("send-now", help="queue a schedule's next digest now")

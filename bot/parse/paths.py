@@ -21,6 +21,7 @@ _NEW = re.compile(r"^\+\+\+ (.+)$")
 _RENAME = re.compile(r"^(?:rename|copy) (?:from|to) (.+)$")
 _ESCAPES = {"a": "\a", "b": "\b", "t": "\t", "n": "\n", "v": "\v", "f": "\f", "r": "\r"}
 _MAX_PATH = 4096
+_MAYBE = re.compile(r"^(?:diff --git |--- |(?:rename|copy) (?:from|to) )", re.M)
 
 
 def unquote(text: str) -> str:
@@ -85,22 +86,23 @@ def touched(texts: list[str]) -> list[str]:
     """Every file path the diffs in these text parts touch, sorted, unique."""
     found: set[str] = set()
     for text in texts:
-        _scan(text.split("\n"), found)
+        if _MAYBE.search(text):  # the cheap test settles cover letters and prose
+            _scan(text.replace("\r\n", "\n").split("\n"), found)
     return sorted(found)
 
 
 def _scan(lines: list[str], found: set[str]) -> None:
     i = 0
     while i < len(lines):
-        line = lines[i].rstrip("\r")
+        line = lines[i]
         if m := _HUNK.match(line):
             # Skip the hunk body: old and new line counts (default 1).
             old = int(m.group(1)) if m.group(1) is not None else 1
             new = int(m.group(2)) if m.group(2) is not None else 1
             i += 1
-            while i < len(lines) and (old > 0 or new > 0):
-                body = lines[i].rstrip("\r")
-                tag = body[:1]
+            end = len(lines)
+            while i < end and (old > 0 or new > 0):
+                tag = lines[i][:1]
                 if tag == "-":
                     old -= 1
                 elif tag == "+":
@@ -120,11 +122,7 @@ def _scan(lines: list[str], found: set[str]) -> None:
             path = unquote(m.group(1).strip())
             if path and len(path) <= _MAX_PATH:
                 found.add(path)
-        elif (
-            (m := _OLD.match(line))
-            and i + 1 < len(lines)
-            and (n := _NEW.match(lines[i + 1].rstrip("\r")))
-        ):
+        elif (m := _OLD.match(line)) and i + 1 < len(lines) and (n := _NEW.match(lines[i + 1])):
             for name in (m.group(1), n.group(1)):
                 if path := _strip_prefix(name):
                     found.add(path)
