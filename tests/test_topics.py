@@ -359,3 +359,18 @@ def test_index_stores_paths_as_messages_arrive(tmp_path: Path):
         ("arch/arm64/kvm/hyp/nvhe/mem_protect.c",),
         ("arch/arm64/kvm/hyp/nvhe/page_alloc.c",),
     ]
+
+
+def test_cli_subscribers_add_with_a_topic_and_list_it(cli):
+    assert (
+        cli("subscribers", "add", "Maz@Example.org", "--topic", "dfn:arch/arm64/kvm/  -s:RFC").code
+        == 0
+    )
+    listing = cli("subscribers", "list").out
+    assert (
+        listing
+        == "maz@example.org\tdaily\tactive\t0 hard failures\ttopic dfn:arch/arm64/kvm/ -s:RFC\n"
+    )
+    bad = cli("subscribers", "add", "b@example.org", "--topic", "dfn:")
+    assert bad.code != 0 and "dfn: needs a file path after it" in bad.err
+    assert "b@example.org" not in cli("subscribers", "list").out
