@@ -374,3 +374,30 @@ def test_cli_subscribers_add_with_a_topic_and_list_it(cli):
     bad = cli("subscribers", "add", "b@example.org", "--topic", "dfn:")
     assert bad.code != 0 and "dfn: needs a file path after it" in bad.err
     assert "b@example.org" not in cli("subscribers", "list").out
+
+
+_DIFFY = st.sampled_from(
+    [
+        "diff --git a/x b/y\n",
+        "--- a/p q\n",
+        "+++ b/p q\n",
+        "@@ -1,2 +1 @@\n",
+        "@@ -1,99999999999999999999999 +1 @@\n",
+        'rename from "a\\303"\n',
+        'diff --git "a/\\377\\" b/c\n',
+        "-x\n",
+        "+y\n",
+        " z\n",
+        "\\ No newline\n",
+        "\ud800/dev/null\t\n",
+        "\n",
+    ]
+)
+
+
+@given(st.lists(_DIFFY | st.text(max_size=20), max_size=30).map("".join))
+def test_path_extraction_never_raises_and_stores_clean_text(text):
+    paths = touched([text])
+    assert paths == sorted(set(paths))
+    for path in paths:
+        assert path and path.encode("utf-8").decode("utf-8") == path

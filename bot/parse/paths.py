@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 
 _GIT = re.compile(r"^diff --git (.+)$")
-_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+# Counts are bounded: int() of thousands of digits raises, and no hunk is that long.
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d{1,9}))? \+\d+(?:,(\d{1,9}))? @@")
 _OLD = re.compile(r"^--- (.+)$")
 _NEW = re.compile(r"^\+\+\+ (.+)$")
 _RENAME = re.compile(r"^(?:rename|copy) (?:from|to) (.+)$")
@@ -39,10 +40,10 @@ def unquote(text: str) -> str:
                 out.append(int(body[i + 1 : i + 4], 8) & 0xFF)
                 i += 4
                 continue
-            out += _ESCAPES.get(nxt, nxt).encode()
+            out += _ESCAPES.get(nxt, nxt).encode("utf-8", "replace")
             i += 2
             continue
-        out += ch.encode("utf-8", "surrogateescape")
+        out += ch.encode("utf-8", "replace")
         i += 1
     return out.decode("utf-8", "replace")
 
@@ -83,12 +84,17 @@ def _git_pair(text: str) -> list[str]:
 
 
 def touched(texts: list[str]) -> list[str]:
-    """Every file path the diffs in these text parts touch, sorted, unique."""
+    """Every file path the diffs in these text parts touch, sorted, unique.
+
+    Never raises: mail is hostile input, and a path we cannot read is
+    better lost than the message.
+    """
     found: set[str] = set()
     for text in texts:
         if _MAYBE.search(text):  # the cheap test settles cover letters and prose
             _scan(text.replace("\r\n", "\n").split("\n"), found)
-    return sorted(found)
+    # Lone surrogates (undecodable bytes) cannot go into SQLite as text.
+    return sorted({p.encode("utf-8", "replace").decode("utf-8") for p in found})
 
 
 def _scan(lines: list[str], found: set[str]) -> None:
