@@ -109,7 +109,7 @@ def _term(token: str) -> Term:
             f"{m.group(1)}: is not a search prefix; use {known} or plain words,"
             f' and quote a word that ends in a colon ("{m.group(1)}:")'
         )
-    value = raw.replace('"', "") if name == "dfn" else _unquote(raw)
+    value = _unquote(raw)  # whitespace runs fold, so normal() keeps the meaning
     if not value.strip():
         raise _fail(f"{name}: needs a {PREFIXES[name]} after it, with no space")
     return Term(name, value.strip())
