@@ -401,3 +401,42 @@ def test_path_extraction_never_raises_and_stores_clean_text(text):
     assert paths == sorted(set(paths))
     for path in paths:
         assert path and path.encode("utf-8").decode("utf-8") == path
+
+
+def test_paths_agree_with_gits_own_reading_of_each_patch(kvmarm, tmp_path):
+    """git mailinfo + git apply --numstat read the same files (new names; we add
+    the old name of a rename)."""
+    import subprocess
+
+    checked = 0
+    for raw in SLICE:
+        msg = mailbox.mboxMessage(raw)
+        row = kvmarm.execute(
+            "SELECT seq FROM messages WHERE message_id = ? AND kind = 'patch'",
+            (msg["Message-ID"].strip().strip("<>"),),
+        ).fetchone()
+        if row is None:
+            continue
+        ours = {p for (p,) in kvmarm.execute("SELECT path FROM paths WHERE seq = ?", row)}
+        subprocess.run(
+            ["git", "mailinfo", str(tmp_path / "msg"), str(tmp_path / "patch")],
+            input=raw,
+            capture_output=True,
+            check=True,
+        )
+        numstat = subprocess.run(
+            ["git", "apply", "--numstat", str(tmp_path / "patch")],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        ).stdout
+        theirs = {line.split("\t", 2)[2] for line in numstat.splitlines()}
+        renamed = {
+            line.removeprefix("rename from ")
+            for line in (tmp_path / "patch").read_text().splitlines()
+            if line.startswith("rename from ")
+        }
+        assert ours == theirs | renamed
+        checked += 1
+    assert checked == 16
