@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mailbox
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -404,10 +405,7 @@ def test_path_extraction_never_raises_and_stores_clean_text(text):
 
 
 def test_paths_agree_with_gits_own_reading_of_each_patch(kvmarm, tmp_path):
-    """git mailinfo + git apply --numstat read the same files (new names; we add
-    the old name of a rename)."""
-    import subprocess
-
+    """git mailinfo + git apply --numstat name the same files (we add a rename's old name)."""
     checked = 0
     for raw in SLICE:
         msg = mailbox.mboxMessage(raw)
