@@ -200,7 +200,12 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
     try:
         rng = select_range(args, index)
         d = digestmod.build(
-            index.conn, rng, config.list.title, config.digest.top, config.digest.abbrev
+            index.conn,
+            rng,
+            config.list.title,
+            config.digest.top,
+            config.digest.abbrev,
+            query=args.query,
         )
     finally:
         index.close()
@@ -280,9 +285,11 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
                     print(
                         f"{sub.address}\t{sub.schedule}\t{sub.status}\t"
                         f"{sub.hard_failures} hard failures"
+                        + (f"\ttopic {sub.topic}" if sub.topic else "")
                     )
             elif args.action == "add":
                 from bot.delivery.address import problem
+                from bot.digest.query import normal
 
                 for address in args.addresses:
                     why = problem(address)
@@ -290,8 +297,9 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
                         raise DigestError(
                             f"{address!r} is not a mail address ({why}); nobody was added"
                         )
+                topic = normal(args.topic) if args.topic else ""
                 for address in args.addresses:
-                    subscribers.subscribe(index.conn, address, args.schedule)
+                    subscribers.subscribe(index.conn, address, args.schedule, topic)
                     print(f"added {subscribers.canonical(address)} ({args.schedule})")
             else:
                 for address in args.addresses:
@@ -496,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--since", metavar="DATE", help="YYYY-MM-DD[THH:MM], UTC")
     group.add_argument("--all", action="store_true", help="the whole archive")
     p.add_argument("--until", metavar="DATE", help="end of the --since window (excluded)")
+    p.add_argument(
+        "--query",
+        metavar="QUERY",
+        help="only series matching a lei-style query, e.g. 'dfn:arch/arm64/kvm/ OR s:arm64'",
+    )
     p.set_defaults(func=cmd_digest)
 
     p = _command(
@@ -541,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "add", "remove"])
     p.add_argument("addresses", nargs="*", metavar="ADDRESS")
     p.add_argument("--schedule", choices=["daily", "weekly"], default="daily")
+    p.add_argument("--topic", metavar="QUERY", help="only series matching it (see --query)")
     p.set_defaults(func=cmd_subscribers)
 
     p = _command(

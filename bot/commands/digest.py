@@ -13,13 +13,14 @@ import re
 import time
 
 from bot.commands import Command, CommandError, Context
-from bot.commands.subscribe import confirmation
+from bot.commands.subscribe import confirmation, topic_of
 from bot.delivery import subscribers
 from bot.digest import build as digestmod
 from bot.digest import ranges
 from bot.errors import RangeError
 
 _LAST = re.compile(r"^(\d{1,4})$")
+_COMMIT = re.compile(r"^[0-9a-fA-F]{4,40}$")
 
 
 class Digest(Command):
@@ -31,6 +32,7 @@ class Digest(Command):
         "digest {start} {end}",
         "digest since {since} until {until}",
         "digest last 3 days",
+        "digest last 7 days s:x86",
     )
     alone = True
 
@@ -54,25 +56,28 @@ class Digest(Command):
         return confirmation(ctx, f"to send 'digest {request}' to {ctx.sender}", token)
 
 
-def checked(ctx: Context, args: list[str]) -> ranges.Range:
-    """The range the arguments ask for, within the size limits."""
+def checked(ctx: Context, args: list[str]) -> tuple[ranges.Range, str]:
+    """The range the arguments ask for, within the size limits, and its topic."""
+    used = range_words(args)
+    topic = topic_of(args[used:])
     try:
-        rng = select(ctx, args)
+        rng = select(ctx, args[:used])
     except RangeError as err:
         raise CommandError(str(err)) from None
     check_size(ctx, rng)
-    return rng
+    return rng, topic
 
 
 def deliver(ctx: Context, args: list[str]) -> str:
     """The digest itself, or a refusal when it would be too large a reply."""
-    rng = checked(ctx, args)
+    rng, topic = checked(ctx, args)
     d = digestmod.build(
         ctx.conn,
         rng,
         ctx.config.list.title,
         ctx.config.digest.top,
         ctx.config.digest.abbrev,
+        query=topic or None,
     )
     text = digestmod.render(d, ctx.env)
     limit = ctx.config.commands.max_reply_bytes
@@ -87,6 +92,20 @@ def deliver(ctx: Context, args: list[str]) -> str:
         )
     ctx.reply_subject = d.subject
     return text
+
+
+def range_words(args: list[str]) -> int:
+    """How many leading words name the range; the rest is a topic query."""
+    words = [a.lower() for a in args]
+    if not words:
+        return 0
+    if words[0] == "since":
+        return 4 if len(words) >= 4 and words[2] == "until" else min(len(words), 2)
+    if words[0] == "last":
+        return min(len(words), 3)
+    if ".." not in words[0] and len(words) > 1 and _COMMIT.match(words[1]):
+        return 2
+    return 1
 
 
 def select(ctx: Context, args: list[str]) -> ranges.Range:

@@ -26,6 +26,8 @@ class Status(Command):
                     "Digests stopped because mail to this address bounced or was"
                     " refused;\nsend 'subscribe' to get them again."
                 )
+            if sub.topic:
+                lines.append(f"Topic: {sub.topic} (only matching series).")
             schedule = sub.schedule
         row = ctx.conn.execute(
             "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"

@@ -13,6 +13,7 @@ import textwrap
 
 from bot.commands import Command, CommandError, Context
 from bot.delivery import subscribers
+from bot.digest import query
 
 
 def confirmation(ctx: Context, what: str, token: str) -> str:
@@ -32,23 +33,51 @@ def confirmation(ctx: Context, what: str, token: str) -> str:
 class Subscribe(Command):
     name = "subscribe"
     description = "ask to receive the digest, daily (default) or weekly"
-    examples = ("subscribe", "subscribe weekly")
+    examples = ("subscribe", "subscribe weekly", "subscribe daily dfn:arch/arm64/kvm/")
 
     def run(self, ctx: Context, args: list[str]) -> str | None:
         schedule = args[0].lower() if args else "daily"
-        if schedule not in subscribers.SCHEDULES or len(args) > 1:
-            raise CommandError("subscribe takes daily or weekly, e.g. 'subscribe weekly'")
+        if schedule not in subscribers.SCHEDULES:
+            raise CommandError(
+                "subscribe takes daily or weekly, then an optional topic,"
+                " e.g. 'subscribe weekly' or 'subscribe daily dfn:arch/arm64/kvm/'"
+            )
+        topic = topic_of(args[1:])
         current = subscribers.get(ctx.conn, ctx.sender)
-        if current and current.status == "active" and current.schedule == schedule:
-            return f"{ctx.sender} already receives the {schedule} digest."
+        if (
+            current
+            and current.status == "active"
+            and current.schedule == schedule
+            and current.topic == topic
+        ):
+            return f"{ctx.sender} already receives the {schedule} digest{about(topic)}."
         if subscribers.pending(ctx.conn, ctx.key, "subscribe"):
             return None  # the confirmation already sent still works
         token = subscribers.request(
-            ctx.conn, ctx.sender, schedule, ctx.config.commands.token_hours, key=ctx.key
+            ctx.conn,
+            ctx.sender,
+            schedule,
+            ctx.config.commands.token_hours,
+            key=ctx.key,
+            topic=topic,
         )
-        return confirmation(
-            ctx, f"to send the {schedule} {ctx.me.list_title} digest to {ctx.sender}", token
-        )
+        what = f"to send the {schedule} {ctx.me.list_title} digest{about(topic)} to {ctx.sender}"
+        return confirmation(ctx, what, token)
+
+
+def topic_of(words: list[str]) -> str:
+    """A topic query from command words, normalised; '' for none."""
+    if not words:
+        return ""
+    try:
+        return query.normal(" ".join(words))
+    except query.QueryError as err:
+        raise CommandError(str(err)) from None
+
+
+def about(topic: str) -> str:
+    """' on topic X' for replies, or nothing for the whole list."""
+    return f" on topic {topic}" if topic else ""
 
 
 class Confirm(Command):
@@ -71,8 +100,8 @@ class Confirm(Command):
             from bot.commands.digest import deliver  # digest imports this module
 
             return deliver(ctx, found.args.split())
-        subscribers.subscribe(ctx.conn, found.address, found.schedule)
-        return f"{ctx.sender} now receives the {found.schedule} digest."
+        subscribers.subscribe(ctx.conn, found.address, found.schedule, found.topic)
+        return f"{ctx.sender} now receives the {found.schedule} digest{about(found.topic)}."
 
 
 class Unsubscribe(Command):

@@ -5,6 +5,10 @@ renders the digest once, queues it for the schedule's subscribers and moves
 the schedule's end, all in one transaction: consecutive digests never overlap
 and never leave a gap, across restarts too, because the state is in the
 index. A new schedule starts at the archive head when it is first seen.
+
+Subscribers with a topic get the digest filtered by it; subscribers of one
+schedule with the same topic share one rendering, and a topic that matched
+nothing in the range sends nothing (unless `send_empty`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from bot.delivery.cron import trigger
 from bot.delivery.outbox import Outbox
 from bot.digest import build as digestmod
 from bot.digest import ranges
+from bot.digest.query import QueryError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,8 @@ class Run:
     digest_id: int | None
     recipients: int
     messages: int
+    digests: tuple[int, ...] = ()
+    """Every digest queued, one per topic (digest_id is the first)."""
 
 
 def ensure(conn: sqlite3.Connection, name: str) -> bool:
@@ -74,20 +81,38 @@ def run(
             "SELECT end_seq FROM schedules WHERE name = ?", (name,)
         ).fetchone()[0]
         rng = ranges.after(conn, start_seq)
-        readers = subscribers.active(conn, name)
-        digest_id = None
         count = rng.end_seq - rng.start_seq
-        if readers and (not rng.empty or config.schedule.send_empty):
-            d = digestmod.build(
-                conn, rng, config.list.title, config.digest.top, config.digest.abbrev
-            )
+        queued: list[int] = []
+        recipients = 0
+        send_empty = config.schedule.send_empty
+        for topic, readers in subscribers.by_topic(conn, name).items():
+            if rng.empty and not send_empty:
+                break
+            try:
+                d = digestmod.build(
+                    conn,
+                    rng,
+                    config.list.title,
+                    config.digest.top,
+                    config.digest.abbrev,
+                    query=topic or None,
+                )
+            except QueryError as err:
+                # Stored topics were checked when set; one that no longer
+                # parses must not stop everyone else's digest.
+                log.warning("%s digest: skipping topic %r: %s", name, topic, err)
+                continue
+            if topic and d.messages == 0 and not send_empty:
+                continue
             body = digestmod.render(d, env)
             digest_id = conn.execute(
-                "INSERT INTO digests (schedule, start_id, end_id, subject, body, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, rng.start_id, rng.end_id, d.subject, body, int(time.time())),
+                "INSERT INTO digests (schedule, start_id, end_id, subject, body, created,"
+                " topic) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, rng.start_id, rng.end_id, d.subject, body, int(time.time()), topic),
             ).lastrowid
             outbox.enqueue_digest(digest_id, readers)
+            queued.append(digest_id)
+            recipients += len(readers)
         conn.execute(
             "UPDATE schedules SET end_seq = ?, end_id = ?, last_run = ? WHERE name = ?",
             (rng.end_seq, rng.end_id, int(time.time()), name),
@@ -96,6 +121,6 @@ def run(
         "%s digest: %d messages, %s",
         name,
         count,
-        f"queued for {len(readers)} subscribers" if digest_id else "nothing sent",
+        f"{len(queued)} digests queued for {recipients} subscribers" if queued else "nothing sent",
     )
-    return Run(name, digest_id, len(readers) if digest_id else 0, count)
+    return Run(name, queued[0] if queued else None, recipients, count, tuple(queued))

@@ -32,6 +32,8 @@ class Subscriber:
     schedule: str
     status: str
     hard_failures: int
+    topic: str = ""
+    """A topic query (bot/digest/query.py): only matching series; '' for all."""
 
 
 def canonical(address: str) -> str:
@@ -55,6 +57,7 @@ class Pending:
     address: str
     schedule: str
     args: str
+    topic: str = ""
 
 
 def pending(conn: sqlite3.Connection, key: str, action: str) -> bool:
@@ -76,6 +79,7 @@ def request(
     action: str = "subscribe",
     args: str = "",
     key: str = "",
+    topic: str = "",
 ) -> str:
     """A new confirmation token for `address` (in the caller's transaction).
 
@@ -87,9 +91,9 @@ def request(
     if key:
         conn.execute("DELETE FROM tokens WHERE limit_key = ? AND action = ?", (key, action))
     conn.execute(
-        "INSERT INTO tokens (token_hash, address, schedule, expires, action, args, limit_key)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (_hash(token), canonical(address), schedule, now + hours * 3600, action, args, key),
+        "INSERT INTO tokens (token_hash, address, schedule, expires, action, args, limit_key,"
+        " topic) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (_hash(token), canonical(address), schedule, now + hours * 3600, action, args, key, topic),
     )
     return token
 
@@ -101,7 +105,7 @@ def use(conn: sqlite3.Connection, token: str, address: str) -> Pending | None:
     sent to; it is deleted either way once it matches.
     """
     row = conn.execute(
-        "SELECT address, schedule, expires, action, args FROM tokens WHERE token_hash = ?",
+        "SELECT address, schedule, expires, action, args, topic FROM tokens WHERE token_hash = ?",
         (_hash(token),),
     ).fetchone()
     if row is None or row[0] != canonical(address):
@@ -109,7 +113,7 @@ def use(conn: sqlite3.Connection, token: str, address: str) -> Pending | None:
     conn.execute("DELETE FROM tokens WHERE token_hash = ?", (_hash(token),))
     if row[2] < time.time():
         return None
-    return Pending(action=row[3], address=row[0], schedule=row[1], args=row[4])
+    return Pending(action=row[3], address=row[0], schedule=row[1], args=row[4], topic=row[5])
 
 
 def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
@@ -117,20 +121,32 @@ def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
     found = use(conn, token, address)
     if found is None or found.action != "subscribe":
         return None
-    subscribe(conn, found.address, found.schedule)
+    subscribe(conn, found.address, found.schedule, found.topic)
     return found.schedule
 
 
-def subscribe(conn: sqlite3.Connection, address: str, schedule: str = "daily") -> None:
+def subscribe(
+    conn: sqlite3.Connection, address: str, schedule: str = "daily", topic: str = ""
+) -> None:
     """Make `address` an active subscriber (admin add, or a confirmed token)."""
     now = int(time.time())
     conn.execute(
-        "INSERT INTO subscribers (address, schedule, status, created, changed, unsub_secret)"
-        " VALUES (?, ?, 'active', ?, ?, ?) ON CONFLICT(address) DO UPDATE SET"
+        "INSERT INTO subscribers (address, schedule, status, created, changed, unsub_secret,"
+        " topic) VALUES (?, ?, 'active', ?, ?, ?, ?) ON CONFLICT(address) DO UPDATE SET"
         " schedule = excluded.schedule, status = 'active', changed = excluded.changed,"
-        " hard_failures = 0, unsub_secret = COALESCE(unsub_secret, excluded.unsub_secret)",
-        (canonical(address), schedule, now, now, secrets.token_hex(12)),
+        " hard_failures = 0, unsub_secret = COALESCE(unsub_secret, excluded.unsub_secret),"
+        " topic = excluded.topic",
+        (canonical(address), schedule, now, now, secrets.token_hex(12), topic),
     )
+
+
+def set_topic(conn: sqlite3.Connection, address: str, topic: str) -> bool:
+    """Change an active subscriber's topic ('' for the whole list); False if none."""
+    cur = conn.execute(
+        "UPDATE subscribers SET topic = ?, changed = ? WHERE address = ? AND status = 'active'",
+        (topic, int(time.time()), canonical(address)),
+    )
+    return cur.rowcount > 0
 
 
 def unsubscribe_secret(conn: sqlite3.Connection, address: str) -> str | None:
@@ -163,7 +179,7 @@ def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
 
 def get(conn: sqlite3.Connection, address: str) -> Subscriber | None:
     row = conn.execute(
-        "SELECT address, schedule, status, hard_failures FROM subscribers WHERE address = ?",
+        "SELECT address, schedule, status, hard_failures, topic FROM subscribers WHERE address = ?",
         (canonical(address),),
     ).fetchone()
     return Subscriber(*row) if row else None
@@ -180,10 +196,23 @@ def active(conn: sqlite3.Connection, schedule: str) -> list[str]:
     ]
 
 
+def by_topic(conn: sqlite3.Connection, schedule: str) -> dict[str, list[str]]:
+    """Active subscribers of a schedule grouped by topic ('' first): one rendering each."""
+    groups: dict[str, list[str]] = {}
+    for address, topic in conn.execute(
+        "SELECT address, topic FROM subscribers WHERE status = 'active' AND schedule = ?"
+        " ORDER BY topic, address",
+        (schedule,),
+    ):
+        groups.setdefault(topic, []).append(address)
+    return groups
+
+
 def listing(conn: sqlite3.Connection) -> list[Subscriber]:
     return [
         Subscriber(*r)
         for r in conn.execute(
-            "SELECT address, schedule, status, hard_failures FROM subscribers ORDER BY address"
+            "SELECT address, schedule, status, hard_failures, topic FROM subscribers"
+            " ORDER BY address"
         )
     ]

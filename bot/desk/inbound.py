@@ -57,11 +57,15 @@ _REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|fwd?)\s*:\s*)+", re.I)
 _ARGUMENT = re.compile(
     r"^([0-9a-f]{1,40}(\.\.[0-9a-f]{1,40})?"  # a commit id, a range, a token, a number
     r"|\d{4}-\d\d-\d\d(t[\d:.]{2,15}([+-]\d\d:?\d\d|z)?)?"  # an ISO date (time)
-    r"|[a-z]{1,12})$",  # a keyword: daily, since, last, days...
+    r"|[a-z]{1,12}"  # a keyword: daily, since, last, days...
+    r"|[-(\"]*(?:[a-z]{1,12}:)?[\"(]*[\w./+*-]{0,60}[)\"]*)$",  # a topic word: dfn:arch/x86/
     re.ASCII | re.IGNORECASE,
 )
 """What a command argument may look like. Nothing else is run or quoted
-back: no URL, address or sentence can be carried in a reply."""
+back: no URL, address or sentence can be carried in a reply (a topic word
+holds no "@", ":" past its prefix, or space, and is at most 60 characters)."""
+MAX_ARGUMENTS = 12
+"""Words after a command: a range (up to 4) and a short topic query."""
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
 _COMMENT = re.compile(r"\([^()]*\)")
 _SECRET_TAG = re.compile(r"^unsubscribe-([0-9a-f]{8,64})$")
@@ -528,10 +532,11 @@ class Desk:
             command = self.commands[name.lower()]
             shown = f"> {name.lower()}"
             try:
-                if len(args) > 4 or not all(_ARGUMENT.match(a) for a in args):
+                if len(args) > MAX_ARGUMENTS or not all(_ARGUMENT.match(a) for a in args):
                     raise CommandError(
-                        f"{name.lower()} takes at most four words: commit ids, ranges "
-                        "(A..B), dates (YYYY-MM-DD), numbers or keywords; see 'help'"
+                        f"{name.lower()} takes at most {MAX_ARGUMENTS} words: commit ids, "
+                        "ranges (A..B), dates (YYYY-MM-DD), numbers, keywords or a topic "
+                        "(e.g. dfn:arch/arm64/kvm/); see 'help'"
                     )
                 shown = sanitise(f"> {name.lower()} {' '.join(args)}")
                 result = command.run(ctx, args)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
+from bot.digest import query as querymod
 from bot.digest.ranges import Range
 
 TEMPLATE = "digest.txt.j2"
@@ -49,10 +51,13 @@ class Digest:
     people: list[tuple[int, str]] = field(default_factory=list)
     series: list[SeriesLine] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    query: str = ""
+    """The topic query it was filtered by (normalised), or ''."""
 
     @property
     def subject(self) -> str:
-        return f"{self.list_title} mailing list update from {self.start} to {self.end}"
+        text = f"{self.list_title} mailing list update from {self.start} to {self.end}"
+        return f"{text} [{self.query}]" if self.query else text
 
 
 def person(name: str, addr: str) -> str:
@@ -66,17 +71,22 @@ def _ranked(counts: Counter[str], shown: dict[str, str], top: int) -> list[tuple
     return [(counts[k], shown[k]) for k in order[:top]]
 
 
-def statistics(conn: sqlite3.Connection, rng: Range, top: int):
-    """The domain and contributor tables ("Based on Email Body")."""
+def statistics(conn: sqlite3.Connection, rng: Range, top: int, only: Collection[int] | None = None):
+    """The domain and contributor tables ("Based on Email Body").
+
+    `only`, when given, holds the archive positions a filtered digest counts.
+    """
     people: Counter[str] = Counter()
     people_shown: dict[str, str] = {}
     domains: Counter[str] = Counter()
     total = 0
-    for name, addr in conn.execute(
-        "SELECT author_name, author_addr FROM messages WHERE seq > ? AND seq <= ?"
-        " AND NOT redelivered ORDER BY seq",
+    for seq, name, addr in conn.execute(
+        "SELECT seq, author_name, author_addr FROM messages"
+        " WHERE seq > ? AND seq <= ? AND NOT redelivered ORDER BY seq",
         (rng.start_seq, rng.end_seq),
     ):
+        if only is not None and seq not in only:
+            continue
         total += 1
         if "@" not in addr:
             continue
@@ -92,10 +102,12 @@ def statistics(conn: sqlite3.Connection, rng: Range, top: int):
     )
 
 
-def patch_list(conn: sqlite3.Connection, rng: Range) -> list[SeriesLine]:
-    """One line per series with a patch or cover letter in the range."""
+def patch_list(
+    conn: sqlite3.Connection, rng: Range, only: Collection[int] | None = None
+) -> list[SeriesLine]:
+    """One line per series with a patch or cover letter in the range (in `only`)."""
     rows = conn.execute(
-        """SELECT series_id, kind, counter, total, subject, from_name, from_addr, is_dup
+        """SELECT series_id, kind, counter, total, subject, from_name, from_addr, is_dup, seq
              FROM messages
             WHERE seq > ? AND seq <= ? AND series_id IS NOT NULL
               AND kind IN ('patch', 'cover')
@@ -111,6 +123,8 @@ def patch_list(conn: sqlite3.Connection, rng: Range) -> list[SeriesLine]:
         ).fetchall()
     )
     grouped: dict[str, list[tuple]] = {}
+    if only is not None:
+        rows = [row for row in rows if row[-1] in only]
     for row in rows:
         grouped.setdefault(row[0], []).append(row)
     lines = []
@@ -143,10 +157,13 @@ def _resent(conn: sqlite3.Connection, series_id: str) -> bool:
     return entries_ > 0 and new == 0
 
 
-def entries(conn: sqlite3.Connection, rng: Range) -> list[Entry]:
+def entries(
+    conn: sqlite3.Connection, rng: Range, only: Collection[int] | None = None
+) -> list[Entry]:
     """Cover letters, first patches, single patches and pulls, in archive order."""
     out = []
     for (
+        seq,
         subject,
         title,
         is_dup,
@@ -156,11 +173,13 @@ def entries(conn: sqlite3.Connection, rng: Range) -> list[Entry]:
         author_addr,
         body,
     ) in conn.execute(
-        """SELECT subject, title, is_dup, from_name, from_addr, author_name,
+        """SELECT seq, subject, title, is_dup, from_name, from_addr, author_name,
                   author_addr, body
              FROM messages WHERE seq > ? AND seq <= ? AND is_entry ORDER BY seq""",
         (rng.start_seq, rng.end_seq),
     ):
+        if only is not None and seq not in only:
+            continue
         if is_dup:
             out.append(Entry(subject=subject, duplicate=True))
             continue
@@ -177,9 +196,18 @@ def build(
     list_title: str = "KVM",
     top: int = 15,
     abbrev: int = 9,
+    query: str | None = None,
 ) -> Digest:
-    """The digest of an archive range."""
-    total, domains, people = statistics(conn, rng, top)
+    """The digest of an archive range, restricted to a topic `query` if given.
+
+    Unfiltered, every message counts; filtered, FORMAT.md's "Filtered
+    digests" decides (bot/digest/query.py). A malformed query raises QueryError.
+    """
+    shown = counted = None
+    if query:
+        sel = querymod.select(conn, rng.start_seq, rng.end_seq, querymod.parse(query))
+        shown, counted = sel.shown, sel.counted
+    total, domains, people = statistics(conn, rng, top, counted)
     start, end = rng.abbrev(abbrev)
     return Digest(
         list_title=list_title,
@@ -189,8 +217,9 @@ def build(
         top=top,
         domains=domains,
         people=people,
-        series=patch_list(conn, rng),
-        entries=entries(conn, rng),
+        series=patch_list(conn, rng, shown),
+        entries=entries(conn, rng, shown),
+        query=querymod.normal(query) if query else "",
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from bot.errors import MailError
 from bot.parse import body as bodymod
 from bot.parse import mime
+from bot.parse import paths as pathsmod
 from bot.parse.subject import Subject, parse_subject
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class ParsedMessage:
     size: int = 0
     text_hash: str = ""
     """Hash of the decoded body text with all white space removed (body.text_hash)."""
+    paths: list[str] = field(default_factory=list)
+    """Files the diffs touch (patches, cover letters, pulls; not replies)."""
 
     @property
     def is_entry(self) -> bool:
@@ -195,6 +198,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         commit_message=split.commit_message if kind in ("patch", "cover", "pull") else "",
         size=len(raw),
         text_hash=split.text_hash,
+        paths=pathsmod.touched(texts) if kind in ("patch", "cover", "pull") else [],
     )
 
 

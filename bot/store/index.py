@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 RULES_VERSION = 2
 """Bump when parsing or threading rules change: derived rows are rebuilt."""
-DERIVED_TABLES = ("refs", "messages")
+DERIVED_TABLES = ("paths", "refs", "messages")
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
 EARLIEST = 631152000
@@ -202,6 +202,9 @@ class Index:
         self.conn.executemany(
             "INSERT INTO refs (seq, pos, ref) VALUES (?, ?, ?)",
             [(seq, pos, ref) for pos, ref in enumerate(parents)],
+        )
+        self.conn.executemany(
+            "INSERT INTO paths (seq, path) VALUES (?, ?)", [(seq, path) for path in p.paths]
         )
         series.place(self.conn, seq)
 

@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS refs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refs_ref ON refs(ref);
 
+-- Every file path a patch, cover letter or pull request touches, from its
+-- diff headers (both names of a rename); `dfn:` queries read it.
+CREATE TABLE IF NOT EXISTS paths (
+    seq  INTEGER NOT NULL REFERENCES messages(seq) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    PRIMARY KEY (seq, path)
+) WITHOUT ROWID;
+
 CREATE VIEW IF NOT EXISTS series AS
     SELECT series_id,
            MIN(seq) AS first_seq,
@@ -102,7 +110,8 @@ CREATE TABLE IF NOT EXISTS subscribers (
     created       INTEGER NOT NULL,
     changed       INTEGER NOT NULL,
     hard_failures INTEGER NOT NULL DEFAULT 0,
-    unsub_secret  TEXT                  -- in List-Unsubscribe: bot+unsubscribe-<secret>@
+    unsub_secret  TEXT,                 -- in List-Unsubscribe: bot+unsubscribe-<secret>@
+    topic         TEXT NOT NULL DEFAULT ''  -- a query (bot/digest/query.py); '' = all
 );
 CREATE UNIQUE INDEX IF NOT EXISTS subscribers_unsub_secret ON subscribers(unsub_secret);
 
@@ -126,7 +135,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires    INTEGER NOT NULL,
     action     TEXT NOT NULL DEFAULT 'subscribe',  -- subscribe, unsubscribe, digest
     args       TEXT NOT NULL DEFAULT '',           -- the digest request's arguments
-    limit_key  TEXT NOT NULL DEFAULT ''
+    limit_key  TEXT NOT NULL DEFAULT '',
+    topic      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tokens_pending ON tokens(limit_key, action);
 
@@ -146,7 +156,8 @@ CREATE TABLE IF NOT EXISTS digests (
     end_id    TEXT NOT NULL,
     subject   TEXT NOT NULL,
     body      TEXT NOT NULL,
-    created   INTEGER NOT NULL
+    created   INTEGER NOT NULL,
+    topic     TEXT NOT NULL DEFAULT ''  -- the query it was filtered by
 );
 
 -- State: every outgoing mail, written before it is sent.
