@@ -168,7 +168,13 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
     try:
         rng = select_range(args, index)
         d = digestmod.build(
-            index.conn, rng, config.list.title, config.digest.top, config.digest.abbrev
+            index.conn,
+            rng,
+            config.list.title,
+            config.digest.top,
+            config.digest.abbrev,
+            style=args.style or config.digest.style,
+            archive_url=config.list.archive_url,
         )
     finally:
         index.close()
@@ -368,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--since", metavar="DATE", help="YYYY-MM-DD[THH:MM], UTC")
     group.add_argument("--all", action="store_true", help="the whole archive")
     p.add_argument("--until", metavar="DATE", help="end of the --since window (excluded)")
+    p.add_argument(
+        "--style",
+        choices=digestmod.STYLES,
+        help="full (links, reviews, versions, applied, earlier series) or classic "
+        "(the documented layout only); default [digest] style",
+    )
     p.set_defaults(func=cmd_digest)
 
     p = sub.add_parser("reindex", help="rebuild the index from the archive")

@@ -6,6 +6,7 @@ import re
 import time
 
 from bot.commands import Command, CommandError, Context
+from bot.delivery import subscribers
 from bot.digest import build as digestmod
 from bot.digest import ranges
 from bot.errors import RangeError
@@ -36,9 +37,17 @@ class Digest(Command):
             ctx.config.list.title,
             ctx.config.digest.top,
             ctx.config.digest.abbrev,
+            style=style_for(ctx),
+            archive_url=ctx.config.list.archive_url,
         )
         ctx.reply_subject = d.subject
         return digestmod.render(d, ctx.env)
+
+
+def style_for(ctx: Context) -> str:
+    """The asker's chosen style when they are subscribed, else [digest] style."""
+    sub = subscribers.get(ctx.conn, ctx.sender)
+    return (sub.style if sub and sub.style else "") or ctx.config.digest.style
 
 
 def select(ctx: Context, args: list[str]) -> ranges.Range:

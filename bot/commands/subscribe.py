@@ -8,18 +8,21 @@ from bot.delivery import subscribers
 
 class Subscribe(Command):
     name = "subscribe"
-    description = "ask to receive the digest, daily (default) or weekly"
-    examples = ("subscribe", "subscribe weekly")
+    description = "ask for the digest: daily (default) or weekly, full or classic"
+    examples = ("subscribe", "subscribe weekly", "subscribe daily classic")
 
     def run(self, ctx: Context, args: list[str]) -> str:
-        schedule = args[0].lower() if args else "daily"
-        if schedule not in subscribers.SCHEDULES or len(args) > 1:
-            raise CommandError("subscribe takes daily or weekly, e.g. 'subscribe weekly'")
+        schedule, style = parse_choice([a.lower() for a in args])
         current = subscribers.get(ctx.conn, ctx.sender)
-        if current and current.status == "active" and current.schedule == schedule:
+        if (
+            current
+            and current.status == "active"
+            and current.schedule == schedule
+            and current.style == style
+        ):
             return f"{ctx.sender} already receives the {schedule} digest."
         hours = ctx.config.commands.token_hours
-        token = subscribers.request(ctx.conn, ctx.sender, schedule, hours)
+        token = subscribers.request(ctx.conn, ctx.sender, schedule, hours, style)
         ctx.reply_subject = f"confirm {token}"
         return (
             f"Someone, probably you, asked to send the {schedule} {ctx.me.list_title}\n"
@@ -28,6 +31,20 @@ class Subscribe(Command):
             f"\n    confirm {token}\n\n"
             f"The request expires in {hours} hours. If you did not ask, ignore this mail."
         )
+
+
+def parse_choice(words: list[str]) -> tuple[str, str]:
+    """(schedule, style) from `subscribe [daily|weekly] [full|classic]`.
+
+    The style is "" when not given: the subscriber follows [digest] style.
+    """
+    schedules = [w for w in words if w in subscribers.SCHEDULES]
+    styles = [w for w in words if w in subscribers.STYLES]
+    if len(schedules) > 1 or len(styles) > 1 or len(schedules) + len(styles) != len(words):
+        raise CommandError(
+            "subscribe takes daily or weekly, and full or classic, e.g. 'subscribe daily classic'"
+        )
+    return (schedules[0] if schedules else "daily"), (styles[0] if styles else "")
 
 
 class Confirm(Command):

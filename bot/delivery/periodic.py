@@ -35,6 +35,8 @@ class Run:
     digest_id: int | None
     recipients: int
     messages: int
+    digest_ids: tuple[int, ...] = ()
+    """One digest per style its subscribers read (digest_id is the first)."""
 
 
 def ensure(conn: sqlite3.Connection, name: str) -> bool:
@@ -74,20 +76,31 @@ def run(
             "SELECT end_seq FROM schedules WHERE name = ?", (name,)
         ).fetchone()[0]
         rng = ranges.after(conn, start_seq)
-        readers = subscribers.active(conn, name)
-        digest_id = None
+        groups = subscribers.active_by_style(conn, name, config.digest.style)
+        readers = [address for group in groups.values() for address in group]
+        digest_ids: list[int] = []
         count = rng.end_seq - rng.start_seq
         if readers and (not rng.empty or config.schedule.send_empty):
-            d = digestmod.build(
-                conn, rng, config.list.title, config.digest.top, config.digest.abbrev
-            )
-            body = digestmod.render(d, env)
-            digest_id = conn.execute(
-                "INSERT INTO digests (schedule, start_id, end_id, subject, body, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, rng.start_id, rng.end_id, d.subject, body, int(time.time())),
-            ).lastrowid
-            outbox.enqueue_digest(digest_id, readers)
+            # Rendered once per style, however many subscribers read it.
+            for style in sorted(groups):
+                d = digestmod.build(
+                    conn,
+                    rng,
+                    config.list.title,
+                    config.digest.top,
+                    config.digest.abbrev,
+                    style=style,
+                    archive_url=config.list.archive_url,
+                )
+                body = digestmod.render(d, env)
+                digest_id = conn.execute(
+                    "INSERT INTO digests (schedule, start_id, end_id, subject, body, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, rng.start_id, rng.end_id, d.subject, body, int(time.time())),
+                ).lastrowid
+                outbox.enqueue_digest(digest_id, groups[style])
+                digest_ids.append(digest_id)
+        digest_id = digest_ids[0] if digest_ids else None
         conn.execute(
             "UPDATE schedules SET end_seq = ?, end_id = ?, last_run = ? WHERE name = ?",
             (rng.end_seq, rng.end_id, int(time.time()), name),
@@ -98,4 +111,4 @@ def run(
         count,
         f"queued for {len(readers)} subscribers" if digest_id else "nothing sent",
     )
-    return Run(name, digest_id, len(readers) if digest_id else 0, count)
+    return Run(name, digest_id, len(readers) if digest_id else 0, count, tuple(digest_ids))

@@ -4,20 +4,34 @@
 commit message) and returns plain data; `render()` puts it through the Jinja2
 template `templates/digest.txt.j2`. Keeping the two apart lets one digest be
 rendered once and mailed to every subscriber.
+
+Two styles (FORMAT.md, "Two styles"): `classic` is the documented layout
+line for line; `full` (the default) adds lore links, review trailers,
+versions, "applied by" and the discussion on earlier series. The added facts
+are read from tables the index fills as mail arrives (trailers, applied,
+works), joined to the series at build time, so a full digest costs a few
+indexed look-ups per series more than a classic one.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import quote
 
 import jinja2
 
+from bot.digest import versions
 from bot.digest.ranges import Range
 
 TEMPLATE = "digest.txt.j2"
+STYLES = ("full", "classic")
+TRAILER_ORDER = ("Reviewed-by", "Acked-by", "Tested-by")
+# public-inbox's mid_escape: RFC 3986 path characters stay, the rest is
+# percent-encoded as UTF-8 ("/" too, so an id never adds a path level).
+_MID_SAFE = "!$&'()*+,;=:@"
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,13 @@ class SeriesLine:
     subject: str
     submitter: str
     summary: str
+    facts: str = ""
+    """Full style: trailers; version; applied (empty when nothing to say)."""
+    link: str = ""
+    series_id: str = ""
+    message_id: str = ""
+    """The Message-ID of the message whose subject is shown."""
+    submitter_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,8 @@ class Entry:
     title: str = ""
     author: str = ""
     body: str = ""
+    link: str = ""
+    message_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,6 +72,8 @@ class Digest:
     people: list[tuple[int, str]] = field(default_factory=list)
     series: list[SeriesLine] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    discussion: list[SeriesLine] = field(default_factory=list)
+    """Full style: series posted before the range that got replies in it."""
 
     @property
     def subject(self) -> str:
@@ -94,7 +119,8 @@ def statistics(conn: sqlite3.Connection, rng: Range, top: int):
 def patch_list(conn: sqlite3.Connection, rng: Range) -> list[SeriesLine]:
     """One line per series with a patch or cover letter in the range."""
     rows = conn.execute(
-        """SELECT series_id, kind, counter, total, subject, from_name, from_addr
+        """SELECT series_id, kind, counter, total, subject, from_name, from_addr,
+                  message_id
              FROM messages
             WHERE seq > ? AND seq <= ? AND series_id IS NOT NULL
               AND kind IN ('patch', 'cover') AND NOT is_dup
@@ -124,7 +150,16 @@ def patch_list(conn: sqlite3.Connection, rng: Range) -> list[SeriesLine]:
             summary += ", cover letter"
         if replies.get(series_id):
             summary += f", {replies[series_id]} replies"
-        lines.append(SeriesLine(shown[4], person(shown[5], shown[6]), summary))
+        lines.append(
+            SeriesLine(
+                shown[4],
+                person(shown[5], shown[6]),
+                summary,
+                series_id=series_id,
+                message_id=shown[7],
+                submitter_key=shown[6].lower(),
+            )
+        )
     return lines
 
 
@@ -140,9 +175,10 @@ def entries(conn: sqlite3.Connection, rng: Range) -> list[Entry]:
         author_name,
         author_addr,
         body,
+        message_id,
     ) in conn.execute(
         """SELECT subject, title, is_dup, from_name, from_addr, author_name,
-                  author_addr, body
+                  author_addr, body, message_id
              FROM messages WHERE seq > ? AND seq <= ? AND is_entry ORDER BY seq""",
         (rng.start_seq, rng.end_seq),
     ):
@@ -152,7 +188,102 @@ def entries(conn: sqlite3.Connection, rng: Range) -> list[Entry]:
         author = person(author_name, author_addr)
         if author_addr.lower() != from_addr.lower():
             author += f" (sent by {person(from_name, from_addr)})"
-        out.append(Entry(subject=subject, duplicate=False, title=title, author=author, body=body))
+        out.append(
+            Entry(
+                subject=subject,
+                duplicate=False,
+                title=title,
+                author=author,
+                body=body,
+                message_id=message_id,
+            )
+        )
+    return out
+
+
+def link(archive_url: str, message_id: str) -> str:
+    """The archive's page for a message, as lore spells it ("" without an archive)."""
+    if not archive_url or not message_id:
+        return ""
+    return f"{archive_url.rstrip('/')}/{quote(message_id, safe=_MID_SAFE)}/"
+
+
+def trailer_counts(conn: sqlite3.Connection, series_id: str, end_seq: int) -> str:
+    """`2 Reviewed-by, 1 Tested-by`: distinct givers per kind in replies to a series."""
+    counts = dict(
+        conn.execute(
+            """SELECT t.kind, COUNT(DISTINCT t.who_key)
+                 FROM messages m JOIN trailers t ON t.seq = m.seq
+                WHERE m.series_id = ? AND m.kind = 'reply' AND m.seq <= ?
+                GROUP BY t.kind""",
+            (series_id, end_seq),
+        ).fetchall()
+    )
+    return ", ".join(f"{counts[k]} {k}" for k in TRAILER_ORDER if counts.get(k))
+
+
+def applied_by(conn: sqlite3.Connection, series_id: str, submitter_key: str, end_seq: int) -> str:
+    """`applied by <Name>`: the first reply by someone else that says it was taken."""
+    row = conn.execute(
+        """SELECT m.from_name, m.from_addr
+             FROM messages m JOIN applied a ON a.seq = m.seq
+            WHERE m.series_id = ? AND m.kind = 'reply' AND m.seq <= ? AND m.from_key != ?
+            ORDER BY m.seq LIMIT 1""",
+        (series_id, end_seq, submitter_key),
+    ).fetchone()
+    return f"applied by {row[0] or row[1]}" if row else ""
+
+
+def series_facts(
+    conn: sqlite3.Connection, line: SeriesLine, end_seq: int, with_version: bool = True
+) -> str:
+    """The full style's extra line: trailers; version; applied, parts left out when empty."""
+    parts = [trailer_counts(conn, line.series_id, end_seq)]
+    if with_version:
+        parts.append(versions.relation(conn, line.series_id, end_seq))
+    parts.append(applied_by(conn, line.series_id, line.submitter_key, end_seq))
+    return "; ".join(p for p in parts if p)
+
+
+def discussion(
+    conn: sqlite3.Connection, rng: Range, listed: set[str], archive_url: str
+) -> list[SeriesLine]:
+    """Series posted before the range that got replies in it, by first reply."""
+    out = []
+    for series_id, replies in conn.execute(
+        """SELECT series_id, COUNT(*) FROM messages
+            WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
+            GROUP BY series_id ORDER BY MIN(seq)""",
+        (rng.start_seq, rng.end_seq),
+    ).fetchall():
+        if series_id in listed:
+            continue
+        # As the patch list showed it: the cover letter, else the lowest patch.
+        shown = conn.execute(
+            """SELECT subject, from_name, from_addr, message_id FROM messages
+                WHERE series_id = ? AND seq <= ? AND kind IN ('patch', 'cover')
+                  AND NOT is_dup
+                ORDER BY COALESCE(counter, 1), seq LIMIT 1""",
+            (series_id, rng.start_seq),
+        ).fetchone()
+        if shown is None:
+            continue
+        posted = versions.day(versions.first_date(conn, series_id))
+        line = SeriesLine(
+            shown[0],
+            person(shown[1], shown[2]),
+            f"posted {posted}, {replies} replies",
+            series_id=series_id,
+            message_id=shown[3],
+            submitter_key=shown[2].lower(),
+        )
+        out.append(
+            replace(
+                line,
+                facts=series_facts(conn, line, rng.end_seq, with_version=False),
+                link=link(archive_url, line.message_id),
+            )
+        )
     return out
 
 
@@ -162,10 +293,28 @@ def build(
     list_title: str = "KVM",
     top: int = 15,
     abbrev: int = 9,
+    style: str = "full",
+    archive_url: str = "",
 ) -> Digest:
-    """The digest of an archive range."""
+    """The digest of an archive range, in the `full` or `classic` style."""
+    if style not in STYLES:
+        raise ValueError(f"unknown digest style {style!r}; use full or classic")
     total, domains, people = statistics(conn, rng, top)
     start, end = rng.abbrev(abbrev)
+    series = patch_list(conn, rng)
+    items = entries(conn, rng)
+    earlier: list[SeriesLine] = []
+    if style == "full":
+        series = [
+            replace(
+                s,
+                facts=series_facts(conn, s, rng.end_seq),
+                link=link(archive_url, s.message_id),
+            )
+            for s in series
+        ]
+        items = [replace(e, link=link(archive_url, e.message_id)) for e in items]
+        earlier = discussion(conn, rng, {s.series_id for s in series}, archive_url)
     return Digest(
         list_title=list_title,
         start=start,
@@ -174,8 +323,9 @@ def build(
         top=top,
         domains=domains,
         people=people,
-        series=patch_list(conn, rng),
-        entries=entries(conn, rng),
+        series=series,
+        entries=items,
+        discussion=earlier,
     )
 
 

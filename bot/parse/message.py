@@ -10,6 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from bot.digest.trailers import Notes, notes
 from bot.errors import MailError
 from bot.parse import body as bodymod
 from bot.parse import mime
@@ -52,6 +53,8 @@ class ParsedMessage:
     recipients: list[str] = field(default_factory=list)
     commit_message: str = ""
     size: int = 0
+    notes: Notes = field(default_factory=Notes)
+    """Review trailers, "applied" and change-id, from the author's own text."""
 
     @property
     def is_entry(self) -> bool:
@@ -162,6 +165,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         recipients=recipients,
         commit_message=split.commit_message if kind in ("patch", "cover", "pull") else "",
         size=len(raw),
+        notes=notes(kind, texts),
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
-from bot.digest import series
+from bot.digest import series, versions
 from bot.errors import DigestError
 from bot.parse.message import ParsedMessage, parse_lenient
 from bot.store.archive import Archive
@@ -22,7 +22,7 @@ from bot.store.archive import Archive
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DERIVED_TABLES = ("refs", "messages")
+DERIVED_TABLES = ("trailers", "applied", "works", "refs", "messages")
 BATCH = 1000
 
 
@@ -149,6 +149,23 @@ class Index:
             [(seq, pos, ref) for pos, ref in enumerate(parents)],
         )
         series.place(self.conn, seq)
+        self._insert_notes(seq, p)
+
+    def _insert_notes(self, seq: int, p: ParsedMessage) -> None:
+        """Keep the message's review, applied and version facts (see schema.sql)."""
+        notes = p.notes
+        if notes.trailers:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO trailers (seq, kind, who_key, who_name) VALUES (?, ?, ?, ?)",
+                [(seq, kind, key, name) for kind, name, key in notes.trailers],
+            )
+        if notes.applied:
+            self.conn.execute("INSERT INTO applied (seq) VALUES (?)", (seq,))
+        if p.kind in ("patch", "cover") and p.subject.counter in (None, 0, 1):
+            self.conn.execute(
+                "INSERT INTO works (seq, from_key, title_key, change_id) VALUES (?, ?, ?, ?)",
+                (seq, p.from_addr.lower(), versions.title_key(p.subject.title), notes.change_id),
+            )
 
     def catch_up(self, archive: Archive, progress: Callable[[int], None] | None = None) -> int:
         """Index archive commits the index has not seen; return how many.

@@ -49,6 +49,35 @@ CREATE TABLE IF NOT EXISTS refs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refs_ref ON refs(ref);
 
+-- Facts read from each message's own text when it is indexed (bot/digest/
+-- trailers.py). They are keyed by message, not by series: which series a
+-- message belongs to is read from messages.series_id when a digest is built,
+-- so these stay right however late a message's series is resolved.
+-- A Reviewed-by/Acked-by/Tested-by line in a reply (who_key: lower-cased address).
+CREATE TABLE IF NOT EXISTS trailers (
+    seq      INTEGER NOT NULL REFERENCES messages(seq) ON DELETE CASCADE,
+    kind     TEXT NOT NULL CHECK (kind IN ('Reviewed-by', 'Acked-by', 'Tested-by')),
+    who_key  TEXT NOT NULL,
+    who_name TEXT NOT NULL,
+    PRIMARY KEY (seq, kind, who_key)
+) WITHOUT ROWID;
+
+-- A reply whose own text says the patches were applied, queued or pushed.
+CREATE TABLE IF NOT EXISTS applied (
+    seq INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE
+);
+
+-- What names a piece of work across its versions: a cover letter or first
+-- patch's sender and folded title, and b4's change-id when present.
+CREATE TABLE IF NOT EXISTS works (
+    seq       INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE,
+    from_key  TEXT NOT NULL,
+    title_key TEXT NOT NULL,
+    change_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS works_title ON works(from_key, title_key);
+CREATE INDEX IF NOT EXISTS works_change_id ON works(change_id) WHERE change_id != '';
+
 CREATE VIEW IF NOT EXISTS series AS
     SELECT series_id,
            MIN(seq) AS first_seq,
@@ -97,7 +126,8 @@ CREATE TABLE IF NOT EXISTS subscribers (
     status        TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'unsubscribed')),
     created       INTEGER NOT NULL,
     changed       INTEGER NOT NULL,
-    hard_failures INTEGER NOT NULL DEFAULT 0
+    hard_failures INTEGER NOT NULL DEFAULT 0,
+    style         TEXT NOT NULL DEFAULT ''  -- 'full', 'classic'; '' = [digest] style
 );
 
 -- State: double opt-in tokens, stored hashed, single use.
@@ -105,7 +135,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     token_hash TEXT PRIMARY KEY,
     address    TEXT NOT NULL,
     schedule   TEXT NOT NULL,
-    expires    INTEGER NOT NULL
+    expires    INTEGER NOT NULL,
+    style      TEXT NOT NULL DEFAULT ''
 );
 
 -- State: where each periodic schedule's last digest ended.
