@@ -15,6 +15,7 @@ indexed look-ups per series more than a classic one.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -208,80 +209,123 @@ def link(archive_url: str, message_id: str) -> str:
     return f"{archive_url.rstrip('/')}/{quote(message_id, safe=_MID_SAFE)}/"
 
 
-def trailer_counts(conn: sqlite3.Connection, series_id: str, end_seq: int) -> str:
-    """`2 Reviewed-by, 1 Tested-by`: distinct givers per kind in replies to a series."""
-    counts = dict(
-        conn.execute(
-            """SELECT t.kind, COUNT(DISTINCT t.who_key)
-                 FROM messages m JOIN trailers t ON t.seq = m.seq
-                WHERE m.series_id = ? AND m.kind = 'reply' AND m.seq <= ?
-                GROUP BY t.kind""",
-            (series_id, end_seq),
-        ).fetchall()
-    )
-    return ", ".join(f"{counts[k]} {k}" for k in TRAILER_ORDER if counts.get(k))
+def _in_json(ids: list[str]) -> str:
+    """Series ids as one JSON parameter, for `IN (SELECT value FROM json_each(?))`."""
+    return json.dumps(sorted(set(ids)))
 
 
-def applied_by(conn: sqlite3.Connection, series_id: str, submitter_key: str, end_seq: int) -> str:
-    """`applied by <Name>`: the first reply by someone else that says it was taken."""
-    row = conn.execute(
-        """SELECT m.from_name, m.from_addr
+def trailer_counts(conn: sqlite3.Connection, series_ids: list[str], end_seq: int) -> dict[str, str]:
+    """`2 Reviewed-by, 1 Tested-by` per series: distinct givers per kind in its replies."""
+    counts: dict[str, dict[str, int]] = {}
+    for series_id, kind, n in conn.execute(
+        """SELECT m.series_id, t.kind, COUNT(DISTINCT t.who_key)
+             FROM messages m JOIN trailers t ON t.seq = m.seq
+            WHERE m.series_id IN (SELECT value FROM json_each(?))
+              AND m.kind = 'reply' AND m.seq <= ?
+            GROUP BY m.series_id, t.kind""",
+        (_in_json(series_ids), end_seq),
+    ):
+        counts.setdefault(series_id, {})[kind] = n
+    return {
+        sid: ", ".join(f"{c[k]} {k}" for k in TRAILER_ORDER if c.get(k))
+        for sid, c in counts.items()
+    }
+
+
+def applied_by(
+    conn: sqlite3.Connection, submitters: dict[str, str], end_seq: int
+) -> dict[str, str]:
+    """`applied by <Name>` per series: the first reply by someone else that says so.
+
+    `submitters` maps each series id to its submitter's lower-cased address.
+    """
+    out: dict[str, str] = {}
+    for series_id, from_key, name, addr in conn.execute(
+        """SELECT m.series_id, m.from_key, m.from_name, m.from_addr
              FROM messages m JOIN applied a ON a.seq = m.seq
-            WHERE m.series_id = ? AND m.kind = 'reply' AND m.seq <= ? AND m.from_key != ?
-            ORDER BY m.seq LIMIT 1""",
-        (series_id, end_seq, submitter_key),
-    ).fetchone()
-    return f"applied by {row[0] or row[1]}" if row else ""
+            WHERE m.series_id IN (SELECT value FROM json_each(?))
+              AND m.kind = 'reply' AND m.seq <= ?
+            ORDER BY m.seq""",
+        (_in_json(list(submitters)), end_seq),
+    ):
+        if series_id not in out and from_key != submitters[series_id]:
+            out[series_id] = f"applied by {name or addr}"
+    return out
 
 
-def series_facts(
-    conn: sqlite3.Connection, line: SeriesLine, end_seq: int, with_version: bool = True
-) -> str:
-    """The full style's extra line: trailers; version; applied, parts left out when empty."""
-    parts = [trailer_counts(conn, line.series_id, end_seq)]
-    if with_version:
-        parts.append(versions.relation(conn, line.series_id, end_seq))
-    parts.append(applied_by(conn, line.series_id, line.submitter_key, end_seq))
-    return "; ".join(p for p in parts if p)
-
-
-def discussion(
-    conn: sqlite3.Connection, rng: Range, listed: set[str], archive_url: str
+def with_facts(
+    conn: sqlite3.Connection,
+    lines: list[SeriesLine],
+    end_seq: int,
+    archive_url: str,
+    versioned: set[str] | None = None,
 ) -> list[SeriesLine]:
-    """Series posted before the range that got replies in it, by first reply."""
+    """The full style's extra lines: trailers; version; applied, and the link.
+
+    Versions are said only for the series in `versioned` (all when None):
+    the discussion section leaves them out. One call for both sections
+    keeps a digest's extra cost to a handful of indexed queries.
+    """
+    ids = [s.series_id for s in lines]
+    reviews = trailer_counts(conn, ids, end_seq)
+    applied = applied_by(conn, {s.series_id: s.submitter_key for s in lines}, end_seq)
+    shown = {
+        s.series_id: s.message_id for s in lines if versioned is None or s.series_id in versioned
+    }
+    versioned_text = versions.relations(conn, shown, end_seq) if shown else {}
     out = []
-    for series_id, replies in conn.execute(
-        """SELECT series_id, COUNT(*) FROM messages
-            WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
-            GROUP BY series_id ORDER BY MIN(seq)""",
-        (rng.start_seq, rng.end_seq),
-    ).fetchall():
-        if series_id in listed:
-            continue
-        # As the patch list showed it: the cover letter, else the lowest patch.
-        shown = conn.execute(
-            """SELECT subject, from_name, from_addr, message_id FROM messages
-                WHERE series_id = ? AND seq <= ? AND kind IN ('patch', 'cover')
-                  AND NOT is_dup
-                ORDER BY COALESCE(counter, 1), seq LIMIT 1""",
-            (series_id, rng.start_seq),
-        ).fetchone()
-        if shown is None:
-            continue
-        posted = versions.day(versions.first_date(conn, series_id))
-        line = SeriesLine(
-            shown[0],
-            person(shown[1], shown[2]),
-            f"posted {posted}, {replies} replies",
-            series_id=series_id,
-            message_id=shown[3],
-            submitter_key=shown[2].lower(),
+    for s in lines:
+        parts = [reviews.get(s.series_id, ""), versioned_text.get(s.series_id, "")]
+        parts.append(applied.get(s.series_id, ""))
+        facts = "; ".join(p for p in parts if p)
+        out.append(replace(s, facts=facts, link=link(archive_url, s.message_id)))
+    return out
+
+
+def discussion(conn: sqlite3.Connection, rng: Range, listed: set[str]) -> list[SeriesLine]:
+    """Series posted before the range that got replies in it, by first reply.
+
+    Without facts or links: build() adds them together with the patch list's.
+    """
+    replied = [
+        (series_id, replies)
+        for series_id, replies in conn.execute(
+            """SELECT series_id, COUNT(*) FROM messages
+                WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
+                GROUP BY series_id ORDER BY MIN(seq)""",
+            (rng.start_seq, rng.end_seq),
         )
+        if series_id not in listed
+    ]
+    # Each series as the patch list showed it (its cover letter, else its
+    # lowest patch, posted before the range) and when it was first posted.
+    shown: dict[str, tuple] = {}
+    posted: dict[str, int] = {}
+    for series_id, key, when, subject, name, addr, message_id in conn.execute(
+        """SELECT series_id, COALESCE(counter, 1) * 1000000000 + seq,
+                  COALESCE(date, received), subject, from_name, from_addr, message_id
+             FROM messages INDEXED BY messages_series_patchy
+            WHERE series_id IN (SELECT value FROM json_each(?))
+              AND kind IN ('patch', 'cover') AND seq <= ? AND NOT is_dup""",
+        (_in_json([sid for sid, _ in replied]), rng.start_seq),
+    ):
+        if when is not None:
+            posted[series_id] = min(when, posted.get(series_id, when))
+        if series_id not in shown or key < shown[series_id][0]:
+            shown[series_id] = (key, subject, name, addr, message_id)
+    out = []
+    for series_id, replies in replied:
+        if series_id not in shown:
+            continue
+        _, subject, name, addr, message_id = shown[series_id]
         out.append(
-            replace(
-                line,
-                facts=series_facts(conn, line, rng.end_seq, with_version=False),
-                link=link(archive_url, line.message_id),
+            SeriesLine(
+                subject,
+                person(name, addr),
+                f"posted {versions.day(posted.get(series_id))}, {replies} replies",
+                series_id=series_id,
+                message_id=message_id,
+                submitter_key=addr.lower(),
             )
         )
     return out
@@ -305,16 +349,11 @@ def build(
     items = entries(conn, rng)
     earlier: list[SeriesLine] = []
     if style == "full":
-        series = [
-            replace(
-                s,
-                facts=series_facts(conn, s, rng.end_seq),
-                link=link(archive_url, s.message_id),
-            )
-            for s in series
-        ]
+        listed = {s.series_id for s in series}
+        earlier = discussion(conn, rng, listed)
+        both = with_facts(conn, series + earlier, rng.end_seq, archive_url, versioned=listed)
+        series, earlier = both[: len(series)], both[len(series) :]
         items = [replace(e, link=link(archive_url, e.message_id)) for e in items]
-        earlier = discussion(conn, rng, {s.series_id for s in series}, archive_url)
     return Digest(
         list_title=list_title,
         start=start,

@@ -76,6 +76,18 @@ CREATE TABLE IF NOT EXISTS works (
     change_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS works_title ON works(from_key, title_key);
+-- A series' patches and cover letter without its replies (full digests read
+-- the shown message and the posting date of series with long discussions).
+CREATE INDEX IF NOT EXISTS messages_series_patchy
+    ON messages(series_id, counter) WHERE kind IN ('patch', 'cover');
+-- A series' replies, without reading their rows (trailers and applied marks
+-- are found by probing those tables with each reply's seq).
+CREATE INDEX IF NOT EXISTS messages_series_replies
+    ON messages(series_id, seq) WHERE kind = 'reply';
+-- The replies of a range and their series, without reading message rows
+-- (reply counts of the patch list and the discussion on earlier series).
+CREATE INDEX IF NOT EXISTS messages_replies
+    ON messages(seq, series_id) WHERE kind = 'reply';
 CREATE INDEX IF NOT EXISTS works_change_id ON works(change_id) WHERE change_id != '';
 
 CREATE VIEW IF NOT EXISTS series AS
