@@ -17,7 +17,11 @@ from bot.parse import mime
 
 TRAILER_KINDS = ("Reviewed-by", "Acked-by", "Tested-by")
 _TRAILER = re.compile(r"^(reviewed|acked|tested)-by:[ \t]*(\S.*)$", re.IGNORECASE)
-_CHANGE_ID = re.compile(r"^change-id:[ \t]*(\S+)[ \t]*$", re.IGNORECASE)
+_CHANGE_ID = re.compile(r"^[ \t]*change-id:[ \t]*(\S+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+# Most mail says none of this: plain substring scans of the lower-cased
+# text (much faster than a case-insensitive regex) decide whether its lines
+# need reading at all.
+_REPLY_WORDS = ("reviewed-by:", "acked-by:", "tested-by:", "applied", "queued", "pushed")
 _OUTLOOK_QUOTE = re.compile(r"^-{3,}\s*original message\s*-{3,}\s*$", re.IGNORECASE)
 _ATTRIBUTION = re.compile(r"\bwrote:\s*$")
 
@@ -134,13 +138,12 @@ def says_applied(lines: list[str]) -> bool:
     return False
 
 
-def change_id(lines: list[str]) -> str:
+def change_id(text: str) -> str:
     """b4's `change-id:` (it names one piece of work across its versions)."""
-    for line in lines:
-        m = _CHANGE_ID.match(line.strip())
-        if m:
-            return m.group(1)
-    return ""
+    if "change-id:" not in text.lower():
+        return ""
+    m = _CHANGE_ID.search(text)
+    return m.group(1) if m else ""
 
 
 def notes(kind: str, texts: list[str]) -> Notes:
@@ -150,8 +153,12 @@ def notes(kind: str, texts: list[str]) -> Notes:
     b4 change-id (after the `---`, so not in the stored commit message).
     """
     if kind == "reply":
-        lines = own_lines("\n".join(texts))
+        text = "\n".join(texts)
+        low = text.lower()
+        if not any(word in low for word in _REPLY_WORDS):
+            return Notes()
+        lines = own_lines(text)
         return Notes(trailers=trailers(lines), applied=says_applied(lines))
     if kind in ("patch", "cover"):
-        return Notes(change_id=change_id("\n".join(texts).splitlines()))
+        return Notes(change_id=change_id("\n".join(texts)))
     return Notes()
