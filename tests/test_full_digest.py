@@ -368,3 +368,22 @@ def test_subscribe_daily_classic_and_digest_by_mail_in_that_style(store):
     # The subscriber gets classic; anyone else gets the configured full style.
     assert "lore.kernel.org" not in Digest().run(ctx("reader@example.org"), args)
     assert "    https://lore.kernel.org/kvm/" in Digest().run(ctx("other@example.org"), args)
+
+
+def test_versions_go_by_posting_time_and_a_resend_is_not_a_version(tmp_path):
+    from tests.mailfactory import mail
+
+    posts = [
+        mail("[RFC PATCH v2] KVM: Foo the bar", "rfc2@x", minutes=0),
+        mail("[PATCH] KVM: Foo the bar", "p1@x", minutes=60 * 24),
+        mail("[PATCH RESEND] KVM: Foo the bar", "p1r@x", minutes=60 * 48),
+    ]
+    for n, order in enumerate([posts, list(reversed(posts))]):
+        store = Store(tmp_path / f"s{n}")
+        store.add(*order)
+        assert facts(store.index.conn) == {
+            # numbering restarted after the RFC: the later series is the newer one
+            "[RFC PATCH v2] KVM: Foo the bar": "superseded by v1",
+            "[PATCH] KVM: Foo the bar": "supersedes v2 (2021-03-01)",
+            "[PATCH RESEND] KVM: Foo the bar": "supersedes v2 (2021-03-01)",
+        }

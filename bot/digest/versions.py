@@ -106,18 +106,25 @@ def relations(conn: sqlite3.Connection, shown: dict[str, str], end_seq: int) -> 
         others = dict(by_title.get((from_key, key), {}))
         if change_id:
             others.update(by_change.get(change_id, {}))
-        others.pop(series_id, None)
-        out[series_id] = _say(version, list(others.values()))
+        _, when = others.pop(series_id, (version, 0))
+        out[series_id] = _say((when, version), [(w, v) for v, w in others.values()])
     return out
 
 
-def _say(version: int, others: list[tuple[int, int]]) -> str:
-    """The version part for a series of `version` among the same work's others."""
-    newer = [v for v, _ in others if v > version]
+def _say(mine: tuple[int, int], others: list[tuple[int, int]]) -> str:
+    """The version part of a series among the same work's other series.
+
+    Each is (posting time, version). Earlier and newer go by posting time (the
+    Date of a series' first message), not by archive position, so mail that
+    arrives out of order gives the same answer; a series of the same version
+    (a resend) is not another version. The nearest on each side is named.
+    """
+    candidates = [o for o in others if o[1] != mine[1]]
+    newer = [o for o in candidates if o > mine]
     if newer:
-        return f"superseded by v{min(newer)}"
-    older = [(v, when) for v, when in others if v < version]
+        return f"superseded by v{min(newer)[1]}"
+    older = [o for o in candidates if o < mine]
     if not older:
         return ""
-    previous, when = max(older)
-    return f"supersedes v{previous} ({day(when or None)})"
+    when, version = max(older)
+    return f"supersedes v{version} ({day(when or None)})"
