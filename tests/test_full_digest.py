@@ -352,7 +352,8 @@ def test_subscribe_daily_classic_and_digest_by_mail_in_that_style(store):
 
     asking = ctx("reader@example.org")
     with conn:
-        Subscribe().run(asking, ["daily", "classic"])
+        reply = Subscribe().run(asking, ["daily", "classic"])
+    assert "asked to send the daily classic KVM\ndigest" in reply
     token = asking.reply_subject.split()[1]
     with conn:
         Confirm().run(ctx("reader@example.org"), [token])

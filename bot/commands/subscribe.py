@@ -25,7 +25,8 @@ class Subscribe(Command):
         token = subscribers.request(ctx.conn, ctx.sender, schedule, hours, style)
         ctx.reply_subject = f"confirm {token}"
         return (
-            f"Someone, probably you, asked to send the {schedule} {ctx.me.list_title}\n"
+            f"Someone, probably you, asked to send the {' '.join(filter(None, (schedule, style)))}"
+            f" {ctx.me.list_title}\n"
             f"digest to {ctx.sender}. To confirm, reply to this mail and keep\n"
             f"its subject, or send a mail to {ctx.me.address} that says:\n"
             f"\n    confirm {token}\n\n"
