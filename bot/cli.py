@@ -206,6 +206,8 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
             config.digest.top,
             config.digest.abbrev,
             query=args.query,
+            style=args.style or config.digest.style,
+            archive_url=config.list.archive_url,
         )
     finally:
         index.close()
@@ -508,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--query",
         metavar="QUERY",
         help="only series matching a lei-style query, e.g. 'dfn:arch/arm64/kvm/ OR s:arm64'",
+    )
+    p.add_argument(
+        "--style",
+        choices=digestmod.STYLES,
+        help="full (links, reviews, versions, applied, earlier series) or classic "
+        "(the documented layout only); default [digest] style",
     )
     p.set_defaults(func=cmd_digest)
 

@@ -31,8 +31,17 @@ class ListSection:
     address: str = "kvm@vger.kernel.org"
     id: str = "kvm.vger.kernel.org"
     """The List-Id of the list's mail, without angle brackets."""
-    archive_url: str = "https://lore.kernel.org/kvm/"
-    """The list's public archive: the digests' List-Archive header."""
+    archive_url: str = "https://lore.kernel.org/kvm"
+    """The public archive: full digests link to <url>/<Message-ID>/, and digest mail
+    carries it as List-Archive; empty: neither."""
+
+    def __post_init__(self) -> None:
+        if self.archive_url and not self.archive_url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"[list] archive_url must start with https:// or http://, not "
+                f"{self.archive_url!r}; set it to e.g. https://lore.kernel.org/kvm "
+                "or leave it empty"
+            )
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,12 @@ class DigestSection:
     templates: str = ""
     max_days: int = 31
     max_messages: int = 5000
+    style: str = "full"
+    """"full" (links, reviews, versions, applied, earlier series) or "classic"."""
+
+    def __post_init__(self) -> None:
+        if self.style not in ("full", "classic"):
+            raise ConfigError(f"[digest] style must be full or classic, not {self.style!r}")
 
 
 @dataclass(frozen=True)

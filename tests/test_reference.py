@@ -27,7 +27,8 @@ def digest_for(cli, data_dir: Path, name: str) -> tuple[str, str, str]:
     # The first message is an earlier one: the range starts after it, as the
     # originals' ranges start after the previous digest's last message.
     a, b = ids[0][:9], ids[-1][:9]
-    out = cli("digest", "--range", f"{a}..{b}")
+    # The reference digests are the classic style, line for line.
+    out = cli("digest", "--range", f"{a}..{b}", "--style", "classic")
     assert out.code == 0, out.err
     return out.out, a, b
 

@@ -51,7 +51,7 @@ def entry(text: str, title: str) -> str:
 def digest(cli) -> str:
     result = cli("import", ROUND2)
     assert result.out.strip().endswith("33 imported, 0 duplicates, 0 rejected"), result.err
-    return cli("digest", "--all").out
+    return cli("digest", "--all", "--style", "classic").out
 
 
 def test_numbered_pulls_are_a_series_with_their_cover_letter(digest):
@@ -157,13 +157,15 @@ def test_redelivery_counts_once_in_mirror_mode_as_on_import(cli, tmp_path, data_
     # An epoch that holds the patch twice, as a mirror may.
     upstream = Archive.create(tmp_path / "upstream.git")
     upstream.append([(raw, parse_message(raw)) for raw in (first, again, reply)])
-    mirrored = cli("--archive", tmp_path / "upstream.git", "digest", "--all").out
+    mirrored = cli(
+        "--archive", tmp_path / "upstream.git", "digest", "--all", "--style", "classic"
+    ).out
     mbox = tmp_path / "two.mbox"
     mbox.write_bytes(
         b"".join(b"From x Thu Jan  1 00:00:00 1970\n" + r + b"\n" for r in (first, again, reply))
     )
     assert cli("import", mbox).out.strip().endswith("2 imported, 1 duplicates, 0 rejected")
-    imported = cli("digest", "--all").out
+    imported = cli("digest", "--all", "--style", "classic").out
     for text in (mirrored, imported):
         assert "      1  Ann Author <ann@example.org>" in text
         assert "      1 example.org" not in text  # Ann and Bob: 2
@@ -187,6 +189,6 @@ def test_an_index_from_before_these_rules_is_rebuilt(cli, data_dir, digest):
         conn.execute("ALTER TABLE messages DROP COLUMN redelivered")
         conn.execute("UPDATE messages SET kind = 'patch' WHERE kind = 'notice'")
     conn.close()
-    assert cli("digest", "--all").out == digest
+    assert cli("digest", "--all", "--style", "classic").out == digest
     assert cli("reindex").out.strip() == "indexed 33 messages"
-    assert cli("digest", "--all").out == digest
+    assert cli("digest", "--all", "--style", "classic").out == digest

@@ -78,6 +78,8 @@ def deliver(ctx: Context, args: list[str]) -> str:
         ctx.config.digest.top,
         ctx.config.digest.abbrev,
         query=topic or None,
+        style=style_for(ctx),
+        archive_url=ctx.config.list.archive_url,
     )
     text = digestmod.render(d, ctx.env)
     limit = ctx.config.commands.max_reply_bytes
@@ -92,6 +94,12 @@ def deliver(ctx: Context, args: list[str]) -> str:
         )
     ctx.reply_subject = d.subject
     return text
+
+
+def style_for(ctx: Context) -> str:
+    """The asker's chosen style when they are subscribed, else [digest] style."""
+    sub = subscribers.get(ctx.conn, ctx.sender)
+    return (sub.style if sub and sub.style else "") or ctx.config.digest.style
 
 
 def range_words(args: list[str]) -> int:

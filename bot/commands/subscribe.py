@@ -32,23 +32,24 @@ def confirmation(ctx: Context, what: str, token: str) -> str:
 
 class Subscribe(Command):
     name = "subscribe"
-    description = "ask to receive the digest, daily (default) or weekly"
-    examples = ("subscribe", "subscribe weekly", "subscribe daily dfn:arch/arm64/kvm/")
+    description = "ask for the digest: daily or weekly, full or classic, a topic"
+    examples = (
+        "subscribe",
+        "subscribe weekly",
+        "subscribe daily classic",
+        "subscribe daily dfn:arch/arm64/kvm/",
+    )
 
     def run(self, ctx: Context, args: list[str]) -> str | None:
-        schedule = args[0].lower() if args else "daily"
-        if schedule not in subscribers.SCHEDULES:
-            raise CommandError(
-                "subscribe takes daily or weekly, then an optional topic,"
-                " e.g. 'subscribe weekly' or 'subscribe daily dfn:arch/arm64/kvm/'"
-            )
-        topic = topic_of(args[1:])
+        schedule, style, rest = parse_choice(args)
+        topic = topic_of(rest)
         current = subscribers.get(ctx.conn, ctx.sender)
         if (
             current
             and current.status == "active"
             and current.schedule == schedule
             and current.topic == topic
+            and current.style == style
         ):
             return f"{ctx.sender} already receives the {schedule} digest{about(topic)}."
         if subscribers.pending(ctx.conn, ctx.key, "subscribe"):
@@ -60,9 +61,38 @@ class Subscribe(Command):
             ctx.config.commands.token_hours,
             key=ctx.key,
             topic=topic,
+            style=style,
         )
-        what = f"to send the {schedule} {ctx.me.list_title} digest{about(topic)} to {ctx.sender}"
+        kind = " ".join(filter(None, (schedule, style)))
+        what = f"to send the {kind} {ctx.me.list_title} digest{about(topic)} to {ctx.sender}"
         return confirmation(ctx, what, token)
+
+
+def parse_choice(args: list[str]) -> tuple[str, str, list[str]]:
+    """(schedule, style, topic words) of `subscribe [daily|weekly] [full|classic] [QUERY]`.
+
+    The style is "" when not given: the subscriber follows [digest] style. A
+    topic comes only after a schedule or style, so a typo such as 'wekly' is
+    an error rather than a query.
+    """
+    schedule = style = ""
+    rest = list(args)
+    while rest and rest[0].lower() in (*subscribers.SCHEDULES, *subscribers.STYLES):
+        word = rest.pop(0).lower()
+        if word in subscribers.SCHEDULES and not schedule:
+            schedule = word
+        elif word in subscribers.STYLES and not style:
+            style = word
+        else:
+            rest = [word]  # a second schedule or style: an error below
+            break
+    repeated = bool(rest) and rest[0].lower() in (*subscribers.SCHEDULES, *subscribers.STYLES)
+    if repeated or (rest and not (schedule or style)):
+        raise CommandError(
+            "subscribe takes daily or weekly, full or classic, then an optional topic,"
+            " e.g. 'subscribe daily classic' or 'subscribe weekly dfn:arch/arm64/kvm/'"
+        )
+    return schedule or "daily", style, rest
 
 
 def topic_of(words: list[str]) -> str:
@@ -100,7 +130,7 @@ class Confirm(Command):
             from bot.commands.digest import deliver  # digest imports this module
 
             return deliver(ctx, found.args.split())
-        subscribers.subscribe(ctx.conn, found.address, found.schedule, found.topic)
+        subscribers.subscribe(ctx.conn, found.address, found.schedule, found.topic, found.style)
         return f"{ctx.sender} now receives the {found.schedule} digest{about(found.topic)}."
 
 

@@ -41,7 +41,7 @@ class Run:
     recipients: int
     messages: int
     digests: tuple[int, ...] = ()
-    """Every digest queued, one per topic (digest_id is the first)."""
+    """Every digest queued, one per (topic, style) group (digest_id is the first)."""
 
 
 def ensure(conn: sqlite3.Connection, name: str) -> bool:
@@ -85,7 +85,9 @@ def run(
         queued: list[int] = []
         recipients = 0
         send_empty = config.schedule.send_empty
-        for topic, readers in subscribers.by_topic(conn, name).items():
+        # Rendered once per (topic, style), however many subscribers read it.
+        groups = subscribers.groups(conn, name, config.digest.style)
+        for (topic, style), readers in groups.items():
             if rng.empty and not send_empty:
                 break
             try:
@@ -96,6 +98,8 @@ def run(
                     config.digest.top,
                     config.digest.abbrev,
                     query=topic or None,
+                    style=style,
+                    archive_url=config.list.archive_url,
                 )
             except QueryError as err:
                 # Stored topics were checked when set; one that no longer

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from bot.desk import addresses
 
 SCHEDULES = ("daily", "weekly")
+STYLES = ("full", "classic")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Subscriber:
     hard_failures: int
     topic: str = ""
     """A topic query (bot/digest/query.py): only matching series; '' for all."""
+    style: str = ""
+    """The digest style asked for; "" means the configured [digest] style."""
 
 
 def canonical(address: str) -> str:
@@ -58,6 +61,7 @@ class Pending:
     schedule: str
     args: str
     topic: str = ""
+    style: str = ""
 
 
 def pending(conn: sqlite3.Connection, key: str, action: str) -> bool:
@@ -80,6 +84,7 @@ def request(
     args: str = "",
     key: str = "",
     topic: str = "",
+    style: str = "",
 ) -> str:
     """A new confirmation token for `address` (in the caller's transaction).
 
@@ -92,8 +97,18 @@ def request(
         conn.execute("DELETE FROM tokens WHERE limit_key = ? AND action = ?", (key, action))
     conn.execute(
         "INSERT INTO tokens (token_hash, address, schedule, expires, action, args, limit_key,"
-        " topic) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (_hash(token), canonical(address), schedule, now + hours * 3600, action, args, key, topic),
+        " topic, style) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            _hash(token),
+            canonical(address),
+            schedule,
+            now + hours * 3600,
+            action,
+            args,
+            key,
+            topic,
+            style,
+        ),
     )
     return token
 
@@ -105,7 +120,8 @@ def use(conn: sqlite3.Connection, token: str, address: str) -> Pending | None:
     sent to; it is deleted either way once it matches.
     """
     row = conn.execute(
-        "SELECT address, schedule, expires, action, args, topic FROM tokens WHERE token_hash = ?",
+        "SELECT address, schedule, expires, action, args, topic, style FROM tokens"
+        " WHERE token_hash = ?",
         (_hash(token),),
     ).fetchone()
     if row is None or row[0] != canonical(address):
@@ -113,7 +129,9 @@ def use(conn: sqlite3.Connection, token: str, address: str) -> Pending | None:
     conn.execute("DELETE FROM tokens WHERE token_hash = ?", (_hash(token),))
     if row[2] < time.time():
         return None
-    return Pending(action=row[3], address=row[0], schedule=row[1], args=row[4], topic=row[5])
+    return Pending(
+        action=row[3], address=row[0], schedule=row[1], args=row[4], topic=row[5], style=row[6]
+    )
 
 
 def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
@@ -121,22 +139,26 @@ def confirm(conn: sqlite3.Connection, token: str, address: str) -> str | None:
     found = use(conn, token, address)
     if found is None or found.action != "subscribe":
         return None
-    subscribe(conn, found.address, found.schedule, found.topic)
+    subscribe(conn, found.address, found.schedule, found.topic, found.style)
     return found.schedule
 
 
 def subscribe(
-    conn: sqlite3.Connection, address: str, schedule: str = "daily", topic: str = ""
+    conn: sqlite3.Connection,
+    address: str,
+    schedule: str = "daily",
+    topic: str = "",
+    style: str = "",
 ) -> None:
     """Make `address` an active subscriber (admin add, or a confirmed token)."""
     now = int(time.time())
     conn.execute(
         "INSERT INTO subscribers (address, schedule, status, created, changed, unsub_secret,"
-        " topic) VALUES (?, ?, 'active', ?, ?, ?, ?) ON CONFLICT(address) DO UPDATE SET"
-        " schedule = excluded.schedule, status = 'active', changed = excluded.changed,"
+        " topic, style) VALUES (?, ?, 'active', ?, ?, ?, ?, ?) ON CONFLICT(address) DO UPDATE"
+        " SET schedule = excluded.schedule, status = 'active', changed = excluded.changed,"
         " hard_failures = 0, unsub_secret = COALESCE(unsub_secret, excluded.unsub_secret),"
-        " topic = excluded.topic",
-        (canonical(address), schedule, now, now, secrets.token_hex(12), topic),
+        " topic = excluded.topic, style = excluded.style",
+        (canonical(address), schedule, now, now, secrets.token_hex(12), topic, style),
     )
 
 
@@ -179,7 +201,8 @@ def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
 
 def get(conn: sqlite3.Connection, address: str) -> Subscriber | None:
     row = conn.execute(
-        "SELECT address, schedule, status, hard_failures, topic FROM subscribers WHERE address = ?",
+        "SELECT address, schedule, status, hard_failures, topic, style FROM subscribers"
+        " WHERE address = ?",
         (canonical(address),),
     ).fetchone()
     return Subscriber(*row) if row else None
@@ -196,23 +219,26 @@ def active(conn: sqlite3.Connection, schedule: str) -> list[str]:
     ]
 
 
-def by_topic(conn: sqlite3.Connection, schedule: str) -> dict[str, list[str]]:
-    """Active subscribers of a schedule grouped by topic ('' first): one rendering each."""
-    groups: dict[str, list[str]] = {}
-    for address, topic in conn.execute(
-        "SELECT address, topic FROM subscribers WHERE status = 'active' AND schedule = ?"
-        " ORDER BY topic, address",
+def groups(
+    conn: sqlite3.Connection, schedule: str, default_style: str
+) -> dict[tuple[str, str], list[str]]:
+    """Active subscribers of a schedule by (topic, style): each group's digest is
+    rendered once, however many read it ('' topic, the whole list, first)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for address, topic, style in conn.execute(
+        "SELECT address, topic, style FROM subscribers WHERE status = 'active'"
+        " AND schedule = ? ORDER BY topic, style, address",
         (schedule,),
     ):
-        groups.setdefault(topic, []).append(address)
-    return groups
+        found.setdefault((topic, style or default_style), []).append(address)
+    return found
 
 
 def listing(conn: sqlite3.Connection) -> list[Subscriber]:
     return [
         Subscriber(*r)
         for r in conn.execute(
-            "SELECT address, schedule, status, hard_failures, topic FROM subscribers"
+            "SELECT address, schedule, status, hard_failures, topic, style FROM subscribers"
             " ORDER BY address"
         )
     ]

@@ -4,22 +4,37 @@
 commit message) and returns plain data; `render()` puts it through the Jinja2
 template `templates/digest.txt.j2`. Keeping the two apart lets one digest be
 rendered once and mailed to every subscriber.
+
+Two styles (FORMAT.md, "Two styles"): `classic` is the documented layout
+line for line; `full` (the default) adds lore links, review trailers,
+versions, "applied by" and the discussion on earlier series. The added facts
+are read from tables the index fills as mail arrives (trailers, applied,
+works), joined to the series at build time, so a full digest costs a few
+indexed look-ups per series more than a classic one.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import quote
 
 import jinja2
 
 from bot.digest import query as querymod
+from bot.digest import versions
 from bot.digest.ranges import Range
 
 TEMPLATE = "digest.txt.j2"
+STYLES = ("full", "classic")
+TRAILER_ORDER = ("Reviewed-by", "Acked-by", "Tested-by")
+# public-inbox's mid_escape: RFC 3986 path characters stay, the rest is
+# percent-encoded as UTF-8 ("/" too, so an id never adds a path level).
+_MID_SAFE = "!$&'()*+,;=:@"
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,13 @@ class SeriesLine:
     subject: str
     submitter: str
     summary: str
+    facts: str = ""
+    """Full style: trailers; version; applied (empty when nothing to say)."""
+    link: str = ""
+    series_id: str = ""
+    message_id: str = ""
+    """The Message-ID of the message whose subject is shown."""
+    submitter_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,8 @@ class Entry:
     title: str = ""
     author: str = ""
     body: str = ""
+    link: str = ""
+    message_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,8 @@ class Digest:
     entries: list[Entry] = field(default_factory=list)
     query: str = ""
     """The topic query it was filtered by (normalised), or ''."""
+    discussion: list[SeriesLine] = field(default_factory=list)
+    """Full style: series posted before the range that got replies in it."""
 
     @property
     def subject(self) -> str:
@@ -107,7 +133,8 @@ def patch_list(
 ) -> list[SeriesLine]:
     """One line per series with a patch or cover letter in the range (in `only`)."""
     rows = conn.execute(
-        """SELECT series_id, kind, counter, total, subject, from_name, from_addr, is_dup, seq
+        """SELECT series_id, kind, counter, total, subject, from_name, from_addr, is_dup,
+                  message_id, seq
              FROM messages
             WHERE seq > ? AND seq <= ? AND series_id IS NOT NULL
               AND kind IN ('patch', 'cover')
@@ -143,7 +170,16 @@ def patch_list(
             summary += ", cover letter"
         if replies.get(series_id):
             summary += f", {replies[series_id]} replies"
-        lines.append(SeriesLine(shown[4], person(shown[5], shown[6]), summary))
+        lines.append(
+            SeriesLine(
+                shown[4],
+                person(shown[5], shown[6]),
+                summary,
+                series_id=series_id,
+                message_id=shown[8],
+                submitter_key=shown[6].lower(),
+            )
+        )
     return lines
 
 
@@ -172,9 +208,10 @@ def entries(
         author_name,
         author_addr,
         body,
+        message_id,
     ) in conn.execute(
         """SELECT seq, subject, title, is_dup, from_name, from_addr, author_name,
-                  author_addr, body
+                  author_addr, body, message_id
              FROM messages WHERE seq > ? AND seq <= ? AND is_entry ORDER BY seq""",
         (rng.start_seq, rng.end_seq),
     ):
@@ -186,7 +223,145 @@ def entries(
         author = person(author_name, author_addr)
         if author_addr.lower() != from_addr.lower():
             author += f" (sent by {person(from_name, from_addr)})"
-        out.append(Entry(subject=subject, duplicate=False, title=title, author=author, body=body))
+        out.append(
+            Entry(
+                subject=subject,
+                duplicate=False,
+                title=title,
+                author=author,
+                body=body,
+                message_id=message_id,
+            )
+        )
+    return out
+
+
+def link(archive_url: str, message_id: str) -> str:
+    """The archive's page for a message, as lore spells it ("" without an archive)."""
+    if not archive_url or not message_id:
+        return ""
+    return f"{archive_url.rstrip('/')}/{quote(message_id, safe=_MID_SAFE)}/"
+
+
+def _in_json(ids: list[str]) -> str:
+    """Series ids as one JSON parameter, for `IN (SELECT value FROM json_each(?))`."""
+    return json.dumps(sorted(set(ids)))
+
+
+def trailer_counts(conn: sqlite3.Connection, series_ids: list[str], end_seq: int) -> dict[str, str]:
+    """`2 Reviewed-by, 1 Tested-by` per series: distinct givers per kind in its replies."""
+    counts: dict[str, dict[str, int]] = {}
+    for series_id, kind, n in conn.execute(
+        """SELECT m.series_id, t.kind, COUNT(DISTINCT t.who_key)
+             FROM messages m JOIN trailers t ON t.seq = m.seq
+            WHERE m.series_id IN (SELECT value FROM json_each(?))
+              AND m.kind = 'reply' AND m.seq <= ?
+            GROUP BY m.series_id, t.kind""",
+        (_in_json(series_ids), end_seq),
+    ):
+        counts.setdefault(series_id, {})[kind] = n
+    return {
+        sid: ", ".join(f"{c[k]} {k}" for k in TRAILER_ORDER if c.get(k))
+        for sid, c in counts.items()
+    }
+
+
+def applied_by(
+    conn: sqlite3.Connection, submitters: dict[str, str], end_seq: int
+) -> dict[str, str]:
+    """`applied by <Name>` per series: the first reply by someone else that says so.
+
+    `submitters` maps each series id to its submitter's lower-cased address.
+    """
+    out: dict[str, str] = {}
+    for series_id, from_key, name, addr in conn.execute(
+        """SELECT m.series_id, m.from_key, m.from_name, m.from_addr
+             FROM messages m JOIN applied a ON a.seq = m.seq
+            WHERE m.series_id IN (SELECT value FROM json_each(?))
+              AND m.kind = 'reply' AND m.seq <= ?
+            ORDER BY m.seq""",
+        (_in_json(list(submitters)), end_seq),
+    ):
+        if series_id not in out and from_key != submitters[series_id]:
+            out[series_id] = f"applied by {name or addr}"
+    return out
+
+
+def with_facts(
+    conn: sqlite3.Connection,
+    lines: list[SeriesLine],
+    end_seq: int,
+    archive_url: str,
+    versioned: set[str] | None = None,
+) -> list[SeriesLine]:
+    """The full style's extra lines: trailers; version; applied, and the link.
+
+    Versions are said only for the series in `versioned` (all when None):
+    the discussion section leaves them out. One call for both sections
+    keeps a digest's extra cost to a handful of indexed queries.
+    """
+    ids = [s.series_id for s in lines]
+    reviews = trailer_counts(conn, ids, end_seq)
+    applied = applied_by(conn, {s.series_id: s.submitter_key for s in lines}, end_seq)
+    shown = {
+        s.series_id: s.message_id for s in lines if versioned is None or s.series_id in versioned
+    }
+    versioned_text = versions.relations(conn, shown, end_seq) if shown else {}
+    out = []
+    for s in lines:
+        parts = [reviews.get(s.series_id, ""), versioned_text.get(s.series_id, "")]
+        parts.append(applied.get(s.series_id, ""))
+        facts = "; ".join(p for p in parts if p)
+        out.append(replace(s, facts=facts, link=link(archive_url, s.message_id)))
+    return out
+
+
+def discussion(conn: sqlite3.Connection, rng: Range, listed: set[str]) -> list[SeriesLine]:
+    """Series posted before the range that got replies in it, by first reply.
+
+    Without facts or links: build() adds them together with the patch list's.
+    """
+    replied = [
+        (series_id, replies)
+        for series_id, replies in conn.execute(
+            """SELECT series_id, COUNT(*) FROM messages
+                WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
+                GROUP BY series_id ORDER BY MIN(seq)""",
+            (rng.start_seq, rng.end_seq),
+        )
+        if series_id not in listed
+    ]
+    # Each series as the patch list showed it (its cover letter, else its
+    # lowest patch, posted before the range) and when it was first posted.
+    shown: dict[str, tuple] = {}
+    posted: dict[str, int] = {}
+    for series_id, key, when, subject, name, addr, message_id in conn.execute(
+        """SELECT series_id, COALESCE(counter, 1) * 1000000000 + seq,
+                  COALESCE(date, received), subject, from_name, from_addr, message_id
+             FROM messages INDEXED BY messages_series_patchy
+            WHERE series_id IN (SELECT value FROM json_each(?))
+              AND kind IN ('patch', 'cover') AND seq <= ? AND NOT is_dup""",
+        (_in_json([sid for sid, _ in replied]), rng.start_seq),
+    ):
+        if when is not None:
+            posted[series_id] = min(when, posted.get(series_id, when))
+        if series_id not in shown or key < shown[series_id][0]:
+            shown[series_id] = (key, subject, name, addr, message_id)
+    out = []
+    for series_id, replies in replied:
+        if series_id not in shown:
+            continue
+        _, subject, name, addr, message_id = shown[series_id]
+        out.append(
+            SeriesLine(
+                subject,
+                person(name, addr),
+                f"posted {versions.day(posted.get(series_id))}, {replies} replies",
+                series_id=series_id,
+                message_id=message_id,
+                submitter_key=addr.lower(),
+            )
+        )
     return out
 
 
@@ -197,18 +372,34 @@ def build(
     top: int = 15,
     abbrev: int = 9,
     query: str | None = None,
+    style: str = "full",
+    archive_url: str = "",
 ) -> Digest:
-    """The digest of an archive range, restricted to a topic `query` if given.
+    """The digest of an archive range, in the `full` or `classic` style,
+    restricted to a topic `query` if given.
 
     Unfiltered, every message counts; filtered, FORMAT.md's "Filtered
     digests" decides (bot/digest/query.py). A malformed query raises QueryError.
     """
-    shown = counted = None
+    if style not in STYLES:
+        raise ValueError(f"unknown digest style {style!r}; use full or classic")
+    shown = counted = matching = None
     if query:
         sel = querymod.select(conn, rng.start_seq, rng.end_seq, querymod.parse(query))
-        shown, counted = sel.shown, sel.counted
+        shown, counted, matching = sel.shown, sel.counted, sel.series
     total, domains, people = statistics(conn, rng, top, counted)
     start, end = rng.abbrev(abbrev)
+    series = patch_list(conn, rng, shown)
+    items = entries(conn, rng, shown)
+    earlier: list[SeriesLine] = []
+    if style == "full":
+        listed = {s.series_id for s in series}
+        earlier = discussion(conn, rng, listed)
+        if matching is not None:
+            earlier = [s for s in earlier if s.series_id in matching]
+        both = with_facts(conn, series + earlier, rng.end_seq, archive_url, versioned=listed)
+        series, earlier = both[: len(series)], both[len(series) :]
+        items = [replace(e, link=link(archive_url, e.message_id)) for e in items]
     return Digest(
         list_title=list_title,
         start=start,
@@ -217,8 +408,9 @@ def build(
         top=top,
         domains=domains,
         people=people,
-        series=patch_list(conn, rng, shown),
-        entries=entries(conn, rng, shown),
+        series=series,
+        entries=items,
+        discussion=earlier,
         query=querymod.normal(query) if query else "",
     )
 

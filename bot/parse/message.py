@@ -11,6 +11,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from bot.digest.trailers import Notes, notes
 from bot.errors import MailError
 from bot.parse import body as bodymod
 from bot.parse import mime
@@ -62,6 +63,8 @@ class ParsedMessage:
     """Hash of the decoded body text with all white space removed (body.text_hash)."""
     paths: list[str] = field(default_factory=list)
     """Files the diffs touch (patches, cover letters, pulls; not replies)."""
+    notes: Notes = field(default_factory=Notes)
+    """Review trailers, "applied" and change-id, from the author's own text."""
 
     @property
     def is_entry(self) -> bool:
@@ -199,6 +202,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         size=len(raw),
         text_hash=split.text_hash,
         paths=pathsmod.touched(texts) if kind in ("patch", "cover", "pull") else [],
+        notes=notes(kind, texts),
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 
-from bot.digest import series
+from bot.digest import series, versions
 from bot.errors import DigestError
 from bot.parse.message import ParsedMessage, parse_lenient
 from bot.store.archive import Archive
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 RULES_VERSION = 2
 """Bump when parsing or threading rules change: derived rows are rebuilt."""
-DERIVED_TABLES = ("paths", "refs", "messages")
+DERIVED_TABLES = ("trailers", "applied", "works", "paths", "refs", "messages")
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
 EARLIEST = 631152000
@@ -207,6 +207,23 @@ class Index:
             "INSERT INTO paths (seq, path) VALUES (?, ?)", [(seq, path) for path in p.paths]
         )
         series.place(self.conn, seq)
+        self._insert_notes(seq, p)
+
+    def _insert_notes(self, seq: int, p: ParsedMessage) -> None:
+        """Keep the message's review, applied and version facts (see schema.sql)."""
+        notes = p.notes
+        if notes.trailers:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO trailers (seq, kind, who_key, who_name) VALUES (?, ?, ?, ?)",
+                [(seq, kind, key, name) for kind, name, key in notes.trailers],
+            )
+        if notes.applied:
+            self.conn.execute("INSERT INTO applied (seq) VALUES (?)", (seq,))
+        if p.kind in ("patch", "cover") and p.subject.counter in (None, 0, 1):
+            self.conn.execute(
+                "INSERT INTO works (seq, from_key, title_key, change_id) VALUES (?, ?, ?, ?)",
+                (seq, p.from_addr.lower(), versions.title_key(p.subject.title), notes.change_id),
+            )
 
     def _arrival(self, when: int | None) -> int | None:
         """The time a message counts at in ranges: when it reached the list.

@@ -61,6 +61,47 @@ CREATE TABLE IF NOT EXISTS paths (
     PRIMARY KEY (seq, path)
 ) WITHOUT ROWID;
 
+-- Facts read from each message's own text when it is indexed (bot/digest/
+-- trailers.py). They are keyed by message, not by series: which series a
+-- message belongs to is read from messages.series_id when a digest is built,
+-- so these stay right however late a message's series is resolved.
+-- A Reviewed-by/Acked-by/Tested-by line in a reply (who_key: lower-cased address).
+CREATE TABLE IF NOT EXISTS trailers (
+    seq      INTEGER NOT NULL REFERENCES messages(seq) ON DELETE CASCADE,
+    kind     TEXT NOT NULL CHECK (kind IN ('Reviewed-by', 'Acked-by', 'Tested-by')),
+    who_key  TEXT NOT NULL,
+    who_name TEXT NOT NULL,
+    PRIMARY KEY (seq, kind, who_key)
+) WITHOUT ROWID;
+
+-- A reply whose own text says the patches were applied, queued or pushed.
+CREATE TABLE IF NOT EXISTS applied (
+    seq INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE
+);
+
+-- What names a piece of work across its versions: a cover letter or first
+-- patch's sender and folded title, and b4's change-id when present.
+CREATE TABLE IF NOT EXISTS works (
+    seq       INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE,
+    from_key  TEXT NOT NULL,
+    title_key TEXT NOT NULL,
+    change_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS works_title ON works(from_key, title_key);
+-- A series' patches and cover letter without its replies (full digests read
+-- the shown message and the posting date of series with long discussions).
+CREATE INDEX IF NOT EXISTS messages_series_patchy
+    ON messages(series_id, counter) WHERE kind IN ('patch', 'cover');
+-- A series' replies, without reading their rows (trailers and applied marks
+-- are found by probing those tables with each reply's seq).
+CREATE INDEX IF NOT EXISTS messages_series_replies
+    ON messages(series_id, seq) WHERE kind = 'reply';
+-- The replies of a range and their series, without reading message rows
+-- (reply counts of the patch list and the discussion on earlier series).
+CREATE INDEX IF NOT EXISTS messages_replies
+    ON messages(seq, series_id) WHERE kind = 'reply';
+CREATE INDEX IF NOT EXISTS works_change_id ON works(change_id) WHERE change_id != '';
+
 CREATE VIEW IF NOT EXISTS series AS
     SELECT series_id,
            MIN(seq) AS first_seq,
@@ -111,7 +152,8 @@ CREATE TABLE IF NOT EXISTS subscribers (
     changed       INTEGER NOT NULL,
     hard_failures INTEGER NOT NULL DEFAULT 0,
     unsub_secret  TEXT,                 -- in List-Unsubscribe: bot+unsubscribe-<secret>@
-    topic         TEXT NOT NULL DEFAULT ''  -- a query (bot/digest/query.py); '' = all
+    topic         TEXT NOT NULL DEFAULT '', -- a query (bot/digest/query.py); '' = all
+    style         TEXT NOT NULL DEFAULT ''  -- 'full', 'classic'; '' = [digest] style
 );
 CREATE UNIQUE INDEX IF NOT EXISTS subscribers_unsub_secret ON subscribers(unsub_secret);
 
@@ -136,7 +178,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     action     TEXT NOT NULL DEFAULT 'subscribe',  -- subscribe, unsubscribe, digest
     args       TEXT NOT NULL DEFAULT '',           -- the digest request's arguments
     limit_key  TEXT NOT NULL DEFAULT '',
-    topic      TEXT NOT NULL DEFAULT ''
+    topic      TEXT NOT NULL DEFAULT '',
+    style      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tokens_pending ON tokens(limit_key, action);
 
