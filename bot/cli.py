@@ -6,28 +6,31 @@ config. Errors a user can fix are DigestErrors: printed as one line, exit 1.
 
 from __future__ import annotations
 
+# Imports are kept to what every command needs: each command imports its own
+# machinery (IMAP, SMTP, the scheduler, libgit2) in its function, so a digest
+# from the command line starts in a few interpreter start-ups' time. A test
+# (tests/test_startup.py) keeps it that way; benchmarks/run.py startup measures it.
 import argparse
-import asyncio
 import contextlib
 import functools
 import logging
-import signal
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot import config as configmod
 from bot.config import Config
-from bot.delivery.outbox import Outbox
-from bot.digest import build as digestmod
 from bot.digest import ranges
 from bot.errors import ConfigError, DigestError
-from bot.intake.imap import Listener, Route
-from bot.intake.importer import Counts, Importer
-from bot.intake.sources import open_source
-from bot.store.archive import Archive, WriterLock
+from bot.store import refs
 from bot.store.index import Index
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from bot.store.archive import Archive
 
 log = logging.getLogger("kvm-digest")
 
@@ -44,6 +47,8 @@ def setup_logging(verbosity: int) -> None:
 
 def open_archive(config: Config) -> Archive:
     """The archive to read: the configured mirror, or our own."""
+    from bot.store.archive import Archive
+
     path = config.archive_path
     if config.is_mirror:
         return Archive.open(path)
@@ -58,6 +63,8 @@ def open_archive(config: Config) -> Archive:
 @contextlib.contextmanager
 def writer(config: Config) -> Iterator[tuple[Archive, Index]]:
     """Hold the data dir's writer lock with an archive and a caught-up index."""
+    from bot.store.archive import Archive, WriterLock
+
     with WriterLock(config.data_dir):
         archive = (
             Archive.open(config.archive_path)
@@ -97,11 +104,21 @@ def reader(config: Config) -> Index:
     """An index that has caught up with the archive, when that can be done now.
 
     When another process holds the writer lock (the daemon), it is the one
-    that indexes; we read what is there.
+    that indexes; we read what is there. The usual case, an index already
+    caught up, is told from the branch ref alone, without loading libgit2.
     """
-    archive = open_archive(config)
     index = Index(config.index_path)
-    if archive.head() != index.last_commit():
+    last = index.last_commit()
+    if last is not None and refs.quick_head(config.archive_path) == last:
+        return index
+    try:
+        archive = open_archive(config)
+    except DigestError:
+        index.close()
+        raise
+    if archive.head() != last:
+        from bot.store.archive import WriterLock
+
         try:
             with WriterLock(config.data_dir):
                 index.catch_up(archive)
@@ -114,6 +131,9 @@ def reader(config: Config) -> Index:
 
 
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
+    from bot.intake.importer import Counts, Importer
+    from bot.intake.sources import open_source
+
     if config.is_mirror:
         raise DigestError(
             "the archive is a read-only mirror ([archive] path); update it with "
@@ -141,6 +161,8 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+    from bot.store.archive import WriterLock
+
     with WriterLock(config.data_dir):
         archive = open_archive(config)
         index = Index(config.index_path)
@@ -162,6 +184,8 @@ def select_range(args: argparse.Namespace, index: Index) -> ranges.Range:
 
 
 def cmd_digest(args: argparse.Namespace, config: Config) -> int:
+    from bot.digest import build as digestmod  # jinja2: only commands that render
+
     if args.until and not args.since:
         raise DigestError("--until needs --since; give both dates")
     index = reader(config)
@@ -179,6 +203,11 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_listen(args: argparse.Namespace, config: Config) -> int:
     """Consume the mailbox live until SIGTERM or SIGINT."""
+    import asyncio
+
+    from bot.intake.imap import Listener, Route
+    from bot.intake.importer import Importer
+
     imap = config.imap
     if not imap.host or not imap.user:
         raise ConfigError("[imap] host and user must be set to listen; see the README")
@@ -196,6 +225,9 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
 
 async def until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run `main(stop)`; SIGTERM or SIGINT sets `stop`."""
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -205,7 +237,11 @@ async def until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> N
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """The daemon: everything in one process until SIGTERM."""
+    import asyncio
+
     from bot.daemon import Daemon
+
+    config.schedule.check()  # a bad cron expression is a config error, not a crash
 
     # Check the password sources now: a bad one is a config error, not a retry loop.
     if config.imap.host:
@@ -251,6 +287,9 @@ def cmd_send_now(args: argparse.Namespace, config: Config) -> int:
     """Run a schedule's digest now; a running daemon sends the queued mail."""
     from bot.daemon import Daemon
     from bot.delivery import periodic
+    from bot.delivery.outbox import Outbox
+
+    config.schedule.check()
 
     index = reader(config)
     try:
@@ -304,6 +343,7 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    config.schedule.check()
     where = config.source or "built-in defaults (no config file found)"
     print(f"configuration from {where} is valid")
     print(f"data directory: {config.data_dir}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -156,7 +157,17 @@ class ScheduleSection:
     send_empty: bool = False
 
     def __post_init__(self) -> None:
-        from bot.delivery.cron import trigger  # APScheduler: only when a schedule is set
+        # A cheap shape check at every load; the full check needs APScheduler,
+        # which costs more than a digest, so only the commands that use the
+        # schedule (check-config, run, send-now) call check().
+        for name in ("daily", "weekly"):
+            expression = getattr(self, name)
+            if expression and not _CRON_SHAPE.fullmatch(expression.strip()):
+                raise _cron_error(name, expression, "not five fields of * , - / and digits")
+
+    def check(self) -> None:
+        """Parse each expression fully, as the scheduler will."""
+        from bot.delivery.cron import trigger  # APScheduler
 
         for name in ("daily", "weekly"):
             expression = getattr(self, name)
@@ -165,10 +176,18 @@ class ScheduleSection:
             try:
                 trigger(expression)
             except ValueError as err:
-                raise ConfigError(
-                    f"[schedule] {name} = {expression!r} is not a cron expression ({err}); "
-                    'write five fields, e.g. "0 6 * * *" for 06:00 UTC daily'
-                ) from None
+                raise _cron_error(name, expression, str(err)) from None
+
+
+# Five fields (or six, seconds first) of what cron fields are made of.
+_CRON_SHAPE = re.compile(r"[\w*/,?#-]+(\s+[\w*/,?#-]+){4,5}")
+
+
+def _cron_error(name: str, expression: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"[schedule] {name} = {expression!r} is not a cron expression ({why}); "
+        'write five fields, e.g. "0 6 * * *" for 06:00 UTC daily'
+    )
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,14 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.digest import series
 from bot.errors import DigestError
-from bot.parse.message import ParsedMessage, parse_lenient
-from bot.store.archive import Archive
+
+if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
+    from bot.parse.message import ParsedMessage
+    from bot.store.archive import Archive
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,8 @@ class Index:
         if archive.head() == last:
             return 0
         total = 0
+        from bot.parse.message import parse_lenient
+
         batch: list[tuple[str, ParsedMessage | None]] = []
         for commit_id, raw in archive.walk(last):
             batch.append((commit_id, parse_lenient(raw) if raw is not None else None))

@@ -1,0 +1,72 @@
+"""Start-up: the command line loads only what a command needs.
+
+Importing the daemon's machinery (IMAP, SMTP, the scheduler, libgit2) costs
+several times a whole one-day digest, so `kvm-digest digest` must not pay for
+it. Checked in a fresh interpreter, where sys.modules shows what was loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.mailfactory import Store, mail
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("aioimaplib", "aiosmtpd", "aiosmtplib", "apscheduler", "asyncio")
+
+PROBE = """
+import json, sys
+sys.argv = ["kvm-digest", *json.loads(sys.argv[1])]
+from bot import cli
+code = cli.main(sys.argv[1:]) if len(sys.argv) > 1 else 0
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def loaded(*args: str) -> tuple[int, set[str]]:
+    """Run the CLI with `args` in a fresh interpreter; its exit code and modules."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(list(args))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out.splitlines()[-1])
+    return result["code"], {m.split(".")[0] for m in result["modules"]}
+
+
+def test_importing_the_cli_loads_no_daemon_machinery():
+    _, modules = loaded()
+    assert modules.isdisjoint(HEAVY), modules & set(HEAVY)
+    assert "pygit2" not in modules and "jinja2" not in modules
+
+
+def test_a_digest_of_a_caught_up_index_loads_neither_libgit2_nor_the_daemon(tmp_path):
+    store = Store(tmp_path)
+    store.importer.run([("1", mail("[PATCH] start-up", "s1@x"))], "test")
+    store.index.close()
+    code, modules = loaded("--data-dir", str(tmp_path), "digest", "--all")
+    assert code == 0
+    assert modules.isdisjoint(HEAVY), modules & set(HEAVY)
+    assert "pygit2" not in modules
+    assert "jinja2" in modules  # it renders
+
+
+def test_a_digest_still_catches_up_an_index_behind_the_archive(tmp_path, capsys):
+    """The ref shortcut must never hide new mail: behind means libgit2 and catch-up."""
+    store = Store(tmp_path)
+    store.importer.run([("1", mail("[PATCH] first", "f1@x"))], "test")
+    store.index.clear()
+    store.index.close()
+    code, modules = loaded("--data-dir", str(tmp_path), "digest", "--all")
+    assert code == 0
+    assert "pygit2" in modules
+    from bot.store.index import Index
+
+    index = Index(tmp_path / "index.sqlite3")
+    assert index.count() == 1
+    index.close()
