@@ -30,6 +30,8 @@ from bot.store.index import Index
 if TYPE_CHECKING:
     import asyncio
 
+    import jinja2
+
     from bot.store.archive import Archive
 
 log = logging.getLogger("kvm-digest")
@@ -196,9 +198,36 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
         )
     finally:
         index.close()
-    text = digestmod.render(d, digestmod.environment(config.digest.templates or None))
+    env = digestmod.environment(config.digest.templates or None)
+    env.bytecode_cache = template_cache()
+    text = digestmod.render(d, env)
     sys.stdout.write(text)
     return 0
+
+
+def template_cache() -> jinja2.BytecodeCache | None:
+    """Jinja2's compiled-template cache, so a one-shot digest does not recompile.
+
+    Compiling the digest template costs more than building the digest; the
+    daemon compiles once, but each `kvm-digest digest` is a new process.
+    Jinja2 keeps the cache in a per-user directory of the temp dir that it
+    checks is ours and private, and keys entries on the template source, so
+    an edited template is recompiled. Without a usable directory: no cache.
+    """
+    import jinja2
+
+    class Quiet(jinja2.FileSystemBytecodeCache):
+        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+            try:
+                super().dump_bytecode(bucket)
+            except OSError as err:  # a full temp dir costs speed, never the digest
+                log.debug("not caching the compiled template: %s", err)
+
+    try:
+        return Quiet()
+    except (OSError, RuntimeError) as err:  # RuntimeError: no private temp dir
+        log.debug("no template cache: %s", err)
+        return None
 
 
 def cmd_listen(args: argparse.Namespace, config: Config) -> int:

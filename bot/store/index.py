@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +47,9 @@ class Index:
                 f"the index {self.path} was written by a newer kvm-digest; "
                 "upgrade kvm-digest or run `kvm-digest reindex`"
             )
-        schema = resources.files("bot.store").joinpath("schema.sql").read_text()
+        # Beside this file in a checkout and in an installed wheel alike; read
+        # directly, as importlib.resources costs more to import than the read.
+        schema = (Path(__file__).parent / "schema.sql").read_text(encoding="utf-8")
         with self.conn:
             self.conn.executescript(schema)
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
