@@ -68,15 +68,36 @@ def save(part: str, data: dict) -> None:
     (RESULTS / f"{part}.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
+# Peak RSS is read by a small launcher process: Linux carries a process's
+# peak RSS across exec, so a child forked straight from this (large) process
+# would report our size instead of its own.
+_RSS_PROBE = (
+    "import os, sys; fd = int(sys.argv[1]); "
+    "pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ); "
+    "_, status, usage = os.wait4(pid, 0); "
+    "os.write(fd, str(usage.ru_maxrss).encode()); "
+    "sys.exit(os.waitstatus_to_exitcode(status))"
+)
+
+
 def run_child(args: list[str], cwd: Path = ROOT) -> tuple[float, int]:
     """Run a command; return (seconds, peak RSS in MB) of that child alone."""
+    read, write = os.pipe()
     started = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RSS_PROBE, str(write), *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        pass_fds=(write,),
+    )
+    os.close(write)
+    status = proc.wait()
     elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    with os.fdopen(read, "rb") as pipe:
+        peak_kb = int(pipe.read() or 0)
+    if status != 0:
         raise SystemExit(f"{' '.join(args)} failed")
-    return elapsed, usage.ru_maxrss // 1024
+    return elapsed, peak_kb // 1024
 
 
 def epoch(work: Path, count: int | None = None) -> Path:
