@@ -70,3 +70,29 @@ def test_a_digest_still_catches_up_an_index_behind_the_archive(tmp_path, capsys)
     index = Index(tmp_path / "index.sqlite3")
     assert index.count() == 1
     index.close()
+
+
+def test_quick_head_agrees_with_libgit2_loose_and_packed(tmp_path):
+    """The ref read as a file is the head libgit2 reports, before and after git gc."""
+    from bot.store.refs import quick_head
+
+    store = Store(tmp_path)
+    store.importer.run(
+        [("1", mail("[PATCH] one", "q1@x")), ("2", mail("[PATCH] two", "q2@x"))], "t"
+    )
+    archive = tmp_path / "archive.git"
+    assert quick_head(archive) == store.archive.head()
+    subprocess.run(["git", "-C", str(archive), "pack-refs", "--all"], check=True)
+    assert not (archive / "refs" / "heads" / "master").exists()
+    assert quick_head(archive) == store.archive.head()
+
+
+def test_quick_head_is_unsure_rather_than_wrong(tmp_path):
+    from bot.store.refs import quick_head
+
+    assert quick_head(tmp_path / "missing.git") is None
+    (tmp_path / "refs" / "heads").mkdir(parents=True)
+    (tmp_path / "refs" / "heads" / "master").write_text("ref: refs/heads/other\n")
+    assert quick_head(tmp_path) is None  # a symbolic ref: libgit2 decides
+    (tmp_path / "refs" / "heads" / "master").write_text("not a commit id\n")
+    assert quick_head(tmp_path) is None
