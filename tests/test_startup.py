@@ -96,3 +96,33 @@ def test_quick_head_is_unsure_rather_than_wrong(tmp_path):
     assert quick_head(tmp_path) is None  # a symbolic ref: libgit2 decides
     (tmp_path / "refs" / "heads" / "master").write_text("not a commit id\n")
     assert quick_head(tmp_path) is None
+
+
+def kvm_digest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_bad_cron_is_a_config_error_wherever_the_schedule_is_used(tmp_path):
+    """The full check (APScheduler) runs where a schedule is used; the shape check always."""
+    store = Store(tmp_path / "var")
+    store.importer.run([("1", mail("[PATCH] cron", "c1@x"))], "test")
+    store.index.close()
+    config = tmp_path / "bad.toml"
+    config.write_text('[schedule]\ndaily = "0 25 * * *"\n')  # cron-shaped, no hour 25
+    base = ("--config", str(config), "--data-dir", str(tmp_path / "var"))
+    for command in (["check-config"], ["run"], ["send-now"]):
+        out = kvm_digest(*base, *command)
+        assert out.returncode == 1, (command, out.stderr)
+        assert "[schedule] daily = '0 25 * * *' is not a cron expression" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert kvm_digest(*base, "digest", "--all").returncode == 0  # no schedule used
+    config.write_text('[schedule]\nweekly = "every monday"\n')
+    out = kvm_digest(*base, "digest", "--all")
+    assert out.returncode == 1
+    assert "[schedule] weekly = 'every monday' is not a cron expression" in out.stderr
