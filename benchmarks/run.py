@@ -156,6 +156,12 @@ def bench_ingest(work: Path, sample: int) -> dict:
     bundle_seconds, bundle_rss = run_child(
         [*KVM_DIGEST, "--data-dir", str(work / "ingest-bundle-var"), "import", str(BUNDLE)]
     )
+    mbox = work / "ingest.mbox"
+    write_mbox(mbox, raw_messages(source))
+    shutil.rmtree(work / "ingest-mbox-var", ignore_errors=True)
+    mbox_seconds, mbox_rss = run_child(
+        [*KVM_DIGEST, "--data-dir", str(work / "ingest-mbox-var"), "import", str(mbox)]
+    )
     count = 15000
     ours = count / seconds
     messages = raw_messages(source, sample)
@@ -195,6 +201,12 @@ def bench_ingest(work: Path, sample: int) -> dict:
             f"{ours / (count / bundle_seconds):.2f}",
             f"{bundle_rss}",
         ],
+        [
+            "kvm-digest import, end to end (mboxrd)",
+            f"{count / mbox_seconds:,.0f}",
+            f"{ours / (count / mbox_seconds):.2f}",
+            f"{mbox_rss}",
+        ],
     ]
     for name, value in anchors.items():
         rows.append([name, f"{value:,.0f}", f"{ours / value:.2f}", "-"])
@@ -216,6 +228,8 @@ def bench_ingest(work: Path, sample: int) -> dict:
         "peak_rss_mb": rss,
         "bundle_seconds": bundle_seconds,
         "bundle_peak_rss_mb": bundle_rss,
+        "mbox_seconds": mbox_seconds,
+        "mbox_peak_rss_mb": mbox_rss,
         "unbundle_seconds": unbundle,
         "anchor_sample": len(messages),
         "anchors_msg_per_s": anchors,
