@@ -52,6 +52,10 @@ def creatable(path: Path) -> str | None:
 def problems(config: Config) -> list[str]:
     """Every problem found, each one sentence saying what to do."""
     found: list[str] = []
+    try:
+        config.schedule.check()  # the full cron parse (loading only checks the shape)
+    except DigestError as err:
+        found.append(str(err))
     imap, commands = config.imap, config.commands
     if imap.host and not imap.user.strip():
         found.append("[imap] user is empty; set it to the mailbox's login name")
@@ -149,7 +153,10 @@ def _summary(config: Config) -> None:
     schedule = config.schedule
     for name in ("daily", "weekly"):
         expression = getattr(schedule, name)
-        said = describe(expression, schedule.seconds) if expression else "off"
+        try:
+            said = describe(expression, schedule.seconds) if expression else "off"
+        except ValueError:
+            said = f"{expression!r}, which is not valid (see the problem below)"
         print(f"{name} digest: {said}")
 
 

@@ -6,8 +6,11 @@ config. Errors a user can fix are DigestErrors: printed as one line, exit 1.
 
 from __future__ import annotations
 
+# Imports are kept to what every command needs: each command imports its own
+# machinery (IMAP, SMTP, the scheduler, libgit2, Jinja2) in its function, so a
+# digest from the command line starts in a few interpreter start-ups' time. A
+# test (tests/test_startup.py) keeps it that way; benchmarks/run.py measures it.
 import argparse
-import asyncio
 import contextlib
 import functools
 import logging
@@ -18,19 +21,20 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot import config as configmod
 from bot.config import Config
-from bot.delivery.outbox import Outbox
-from bot.digest import build as digestmod
 from bot.digest import ranges
 from bot.errors import ConfigError, DigestError
-from bot.intake.imap import Listener, Route
-from bot.intake.importer import Counts, Importer
-from bot.intake.sources import open_source
-from bot.store.archive import Archive, WriterLock
-from bot.store.inbox import Inbox, is_inbox, open_mirror
+from bot.store import refs
 from bot.store.index import Index
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from bot.store.archive import Archive
+    from bot.store.inbox import Inbox
 
 log = logging.getLogger("kvm-digest")
 
@@ -44,6 +48,9 @@ def setup_logging(verbosity: int) -> None:
 
 def open_archive(config: Config) -> Archive | Inbox:
     """The archive to read: the configured mirror (an epoch or a v2 inbox), or our own."""
+    from bot.store.archive import Archive
+    from bot.store.inbox import is_inbox, open_mirror
+
     path = config.archive_path
     if config.archive.follow and not is_inbox(path):
         raise DigestError(
@@ -63,6 +70,8 @@ def open_archive(config: Config) -> Archive | Inbox:
 @contextlib.contextmanager
 def writer(config: Config) -> Iterator[tuple[Archive | Inbox, Index]]:
     """Hold the data dir's writer lock with an archive and a caught-up index."""
+    from bot.store.archive import Archive, WriterLock
+
     with WriterLock(config.data_dir):
         archive = open_archive(config) if config.is_mirror else Archive.create(config.archive_path)
         index = Index(config.index_path)
@@ -108,11 +117,20 @@ def reader(config: Config) -> Index:
     """An index that has caught up with the archive, when that can be done now.
 
     When another process holds the writer lock (the daemon), it is the one
-    that indexes; we read what is there.
+    that indexes; we read what is there. The usual case, an index already
+    caught up, is told from the branch ref alone, without loading libgit2.
     """
-    archive = open_archive(config)
+    if config.index_path.exists():
+        index = Index(config.index_path)
+        last = index.last_commit()
+        if last is not None and refs.quick_head(config.archive_path) == last:
+            return index
+        index.close()
+    archive = open_archive(config)  # first: a missing archive creates nothing
     index = Index(config.index_path)
     if archive.head() != index.last_commit():
+        from bot.store.archive import WriterLock
+
         try:
             with WriterLock(config.data_dir):
                 catch_up(archive, index)
@@ -125,6 +143,9 @@ def reader(config: Config) -> Index:
 
 
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
+    from bot.intake.importer import Counts, Importer
+    from bot.intake.sources import open_source
+
     if config.is_mirror:
         raise DigestError(
             "the archive is a read-only mirror ([archive] path or follow); update it "
@@ -154,6 +175,8 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     """Fetch the followed inbox once and index what is new."""
     from bot.intake import follow
+    from bot.store.archive import WriterLock
+    from bot.store.inbox import open_mirror
 
     url = config.archive.follow
     if not url:
@@ -173,6 +196,8 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+    from bot.store.archive import WriterLock
+
     archive = open_archive(config)  # first: a missing archive creates nothing
     with WriterLock(config.data_dir):
         index = Index(config.index_path)
@@ -194,6 +219,8 @@ def select_range(args: argparse.Namespace, index: Index) -> ranges.Range:
 
 
 def cmd_digest(args: argparse.Namespace, config: Config) -> int:
+    from bot.digest import build as digestmod
+
     if args.until and not args.since:
         raise DigestError("--until needs --since; give both dates")
     index = reader(config)
@@ -218,6 +245,11 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_listen(args: argparse.Namespace, config: Config) -> int:
     """Consume the mailbox live until SIGTERM or SIGINT."""
+    import asyncio
+
+    from bot.intake.imap import Listener, Route
+    from bot.intake.importer import Importer
+
     imap = config.imap
     if not imap.host or not imap.user:
         raise ConfigError("[imap] host and user must be set to listen; see the README")
@@ -235,6 +267,8 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
 
 async def until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run `main(stop)`; SIGTERM or SIGINT sets `stop`."""
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -244,8 +278,11 @@ async def until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> N
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """The daemon: everything in one process until SIGTERM."""
+    import asyncio
+
     from bot.daemon import Daemon
 
+    config.schedule.check()  # a bad cron expression is a config error, not a crash
     if not (config.imap.host or config.is_mirror):
         raise ConfigError(
             "kvm-digest run needs an intake for list mail: set [archive] follow (the "
@@ -317,7 +354,9 @@ def cmd_send_now(args: argparse.Namespace, config: Config) -> int:
     """Run a schedule's digest now; a running daemon sends the queued mail."""
     from bot.daemon import Daemon
     from bot.delivery import periodic
+    from bot.delivery.outbox import Outbox
 
+    config.schedule.check()
     index = reader(config)
     try:
         daemon = Daemon(config)
@@ -513,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--style",
-        choices=digestmod.STYLES,
+        choices=configmod.STYLES,
         help="full (links, reviews, versions, applied, earlier series) or classic "
         "(the documented layout only); default [digest] style",
     )

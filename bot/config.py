@@ -19,6 +19,8 @@ from typing import ClassVar
 
 from bot.errors import ConfigError
 
+STYLES = ("full", "classic")
+"""Digest styles (FORMAT.md, "Two styles"): classic is the documented layout."""
 DEFAULT_PATH = Path("config/kvm-digest.toml")
 ENV_DATA = "KVM_DIGEST_DATA"
 ENV_CONFIG = "KVM_DIGEST_CONFIG"
@@ -82,7 +84,7 @@ class DigestSection:
     """"full" (links, reviews, versions, applied, earlier series) or "classic"."""
 
     def __post_init__(self) -> None:
-        if self.style not in ("full", "classic"):
+        if self.style not in STYLES:
             raise ConfigError(f"[digest] style must be full or classic, not {self.style!r}")
 
 
@@ -229,7 +231,19 @@ class ScheduleSection:
     """Accept a sixth, leading seconds field (tests and load runs only)."""
 
     def __post_init__(self) -> None:
-        from bot.delivery.cron import trigger  # APScheduler: only when a schedule is set
+        # A cheap shape check at every load; the full check needs APScheduler,
+        # which costs more than a digest, so only the commands that use the
+        # schedule (check-config, run, send-now) call check().
+        for name in ("daily", "weekly"):
+            expression = getattr(self, name)
+            if expression and not _cron_shaped(expression):
+                raise _cron_error(name, expression, "not five fields of * , - / and digits")
+            if expression and len(expression.split()) == 6 and not self.seconds:
+                raise _cron_error(name, expression, "it has six fields; cron has five")
+
+    def check(self) -> None:
+        """Parse each expression fully, as the scheduler will."""
+        from bot.delivery.cron import trigger  # APScheduler
 
         for name in ("daily", "weekly"):
             expression = getattr(self, name)
@@ -238,11 +252,26 @@ class ScheduleSection:
             try:
                 trigger(expression, self.seconds)
             except ValueError as err:
-                raise ConfigError(
-                    f"[schedule] {name} = {expression!r} is not a cron expression ({err}); "
-                    "write five fields (minute hour day-of-month month day-of-week), "
-                    'e.g. "0 6 * * *" for 06:00 UTC daily'
-                ) from None
+                raise _cron_error(name, expression, str(err)) from None
+
+
+# What cron fields are made of: numbers, names (mon, jan), lists, ranges, steps.
+_CRON_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ*/,?#-")
+
+
+def _cron_shaped(expression: str) -> bool:
+    """Five fields (or six, seconds first) of cron characters; a set, not a regex:
+    compiling a Unicode-aware pattern would cost more than every other check."""
+    fields = expression.split()
+    return len(fields) in (5, 6) and all(set(f) <= _CRON_CHARS for f in fields)
+
+
+def _cron_error(name: str, expression: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"[schedule] {name} = {expression!r} is not a cron expression ({why}); "
+        "write five fields (minute hour day-of-month month day-of-week), "
+        'e.g. "0 6 * * *" for 06:00 UTC daily'
+    )
 
 
 @dataclass(frozen=True)

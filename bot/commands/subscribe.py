@@ -12,6 +12,7 @@ from __future__ import annotations
 import textwrap
 
 from bot.commands import Command, CommandError, Context
+from bot.config import STYLES
 from bot.delivery import subscribers
 from bot.digest import query
 
@@ -77,16 +78,16 @@ def parse_choice(args: list[str]) -> tuple[str, str, list[str]]:
     """
     schedule = style = ""
     rest = list(args)
-    while rest and rest[0].lower() in (*subscribers.SCHEDULES, *subscribers.STYLES):
+    while rest and rest[0].lower() in (*subscribers.SCHEDULES, *STYLES):
         word = rest.pop(0).lower()
         if word in subscribers.SCHEDULES and not schedule:
             schedule = word
-        elif word in subscribers.STYLES and not style:
+        elif word in STYLES and not style:
             style = word
         else:
             rest = [word]  # a second schedule or style: an error below
             break
-    repeated = bool(rest) and rest[0].lower() in (*subscribers.SCHEDULES, *subscribers.STYLES)
+    repeated = bool(rest) and rest[0].lower() in (*subscribers.SCHEDULES, *STYLES)
     if repeated or (rest and not (schedule or style)):
         raise CommandError(
             "subscribe takes daily or weekly, full or classic, then an optional topic,"

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from bot.desk import addresses
 
 SCHEDULES = ("daily", "weekly")
-STYLES = ("full", "classic")
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ from urllib.parse import quote
 
 import jinja2
 
+from bot.config import STYLES
 from bot.digest import query as querymod
 from bot.digest import versions
 from bot.digest.ranges import Range
 
 TEMPLATE = "digest.txt.j2"
-STYLES = ("full", "classic")
 TRAILER_ORDER = ("Reviewed-by", "Acked-by", "Tested-by")
 # public-inbox's mid_escape: RFC 3986 path characters stay, the rest is
 # percent-encoded as UTF-8 ("/" too, so an id never adds a path level).

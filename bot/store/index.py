@@ -12,13 +12,15 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.digest import series, versions
 from bot.errors import DigestError
-from bot.parse.message import ParsedMessage, parse_lenient
-from bot.store.archive import Archive
+
+if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
+    from bot.parse.message import ParsedMessage
+    from bot.store.archive import Archive
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,9 @@ class Index:
                 f"the index {self.path} was written by a newer kvm-digest; "
                 "upgrade kvm-digest or run `kvm-digest reindex`"
             )
-        schema = resources.files("bot.store").joinpath("schema.sql").read_text()
+        # Beside this file in a checkout and in an installed wheel alike; read
+        # directly, as importlib.resources costs more to import than the read.
+        schema = (Path(__file__).parent / "schema.sql").read_text(encoding="utf-8")
         wanted = _tables_of(schema)
         with self.conn:
             current = dict(
@@ -254,6 +258,8 @@ class Index:
         if archive.head() == last:
             return 0
         total = 0
+        from bot.parse.message import parse_lenient
+
         batch: list[tuple[str, ParsedMessage | None]] = []
         for commit_id, raw in archive.walk(last):
             batch.append((commit_id, parse_lenient(raw) if raw is not None else None))

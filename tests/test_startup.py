@@ -1,0 +1,131 @@
+"""Start-up: the command line loads only what a command needs.
+
+Importing the daemon's machinery (IMAP, SMTP, the scheduler, libgit2) costs
+several times a whole one-day digest, so `kvm-digest digest` must not pay for
+it. Checked in a fresh interpreter, where sys.modules shows what was loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.mailfactory import Store, mail
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("aioimaplib", "aiosmtpd", "aiosmtplib", "apscheduler", "asyncio")
+
+PROBE = """
+import json, sys
+sys.argv = ["kvm-digest", *json.loads(sys.argv[1])]
+from bot import cli
+code = cli.main(sys.argv[1:]) if len(sys.argv) > 1 else 0
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def loaded(*args: str) -> tuple[int, set[str]]:
+    """Run the CLI with `args` in a fresh interpreter; its exit code and modules."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(list(args))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out.splitlines()[-1])
+    return result["code"], {m.split(".")[0] for m in result["modules"]}
+
+
+def test_importing_the_cli_loads_no_daemon_machinery():
+    _, modules = loaded()
+    assert modules.isdisjoint(HEAVY), modules & set(HEAVY)
+    assert "pygit2" not in modules and "jinja2" not in modules
+
+
+def test_a_digest_of_a_caught_up_index_loads_neither_libgit2_nor_the_daemon(tmp_path):
+    store = Store(tmp_path)
+    store.importer.run([("1", mail("[PATCH] start-up", "s1@x"))], "test")
+    store.index.close()
+    code, modules = loaded("--data-dir", str(tmp_path), "digest", "--all")
+    assert code == 0
+    assert modules.isdisjoint(HEAVY), modules & set(HEAVY)
+    assert "pygit2" not in modules
+    assert "jinja2" in modules  # it renders
+
+
+def test_a_digest_still_catches_up_an_index_behind_the_archive(tmp_path, capsys):
+    """The ref shortcut must never hide new mail: behind means libgit2 and catch-up."""
+    store = Store(tmp_path)
+    store.importer.run([("1", mail("[PATCH] first", "f1@x"))], "test")
+    store.index.clear()
+    store.index.close()
+    code, modules = loaded("--data-dir", str(tmp_path), "digest", "--all")
+    assert code == 0
+    assert "pygit2" in modules
+    from bot.store.index import Index
+
+    index = Index(tmp_path / "index.sqlite3")
+    assert index.count() == 1
+    index.close()
+
+
+def test_quick_head_agrees_with_libgit2_loose_and_packed(tmp_path):
+    """The ref read as a file is the head libgit2 reports, before and after git gc."""
+    from bot.store.refs import quick_head
+
+    store = Store(tmp_path)
+    store.importer.run(
+        [("1", mail("[PATCH] one", "q1@x")), ("2", mail("[PATCH] two", "q2@x"))], "t"
+    )
+    archive = tmp_path / "archive.git"
+    assert quick_head(archive) == store.archive.head()
+    subprocess.run(["git", "-C", str(archive), "pack-refs", "--all"], check=True)
+    assert not (archive / "refs" / "heads" / "master").exists()
+    assert quick_head(archive) == store.archive.head()
+
+
+def test_quick_head_is_unsure_rather_than_wrong(tmp_path):
+    from bot.store.refs import quick_head
+
+    assert quick_head(tmp_path / "missing.git") is None
+    (tmp_path / "refs" / "heads").mkdir(parents=True)
+    (tmp_path / "refs" / "heads" / "master").write_text("ref: refs/heads/other\n")
+    assert quick_head(tmp_path) is None  # a symbolic ref: libgit2 decides
+    (tmp_path / "refs" / "heads" / "master").write_text("not a commit id\n")
+    assert quick_head(tmp_path) is None
+
+
+def kvm_digest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_bad_cron_is_a_config_error_wherever_the_schedule_is_used(tmp_path):
+    """The full check (APScheduler) runs where a schedule is used; the shape check always."""
+    store = Store(tmp_path / "var")
+    store.importer.run([("1", mail("[PATCH] cron", "c1@x"))], "test")
+    store.index.close()
+    config = tmp_path / "bad.toml"
+    config.write_text('[schedule]\ndaily = "0 25 * * *"\n')  # cron-shaped, no hour 25
+    base = ("--config", str(config), "--data-dir", str(tmp_path / "var"))
+    said = "[schedule] daily = '0 25 * * *' is not a cron expression"
+    checked = kvm_digest(*base, "check-config")  # lists every problem, on stdout
+    assert checked.returncode == 1 and f"problem: {said}" in checked.stdout
+    for command in (["run"], ["send-now"]):
+        out = kvm_digest(*base, *command)
+        assert out.returncode == 1, (command, out.stderr)
+        assert said in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert kvm_digest(*base, "digest", "--all").returncode == 0  # no schedule used
+    config.write_text('[schedule]\nweekly = "every monday"\n')
+    out = kvm_digest(*base, "digest", "--all")
+    assert out.returncode == 1
+    assert "[schedule] weekly = 'every monday' is not a cron expression" in out.stderr
