@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from hypothesis import settings
 
 from bot.cli import main
 from tests.mailfactory import BUNDLE, Store, need_shared
+from tests.smtpsink import Sink
 
 # In CI, property tests are derandomized: a failure there reproduces anywhere.
 settings.register_profile("ci", derandomize=True, deadline=None)
@@ -51,6 +52,14 @@ def cli(
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A real SMTP relay (aiosmtpd) on 127.0.0.1 that records what it accepts."""
+    s = Sink().start()
+    yield s
+    s.stop()
 
 
 @pytest.fixture

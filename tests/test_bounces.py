@@ -167,13 +167,6 @@ class BounceBot(Bot):
 
 
 @pytest.fixture
-def sink():
-    s = Sink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 async def bot(tmp_path, sink):
     b = await BounceBot(tmp_path / "var", sink).start()
     yield b

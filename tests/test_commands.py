@@ -111,13 +111,6 @@ SLICE = [m.as_bytes() for m in __import__("mailbox").mbox(DATA / "kvmarm-slice.m
 
 
 @pytest.fixture
-def sink():
-    s = Sink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 async def bot(tmp_path, sink):
     b = await Bot(tmp_path / "var", sink).start()
     yield b

@@ -95,13 +95,6 @@ def dovecot():
     server.cleanup()
 
 
-@pytest.fixture
-def sink():
-    s = Sink().start()
-    yield s
-    s.stop()
-
-
 def write_config(tmp_path: Path, dovecot: Dovecot, sink: Sink, connections: int = 4) -> Path:
     config = tmp_path / "kvm-digest.toml"
     lmtp_port = free_port()
@@ -340,11 +333,15 @@ def test_sigkill_the_daemon_at_random_points(tmp_path, dovecot, sink, config, kv
 
 def test_send_now_wakes_the_running_daemon_within_seconds(tmp_path, sink):
     """send-now queues in another process; the daemon's outbox poll finds it."""
+    mirror = tmp_path / "mirror.git"  # an intake is required: an empty mirror will do
+    subprocess.run(["git", "init", "--quiet", "--bare", str(mirror)], check=True)
     config = tmp_path / "kvm-digest.toml"
     config.write_text(
         f"""
 [data]
 dir = "{tmp_path / "var"}"
+[archive]
+path = "{mirror}"
 [list]
 archive_url = "https://lore.kernel.org/kvm/"
 [commands]

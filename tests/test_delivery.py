@@ -17,13 +17,6 @@ from tests.smtpsink import Sink
 BOT = "kvm-digest@example.org"
 
 
-@pytest.fixture
-def sink():
-    s = Sink().start()
-    yield s
-    s.stop()
-
-
 class Setup:
     def __init__(self, root, sink: Sink, **schedule) -> None:
         self.config = from_table(

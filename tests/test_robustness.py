@@ -33,13 +33,6 @@ from tests.test_commands import Bot, command, reply_text
 HOSTILE = DATA / "hostile"
 
 
-@pytest.fixture
-def sink():
-    s = Sink().start()
-    yield s
-    s.stop()
-
-
 # -- one message must never stop a worker --------------------------------
 
 
