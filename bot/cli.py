@@ -477,6 +477,14 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     return checkconfig.run(config, args.connect, args.credentials)
 
 
+class VersionAction(argparse.Action):
+    """`--version`: the version, found only when asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def _version() -> str:
     """The installed package's version (the source tree's when not installed)."""
     from importlib import metadata
@@ -502,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Archive a mailing list, thread its patch series and mail digests.",
         epilog="Each command has its own --help. The README explains the whole bot.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # Looked up only when asked: importlib.metadata costs more than a digest's parse.
+    parser.add_argument("--version", action=VersionAction, nargs=0, help="print the version")
     parser.add_argument(
         "--config",
         type=Path,

@@ -20,7 +20,6 @@ from bot.desk import addresses
 from tests.conftest import archive_ids
 from tests.test_commands import BOT, Bot, command, reply_text
 from tests.test_commands import bot as bot
-from tests.test_commands import sink as sink
 
 VICTIM = "victim@example.com"
 FORMS = [

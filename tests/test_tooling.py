@@ -15,7 +15,7 @@ import pytest
 import bot
 from bot.cli import build_parser, main
 from bot.store.archive import WriterLock
-from tests.test_delivery import Setup, sink  # noqa: F401  (the relay fixture)
+from tests.test_delivery import Setup
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "kvm-sample.mbox"
@@ -78,7 +78,7 @@ def test_no_lock_file_is_left_behind(cli, data_dir: Path) -> None:
 async def test_outbox_shows_times_and_retries_or_purges_failed_mail(
     cli,
     data_dir: Path,
-    sink,  # noqa: F811
+    sink,
 ) -> None:
     setup = Setup(data_dir, sink)
     sink.handler.refuse = {

@@ -8,7 +8,7 @@ from bot.delivery import periodic, subscribers
 from bot.digest.build import environment
 from tests.conftest import archive_ids
 from tests.mailfactory import DATA
-from tests.test_commands import bot, command, reply_text, sink  # noqa: F401 (fixtures)
+from tests.test_commands import bot, command, reply_text  # noqa: F401 (the bot fixture)
 from tests.test_delivery import Setup
 
 GICV5 = "[PATCH 0/2] Enable GICv5 Legacy CPUIF trapping & fix TDIR cap test"
@@ -113,7 +113,7 @@ async def test_one_off_digest_with_a_query_by_mail(bot, sink):  # noqa: F811
     assert "s: needs a subject after it" in reply_text(sink.wait_for(4)[3])
 
 
-async def test_send_empty_sends_a_topic_that_matched_nothing(tmp_path, sink):  # noqa: F811
+async def test_send_empty_sends_a_topic_that_matched_nothing(tmp_path, sink):
     setup = Setup(tmp_path / "s", sink, send_empty=True)
     with setup.conn:
         subscribers.subscribe(setup.conn, "riscv@example.org", "daily", "dfn:arch/riscv/")
