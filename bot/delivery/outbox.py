@@ -27,11 +27,14 @@ import aiosmtplib
 
 from bot.config import SmtpSection
 from bot.delivery import bounces
-from bot.delivery.mail import Identity, compose, wire_address
+from bot.delivery.mail import Identity, Prepared, address, prepare_digest, wire_address
 from bot.delivery.subscribers import unsubscribe_secret
 from bot.errors import MailError
 
 log = logging.getLogger(__name__)
+
+PREPARED_KEPT = 8
+"""Digests kept encoded for sending (one per topic and style of a run)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class Outbox:
         self.conn = conn
         self.me = me
         self.wakeup = asyncio.Event()
+        self._prepared: dict[int, Prepared] = {}
+        """Digests encoded once, by id: each reader's copy only adds its own headers."""
         self._verp_key: bytes | None = None
 
     def enqueue(self, recipient: str, message: bytes, message_id: str, kind: str = "reply") -> None:
@@ -93,20 +98,19 @@ class Outbox:
         """The bytes to send: stored as is, or a digest addressed to its reader."""
         if item.message is not None:
             return item.message
-        subject, body = self.conn.execute(
-            "SELECT subject, body FROM digests WHERE id = ?", (item.digest_id,)
-        ).fetchone()
+        prepared = self._prepared.get(item.digest_id)
+        if prepared is None:
+            subject, body = self.conn.execute(
+                "SELECT subject, body FROM digests WHERE id = ?", (item.digest_id,)
+            ).fetchone()
+            prepared = prepare_digest(self.me, subject, body)
+            if len(self._prepared) >= PREPARED_KEPT:
+                self._prepared.pop(next(iter(self._prepared)))
+            self._prepared[item.digest_id] = prepared
         # Only this reader gets its secret unsubscribe address (bot+unsubscribe-<secret>@).
         secret = unsubscribe_secret(self.conn, item.recipient)
-        return compose(
-            self.me,
-            item.recipient,
-            subject,
-            body,
-            item.message_id,
-            digest=True,
-            unsubscribe=self.me.plus(f"unsubscribe-{secret}") if secret else None,
-        )
+        unsubscribe = self.me.plus(f"unsubscribe-{secret}") if secret else None
+        return address(prepared, self.me, item.recipient, item.message_id, unsubscribe)
 
     def envelope_sender(self, item: Queued) -> str:
         """Digests go out with a VERP sender, so a bounce names its subscriber."""
