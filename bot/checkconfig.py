@@ -93,12 +93,29 @@ def problems(config: Config) -> list[str]:
 
 
 def run(config: Config, connect: bool, credentials: str | None) -> int:
-    """The check-config command: the summary, the problems, the verdict."""
-    if credentials:
-        os.environ[CREDENTIALS] = str(Path(credentials).absolute())
-        print(f"${{{CREDENTIALS}}} = {os.environ[CREDENTIALS]} (from --credentials)")
-    elif os.environ.get(CREDENTIALS):
-        print(f"${{{CREDENTIALS}}} = {os.environ[CREDENTIALS]} (from the environment)")
+    """The check-config command: the summary, the problems, the verdict.
+
+    `--credentials DIR` stands in for ${CREDENTIALS_DIRECTORY} for this
+    command only: the environment is restored afterwards, so a caller that
+    runs us in-process (the tests) is not left with it.
+    """
+    if not credentials:
+        if os.environ.get(CREDENTIALS):
+            print(f"${{{CREDENTIALS}}} = {os.environ[CREDENTIALS]} (from the environment)")
+        return _run(config, connect)
+    before = os.environ.get(CREDENTIALS)
+    os.environ[CREDENTIALS] = str(Path(credentials).absolute())
+    print(f"${{{CREDENTIALS}}} = {os.environ[CREDENTIALS]} (from --credentials)")
+    try:
+        return _run(config, connect)
+    finally:
+        if before is None:
+            del os.environ[CREDENTIALS]
+        else:
+            os.environ[CREDENTIALS] = before
+
+
+def _run(config: Config, connect: bool) -> int:
     where = config.source or "built-in defaults (no config file found)"
     print(f"configuration: {where}")
     _summary(config)

@@ -202,9 +202,9 @@ def test_connect_reports_each_failure_in_one_line(tmp_path, capsys, dovecot, aut
         code, out = check(capsys, config, "--connect")
     assert code == 1
     lines = out.splitlines()
-    imap = next(line for line in lines if line.startswith("imap: FAILED"))
-    assert "refused user" in imap and PASSWORD not in imap
-    smtp = next(line for line in lines if line.startswith("smtp: FAILED"))
+    imap = next((line for line in lines if line.startswith("imap: FAILED")), "")
+    assert "refused user" in imap and PASSWORD not in imap, out
+    smtp = next((line for line in lines if line.startswith("smtp: FAILED")), "")
     assert "after EHLO, STARTTLS" in smtp and "535" in smtp
     assert f"lmtp: FAILED: cannot listen on 127.0.0.1:{listen}: Address already in use" in out
     assert "is NOT valid: 3 problem(s)" in out
