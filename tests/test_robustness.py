@@ -103,6 +103,14 @@ def test_codecs_that_are_not_charsets_decode_as_text(name):
     assert parsed.subject.full
 
 
+@pytest.mark.parametrize("charset", ["unicode_escape", "raw-unicode-escape", "rot13", "idna"])
+def test_codecs_that_interpret_bytes_are_never_used(charset):
+    """An escape codec would turn `\\x41` into `A` (and warn); the text stays as sent."""
+    from bot.parse.mime import decode_text
+
+    assert decode_text(b"\\x41 caf\xc3\xa9", charset) == "\\x41 café"
+
+
 def test_nested_and_numerous_mime_parts_read_flat():
     nested = parse_message((HOSTILE / "nested-1000.eml").read_bytes())
     assert "Deep inside." in nested.commit_message or nested.kind != "patch"

@@ -33,9 +33,7 @@ _FALLBACK_CHARSETS = ("utf-8", "cp1252")
 # Codecs Python knows that are not charsets a mail can be written in: they
 # interpret the bytes (punycode, escapes) and raise or run long on hostile
 # input. A part that names one is read with the fallbacks instead.
-_NOT_CHARSETS = frozenset(
-    {"punycode", "idna", "raw_unicode_escape", "unicode_escape", "rot-13", "rot_13"}
-)
+_NOT_CHARSETS = frozenset({"punycode", "idna", "raw_unicode_escape", "unicode_escape", "rot_13"})
 _DECODE_ERRORS = (UnicodeError, ValueError, OverflowError, TypeError)
 MAX_HEADER_CHARS = 16 * 1024
 """Header text decoded for display (Subject, From) is cut here. No real
@@ -151,7 +149,7 @@ def _codec(charset: str | None) -> str | None:
         info = codecs.lookup(charset.strip().strip("\"'"))
     except (LookupError, ValueError, TypeError):
         return None
-    if info.name in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True):
+    if info.name.replace("-", "_") in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True):
         return None
     return info.name
 
