@@ -56,6 +56,20 @@ KVM_DIGEST = [sys.executable, "-m", "bot.cli"]
 CONSOLE_SCRIPT = [sys.executable, "-c", "import sys; from bot.cli import main; sys.exit(main())"]
 
 
+def one_day_digest(data: Path) -> list[str]:
+    """The command line of a one-day digest from `data`, as a user runs it."""
+    return [
+        *CONSOLE_SCRIPT,
+        "--data-dir",
+        str(data),
+        "digest",
+        "--since",
+        "2021-03-01",
+        "--until",
+        "2021-03-02",
+    ]
+
+
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     print(f"\n{title}")
@@ -288,16 +302,7 @@ def bench_startup(work: Path, runs: int) -> dict:
     that a burst of load elsewhere hits both sides alike; medians are reported.
     """
     data = indexed(work)
-    digest = [
-        *CONSOLE_SCRIPT,
-        "--data-dir",
-        str(data),
-        "digest",
-        "--since",
-        "2021-03-01",
-        "--until",
-        "2021-03-02",
-    ]
+    digest = one_day_digest(data)
     bare = [sys.executable, "-c", "pass"]
     # Bytecode as an installed wheel has it (pip compiles at install): with
     # PYTHONDONTWRITEBYTECODE set, a checkout would compile every module on
@@ -527,18 +532,7 @@ def bench_digest(work: Path) -> dict:
         ["range", "messages", "median ms"],
         [[r["range"], r["messages"], f"{r['median_ms']:.1f}"] for r in results],
     )
-    cli, _ = timed(
-        [
-            *CONSOLE_SCRIPT,
-            "--data-dir",
-            str(data),
-            "digest",
-            "--since",
-            "2021-03-01",
-            "--until",
-            "2021-03-02",
-        ]
-    )
+    cli, _ = timed(one_day_digest(data))
     print(f"  (the CLI for one day, process start included: {cli * 1000:.0f} ms; see startup)")
     result = {"ranges": results, "cli_one_day_ms": cli * 1000}
     save("digest", result)
