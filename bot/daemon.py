@@ -28,7 +28,7 @@ from bot.delivery import cron, periodic
 from bot.delivery.mail import Identity
 from bot.delivery.outbox import Outbox, Sender
 from bot.desk.inbound import Desk
-from bot.desk.lmtp import limits_from, serve
+from bot.desk.lmtp import serve
 from bot.digest.build import environment
 from bot.errors import DigestError
 from bot.intake.imap import Listener, Route
@@ -143,7 +143,7 @@ class Daemon:
                 int(port),
                 config.commands.protocol,
                 config.commands.max_size,
-                limits_from(config.commands),
+                config.commands,
             )
             log.info(
                 "command server (%s) on %s",

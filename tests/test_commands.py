@@ -68,7 +68,7 @@ class Bot:
             "127.0.0.1",
             self.port,
             max_size=self.max_size,
-            limits=lmtp.limits_from(self.config.commands),
+            limits=self.config.commands,
         )
         return self
 

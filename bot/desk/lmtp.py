@@ -26,28 +26,21 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from bot.config import CommandsSection
 from bot.desk.inbound import Busy, Desk
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Limits:
-    """How many sessions, from whom, and for how long."""
-
-    connections: int = 100
-    per_peer: int = 20
-    session_seconds: float = 600
-    max_pending: int = 200
-
-
 class CommandIntake:
     """The aiosmtpd handler for the bot's addresses."""
 
-    def __init__(self, desk: Desk, lmtp: bool = True, limits: Limits | None = None) -> None:
+    def __init__(
+        self, desk: Desk, lmtp: bool = True, limits: CommandsSection | None = None
+    ) -> None:
         self.desk = desk
         self.lmtp = lmtp
-        self.limits = limits or Limits()
+        self.limits = limits or CommandsSection()
 
     async def handle_MAIL(
         self,
@@ -106,7 +99,7 @@ class CommandIntake:
 class Sessions:
     """The open sessions, by peer address."""
 
-    limits: Limits
+    limits: CommandsSection
     open: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -115,9 +108,9 @@ class Sessions:
 
     def refusal(self, peer: str) -> bytes | None:
         """The 421 line for a session over a cap, else None."""
-        if self.total >= self.limits.connections:
+        if self.total >= self.limits.max_connections:
             return b"421 4.3.2 too many connections; try again later\r\n"
-        if self.open[peer] >= self.limits.per_peer:
+        if self.open[peer] >= self.limits.max_connections_per_peer:
             return b"421 4.7.0 too many connections from your address; try again later\r\n"
         return None
 
@@ -185,10 +178,10 @@ async def serve(
     port: int,
     protocol: str = "lmtp",
     max_size: int = 1024 * 1024,
-    limits: Limits | None = None,
+    limits: CommandsSection | None = None,
 ) -> asyncio.Server:
     """Start the command server on the running loop (configured, not subclassed)."""
-    limits = limits or Limits()
+    limits = limits or CommandsSection()
     handler = CommandIntake(desk, lmtp=protocol == "lmtp", limits=limits)
     server_class: Any = LMTP if protocol == "lmtp" else SMTP
     sessions = Sessions(limits)
@@ -201,13 +194,3 @@ async def serve(
     )
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: Guard(make(), sessions), host=host, port=port)
-
-
-def limits_from(config: Any) -> Limits:
-    """The Limits of a [commands] config section."""
-    return Limits(
-        connections=config.max_connections,
-        per_peer=config.max_connections_per_peer,
-        session_seconds=config.session_seconds,
-        max_pending=config.max_pending,
-    )
