@@ -306,6 +306,15 @@ def test_retention_purges_handled_state_and_keeps_failures_longer(store: Store):
         ("sent",),
         ("failed",),
     ]
+    # A retention of 0 days still keeps the last day, which the reply limits count.
+    with conn:
+        conn.execute(
+            "INSERT INTO outbox (kind, recipient, message_id, message, status, next_attempt,"
+            " created, sent_at) VALUES ('reply', 'r', '<new>', x'00', 'sent', 0, ?, ?)",
+            (int(now - 3600), int(now - 3600)),
+        )
+    assert retention.purge(conn, retention_days=0, failed_retention_days=0, now=now)["outbox"] == 2
+    assert conn.execute("SELECT message_id FROM outbox").fetchall() == [("<new>",)]
 
 
 # -- time sanity -------------------------------------------------------------

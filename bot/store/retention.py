@@ -22,8 +22,10 @@ def purge(
 ) -> dict[str, int]:
     """Delete handled state older than its retention; return counts by table."""
     now = time.time() if now is None else now
-    done_before = int(now - retention_days * DAY)
-    failed_before = int(now - failed_retention_days * DAY)
+    # The reply limits count the last hour's outbox and the last day's
+    # answered mail: never purge inside that window, whatever is configured.
+    done_before = int(now - max(retention_days, 1) * DAY)
+    failed_before = int(now - max(failed_retention_days, 1) * DAY)
     counts: dict[str, int] = {}
     with conn:
         counts["inbound"] = conn.execute(
