@@ -172,9 +172,10 @@ def test_missed_run_is_detected(setup):
 def test_long_lines_go_quoted_printable():
     from email import message_from_bytes
 
-    from bot.delivery.mail import compose
+    from bot.delivery.mail import address, prepare_digest
 
-    raw = compose(Identity(BOT), "a@example.org", "s", "x" * 1200 + "\n", "<id@x>", digest=True)
+    me = Identity(BOT)
+    raw = address(prepare_digest(me, "s", "x" * 1200 + "\n"), me, "a@example.org", "<id@x>")
     msg = message_from_bytes(raw)
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
     assert max(len(line) for line in raw.split(b"\r\n")) <= 78

@@ -95,21 +95,15 @@ def compose(
     body: str,
     message_id: str,
     *,
-    digest: bool = False,
     in_reply_to: str | None = None,
     references: str | None = None,
-    unsubscribe: str | None = None,
 ) -> bytes:
-    """One plain-text message, ready for SMTP; MailError for a bad `to`.
+    """One plain-text reply or notice, ready for SMTP; MailError for a bad `to`.
 
-    Digests carry the list headers (List-Id, List-Unsubscribe...),
-    `Auto-Submitted: auto-generated` and `Precedence: bulk`; command replies
-    are threaded under the command mail and say `auto-replied`.
-    `unsubscribe` is the reader's own secret unsubscribe address; without
-    one, List-Unsubscribe names the shortcut, which asks for confirmation.
+    It is threaded under the mail it answers and says `auto-replied`, so
+    other robots do not answer it. Digests are built by prepare_digest()
+    and address() instead: encoded once, addressed per reader.
     """
-    if digest:
-        return address(prepare_digest(me, subject, body), me, to, message_id, unsubscribe)
     to, utf8 = wire_address(to)
     msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     msg["From"] = formataddr((me.name, me.address))
@@ -167,7 +161,13 @@ def address(
     message_id: str,
     unsubscribe: str | None = None,
 ) -> bytes:
-    """One reader's copy of a prepared digest; MailError for a bad `to`."""
+    """One reader's copy of a prepared digest; MailError for a bad `to`.
+
+    Digests carry the list headers (List-Id, List-Unsubscribe...),
+    `Auto-Submitted: auto-generated` and `Precedence: bulk`. `unsubscribe`
+    is the reader's own secret unsubscribe address; without one,
+    List-Unsubscribe names the shortcut, which asks for confirmation.
+    """
     to, utf8 = wire_address(to)
     own = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     own["To"] = to
