@@ -98,14 +98,12 @@ def body_texts(raw: bytes, headers: Headers, body: bytes) -> list[str]:
     """
     ctype = (first(headers, "content-type") or "text/plain").lower()
     if ctype.lstrip().startswith("multipart/"):
-        flat = [decode_text(body, None).replace("\r\n", "\n")]
-        if len(_PART_HEADER.findall(body, 0)) > MAX_MIME_PARTS:
-            return flat
-        try:
-            return text_parts(email.message_from_bytes(raw))
-        except RecursionError:
-            # Deep nesting within the part limit can still exhaust the stack.
-            return flat
+        if len(_PART_HEADER.findall(body, 0)) <= MAX_MIME_PARTS:
+            try:
+                return text_parts(email.message_from_bytes(raw))
+            except RecursionError:
+                pass  # deep nesting within the part limit can still exhaust the stack
+        return [decode_text(body, None).replace("\r\n", "\n")]
     part = email.message.Message()
     for name in ("content-type", "content-transfer-encoding", "content-disposition"):
         if value := first(headers, name):
