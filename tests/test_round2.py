@@ -188,6 +188,9 @@ def test_an_index_from_before_these_rules_is_rebuilt(cli, data_dir, digest):
         conn.execute("ALTER TABLE messages DROP COLUMN text_hash")
         conn.execute("ALTER TABLE messages DROP COLUMN redelivered")
         conn.execute("UPDATE messages SET kind = 'patch' WHERE kind = 'notice'")
+        # ...and it never recorded this version's schema stamp.
+        conn.execute("DELETE FROM meta WHERE key = 'schema_stamp'")
+        conn.execute("PRAGMA user_version = 1")
     conn.close()
     assert cli("digest", "--all", "--style", "classic").out == digest
     assert cli("reindex").out.strip() == "indexed 33 messages"

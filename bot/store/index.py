@@ -8,6 +8,7 @@ archive and updating the index heals itself; `reindex` rebuilds it whole.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import time
@@ -64,6 +65,11 @@ class Index:
         # Beside this file in a checkout and in an installed wheel alike; read
         # directly, as importlib.resources costs more to import than the read.
         schema = (Path(__file__).parent / "schema.sql").read_text(encoding="utf-8")
+        stamp = f"{SCHEMA_VERSION}/{RULES_VERSION}/{hashlib.sha256(schema.encode()).hexdigest()}"
+        if self._stamp() == stamp:
+            # Already this version: no scratch schema, no write transaction,
+            # so a reader never waits behind the daemon's writes to open.
+            return
         wanted = _tables_of(schema)
         with self.conn:
             current = dict(
@@ -94,7 +100,15 @@ class Index:
                     log.warning("the index predates this version's rules; rebuilding it")
                 self._clear_derived()
                 self.set_meta("rules_version", str(RULES_VERSION))
+            self.set_meta("schema_stamp", stamp)
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _stamp(self) -> str | None:
+        """The schema this index was last migrated to (None when new or older)."""
+        try:
+            return self.meta("schema_stamp")
+        except sqlite3.OperationalError:  # no meta table yet: a new index
+            return None
 
     def _columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")]
