@@ -213,7 +213,13 @@ backoff_max = 2
 """
 
     def set_password(self, password: str) -> None:
-        (self.root / "passwd").write_text(f"{USER}:{{PLAIN}}{password}::::\n")
+        path = self.root / "passwd"
+        before = path.stat().st_mtime_ns if path.exists() else 0
+        path.write_text(f"{USER}:{{PLAIN}}{password}::::\n")
+        # Dovecot re-reads a passwd-file when its mtime changes, to the
+        # second: a change within the same second would go unseen.
+        after = max(path.stat().st_mtime_ns, before + 2_000_000_000)
+        os.utime(path, ns=(after, after))
 
     def start(self) -> Dovecot:
         for _attempt in range(3):
