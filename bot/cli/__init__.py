@@ -1,0 +1,109 @@
+"""The `kvm-digest` command line: one module per command group.
+
+Each group (`archive`, `digest`, `service`, `admin`, `checks`) registers its
+subcommands with `register(sub)`; a subcommand is a small function taking the
+parsed arguments and the config. Errors a user can fix are DigestErrors:
+printed as one line, exit 1. Adding a command touches its group's module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from bot import config as configmod
+from bot.cli import admin, archive, checks, digest, service
+from bot.errors import DigestError
+
+GROUPS = (archive, digest, service, admin, checks)
+
+
+def setup_logging(verbosity: int) -> None:
+    """stderr logging; timestamps unless journald adds its own (bot/logsetup.py)."""
+    from bot import logsetup
+
+    logsetup.configure(verbosity)
+
+
+class VersionAction(argparse.Action):
+    """`--version`: the version, found only when asked for."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("kvm-digest")
+    except metadata.PackageNotFoundError:
+        import bot
+
+        return bot.__version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvm-digest",
+        description="Archive a mailing list, thread its patch series and mail digests.",
+        epilog="Each command has its own --help. The README explains the whole bot.",
+    )
+    # Looked up only when asked: importlib.metadata costs more than a digest's parse.
+    parser.add_argument("--version", action=VersionAction, nargs=0, help="print the version")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"config file (default {configmod.DEFAULT_PATH} if present, "
+        f"or ${configmod.ENV_CONFIG})",
+    )
+    parser.add_argument("--data-dir", help=f"data directory (or ${configmod.ENV_DATA})")
+    parser.add_argument(
+        "--archive",
+        help="index this public-inbox epoch or v2 inbox directory in place "
+        "(mirror mode) instead of the data dir's own archive",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The data directory holds subscribers' addresses and raw command mail:
+    # whatever the caller's umask, what we create is ours alone. (Restored on
+    # return, for callers that run us in-process, such as the tests.)
+    umask = os.umask(0o077)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(umask)
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose + (1 if args.command in service.LONG_RUNNING else 0))
+    try:
+        config = configmod.load(args.config, args.data_dir, args.archive)
+        return args.func(args, config)
+    except DigestError as err:
+        print(f"kvm-digest: error: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except (OSError, sqlite3.Error) as err:
+        # A full disk or a read-only data dir: say so in one line; the
+        # transaction in progress was rolled back and the archive head moves last.
+        print(
+            f"kvm-digest: error: cannot read or write the data directory ({err}); free "
+            "some disk space or fix its permissions, then run the command again",
+            file=sys.stderr,
+        )
+        return 1
