@@ -341,8 +341,9 @@ def test_periodic_digest_is_rendered_once_per_style(store):
 
 def test_subscribe_daily_classic_and_digest_by_mail_in_that_style(store):
     from bot.commands import CommandError, Context
+    from bot.commands.confirm import Confirm
     from bot.commands.digest import Digest
-    from bot.commands.subscribe import Confirm, Subscribe
+    from bot.commands.subscribe import Subscribe
 
     conn = load(store)
     config = from_table({"commands": {"address": "bot@example.org"}})

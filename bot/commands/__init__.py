@@ -13,13 +13,16 @@ import importlib
 import pkgutil
 import sqlite3
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import jinja2
 
 from bot.config import Config
 from bot.delivery.mail import Identity
 from bot.errors import DigestError
+
+if TYPE_CHECKING:
+    from bot.delivery.subscribers import Pending
 
 
 class CommandError(DigestError):
@@ -54,6 +57,13 @@ class Command:
 
     def run(self, ctx: Context, args: list[str]) -> str | None:
         raise NotImplementedError
+
+    def confirmed(self, ctx: Context, request: Pending) -> str | None:
+        """Finish a request of this command that its owner confirmed (`confirm`).
+
+        Only commands that store a token (its action is their name) have one.
+        """
+        raise CommandError(f"{self.name} requests need no confirmation")
 
 
 def registry() -> dict[str, Command]:

@@ -13,8 +13,9 @@ import re
 import time
 
 from bot.commands import Command, CommandError, Context
-from bot.commands.subscribe import confirmation, topic_of
+from bot.commands.requests import confirmation, topic_of
 from bot.delivery import subscribers
+from bot.delivery.subscribers import Pending
 from bot.digest import build as digestmod
 from bot.digest import ranges
 from bot.errors import RangeError
@@ -54,6 +55,9 @@ class Digest(Command):
             key=ctx.key,
         )
         return confirmation(ctx, f"to send 'digest {request}' to {ctx.sender}", token)
+
+    def confirmed(self, ctx: Context, request: Pending) -> str:
+        return deliver(ctx, request.args.split())
 
 
 def checked(ctx: Context, args: list[str]) -> tuple[ranges.Range, str]:

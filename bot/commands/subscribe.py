@@ -9,26 +9,11 @@ List-Unsubscribe header of its digests, which only that subscriber received.
 
 from __future__ import annotations
 
-import textwrap
-
 from bot.commands import Command, CommandError, Context
+from bot.commands.requests import about, confirmation, topic_of
 from bot.config import STYLES
 from bot.delivery import subscribers
-from bot.digest import query
-
-
-def confirmation(ctx: Context, what: str, token: str) -> str:
-    """The text of a confirmation mail; its subject is set to 'confirm TOKEN'."""
-    hours = ctx.config.commands.token_hours
-    ctx.reply_subject = f"confirm {token}"
-    return (
-        textwrap.fill(f"Someone, probably you, asked {what}.", 72) + "\n"
-        f"To confirm, reply to this mail and keep its subject, or send a mail\n"
-        f"to {ctx.me.address} that says:\n"
-        f"\n    confirm {token}\n\n"
-        f"The request expires in {hours} hours. If you did not ask, ignore this\n"
-        f"mail: nothing happens, and no other mail about it is sent meanwhile."
-    )
+from bot.delivery.subscribers import Pending
 
 
 class Subscribe(Command):
@@ -68,6 +53,12 @@ class Subscribe(Command):
         what = f"to send the {kind} {ctx.me.list_title} digest{about(topic)} to {ctx.sender}"
         return confirmation(ctx, what, token)
 
+    def confirmed(self, ctx: Context, request: Pending) -> str:
+        subscribers.subscribe(
+            ctx.conn, request.address, request.schedule, request.topic, request.style
+        )
+        return f"{ctx.sender} now receives the {request.schedule} digest{about(request.topic)}."
+
 
 def parse_choice(args: list[str]) -> tuple[str, str, list[str]]:
     """(schedule, style, topic words) of `subscribe [daily|weekly] [full|classic] [QUERY]`.
@@ -94,45 +85,6 @@ def parse_choice(args: list[str]) -> tuple[str, str, list[str]]:
             " e.g. 'subscribe daily classic' or 'subscribe weekly dfn:arch/arm64/kvm/'"
         )
     return schedule or "daily", style, rest
-
-
-def topic_of(words: list[str]) -> str:
-    """A topic query from command words, normalised; '' for none."""
-    if not words:
-        return ""
-    try:
-        return query.normal(" ".join(words))
-    except query.QueryError as err:
-        raise CommandError(str(err)) from None
-
-
-def about(topic: str) -> str:
-    """' on topic X' for replies, or nothing for the whole list."""
-    return f" on topic {topic}" if topic else ""
-
-
-class Confirm(Command):
-    name = "confirm"
-    description = "complete a request with the token you were sent"
-    examples = ("confirm 0123456789abcdef0123456789abcdef",)
-
-    def run(self, ctx: Context, args: list[str]) -> str | None:
-        if len(args) != 1:
-            raise CommandError("confirm takes the token from the confirmation mail")
-        found = subscribers.use(ctx.conn, args[0], ctx.sender)
-        if found is None:
-            raise CommandError(
-                "that confirmation token is unknown, used, expired or was sent to "
-                "another address; send your request again"
-            )
-        if found.action == "unsubscribe":
-            return goodbye(ctx, found.address)
-        if found.action == "digest":
-            from bot.commands.digest import deliver  # digest imports this module
-
-            return deliver(ctx, found.args.split())
-        subscribers.subscribe(ctx.conn, found.address, found.schedule, found.topic, found.style)
-        return f"{ctx.sender} now receives the {found.schedule} digest{about(found.topic)}."
 
 
 class Unsubscribe(Command):
@@ -168,6 +120,9 @@ class Unsubscribe(Command):
         return confirmation(
             ctx, f"to stop sending the {ctx.me.list_title} digest to {ctx.sender}", token
         )
+
+    def confirmed(self, ctx: Context, request: Pending) -> str:
+        return goodbye(ctx, request.address)
 
 
 def goodbye(ctx: Context, address: str) -> str:

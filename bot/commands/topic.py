@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.commands import Command, CommandError, Context
-from bot.commands.subscribe import topic_of
+from bot.commands.requests import topic_of
 from bot.delivery import subscribers
 
 
