@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bot.config import BouncesSection
-from bot.delivery import bounces, periodic, subscribers
+from bot.delivery import bounces, periodic, subscribers, verp
 from bot.delivery.mail import Identity
 from bot.desk.inbound import Desk
 from bot.digest.build import environment
@@ -180,16 +180,16 @@ async def test_digest_has_verp_sender_and_list_headers(bot, sink):
     senders = {r.sender for r in received.values()}
     # One envelope sender per recipient, each a plus address of the bot.
     assert len(senders) == 2
-    key = bounces.install_key(bot.conn)
+    key = verp.install_key(bot.conn)
     for rcpt, r in received.items():
-        assert r.sender == f"kvm-digest+bounce-{bounces.token(key, rcpt)}@example.org"
-        assert bounces.subscriber_for(bot.conn, key, bounces.verp_token(r.sender)) == rcpt
+        assert r.sender == f"kvm-digest+bounce-{verp.token(key, rcpt)}@example.org"
+        assert verp.subscriber_for(bot.conn, key, verp.verp_token(r.sender)) == rcpt
         msg = r.message
         assert msg["List-Archive"] == f"<{ARCHIVE}>"
         assert msg["List-Post"] == "NO"
         assert msg["List-Id"] and msg["List-Help"]
     # The key is state: the same on every run, so old bounces still map.
-    assert bounces.install_key(bot.conn) == key
+    assert verp.install_key(bot.conn) == key
 
 
 async def test_replies_keep_the_plain_sender(bot, sink):
@@ -280,16 +280,16 @@ async def test_delay_warning_does_not_count(bot, sink):
 async def test_score_decays_after_stale_days_and_resubscribing_resets(bot, sink):
     bot.subscribe("flaky@example.net")
     address = "flaky@example.net"
-    key = bounces.install_key(bot.conn)
-    verp = bounces.verp_sender(bot.me, key, address)
+    key = verp.install_key(bot.conn)
+    sender = verp.verp_sender(bot.me, key, address)
     with bot.conn:
-        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, "", now=1_000_000 * DAY)
+        bot.desk.bounces.handle(postfix_dsn(address, sender), sender, "", now=1_000_000 * DAY)
         # Eight days later: the old point is stale, the score starts again at 1.
-        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, "", now=1_000_008 * DAY)
+        bot.desk.bounces.handle(postfix_dsn(address, sender), sender, "", now=1_000_008 * DAY)
     assert bot.score(address) == 1
     assert bot.status(address) == "active"
     with bot.conn:
-        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, "", now=1_000_009 * DAY)
+        bot.desk.bounces.handle(postfix_dsn(address, sender), sender, "", now=1_000_009 * DAY)
     assert bot.status(address) == "disabled"
     # Subscribing again (subscribers.subscribe stamps `changed`) starts from zero.
     bot.subscribe(address)
@@ -297,7 +297,7 @@ async def test_score_decays_after_stale_days_and_resubscribing_resets(bot, sink)
         bot.conn.execute(
             "UPDATE subscribers SET changed = ? WHERE address = ?", (1_000_010 * DAY, address)
         )
-        bot.desk.bounces.handle(postfix_dsn(address, verp), verp, "", now=1_000_011 * DAY)
+        bot.desk.bounces.handle(postfix_dsn(address, sender), sender, "", now=1_000_011 * DAY)
     assert (bot.score(address), bot.status(address)) == (1, "active")
 
 

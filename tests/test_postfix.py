@@ -259,7 +259,7 @@ def test_loopback_postfix_needs_security_none(postfix_ready, bot, tmp_path, caps
 
 async def test_a_real_postfix_bounce_comes_back_by_verp_and_disables(postfix_ready, tmp_path):
     """The whole loop: digest out through Postfix, its DSN back over LMTP."""
-    from bot.delivery import bounces, periodic, subscribers
+    from bot.delivery import periodic, subscribers, verp
     from bot.delivery.outbox import Sender
 
     port = free_port()
@@ -295,8 +295,8 @@ async def test_a_real_postfix_bounce_comes_back_by_verp_and_disables(postfix_rea
         assert outbox.counts() == {"sent": 1}  # Postfix said 250: the failure comes later
         await asyncio.wait_for(desk.pending.wait(), 30)
         ((rcpt, sender_addr, raw),) = conn.execute("SELECT rcpt, sender, raw FROM inbound")
-        key = bounces.install_key(conn)
-        assert rcpt == f"kvm-digest+bounce-{bounces.token(key, 'gone@bounce.test')}@{BOT[11:]}"
+        key = verp.install_key(conn)
+        assert rcpt == f"kvm-digest+bounce-{verp.token(key, 'gone@bounce.test')}@{BOT[11:]}"
         assert sender_addr == ""  # a DSN, null sender
         assert b"multipart/report" in raw and b"5.1.1" in raw
         desk.process()

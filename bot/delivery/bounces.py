@@ -2,11 +2,8 @@
 
 Behind a local MTA the relay says 250 to almost everything; a dead address
 shows up later as a bounce mail. So each digest goes out with its own
-envelope sender, `bot+bounce-<token>@domain` (VERP): whatever comes back to
-that address names the subscriber it was for, whatever its format. The token
-is a truncated HMAC of the address under a random per-install key kept in
-the index's `meta` table, so nothing per subscriber is stored and a stranger
-cannot forge a bounce for someone else's address.
+envelope sender (VERP, bot/delivery/verp.py): whatever comes back to that
+address names the subscriber it was for, whatever its format.
 
 A bounce that is not VERP (a DSN to the bot's own address) is read with
 flufl.bounce, Mailman's own detectors: RFC 3464 DSNs and the common
@@ -22,70 +19,20 @@ from __future__ import annotations
 
 import email
 import email.policy
-import hashlib
-import hmac
 import logging
-import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from flufl.bounce import all_failures
 
 from bot.config import BouncesSection
-from bot.delivery.mail import Identity, compose
-
-if TYPE_CHECKING:  # the outbox imports this module for its envelope senders
-    from bot.delivery.outbox import Outbox
+from bot.delivery.mail import compose
+from bot.delivery.outbox import Outbox
+from bot.delivery.verp import install_key, subscriber_for, verp_token
 
 log = logging.getLogger(__name__)
-
-TAG = "bounce-"
-"""The plus tag of VERP addresses: bot+bounce-<token>@domain."""
-_KEY = "bounce_key"
-_TOKEN_HEX = 16
-"""64 bits of HMAC: unguessable, and short enough for any MTA's local part."""
-
-
-def install_key(conn: sqlite3.Connection) -> bytes:
-    """This install's VERP key, made on first use (state: kept by reindex)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY,)).fetchone()
-    if row:
-        return bytes.fromhex(row[0])
-    with conn:
-        conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (_KEY, secrets.token_hex(32))
-        )
-    return bytes.fromhex(
-        conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY,)).fetchone()[0]
-    )
-
-
-def token(key: bytes, address: str) -> str:
-    """The VERP token of one address (case-insensitive, as addresses are stored)."""
-    digest = hmac.new(key, address.lower().encode(), hashlib.sha256).hexdigest()
-    return digest[:_TOKEN_HEX]
-
-
-def verp_sender(me: Identity, key: bytes, recipient: str) -> str:
-    """The envelope sender for mail to `recipient`: bot+bounce-<token>@domain."""
-    return me.plus(TAG + token(key, recipient))
-
-
-def verp_token(rcpt: str) -> str | None:
-    """The token of a VERP bounce address, or None for any other address."""
-    tag = rcpt.lower().partition("@")[0].partition("+")[2]
-    return tag[len(TAG) :] if tag.startswith(TAG) else None
-
-
-def subscriber_for(conn: sqlite3.Connection, key: bytes, tok: str) -> str | None:
-    """The subscriber a token was made for (one HMAC per subscriber; bounces are rare)."""
-    for (address,) in conn.execute("SELECT address FROM subscribers"):
-        if hmac.compare_digest(token(key, address), tok):
-            return address
-    return None
 
 
 def looks_like_bounce(raw: bytes, sender: str) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from bot.config import SmtpSection
-from bot.delivery import bounces
+from bot.delivery import verp
 from bot.delivery.mail import Identity, Prepared, address, prepare_digest, wire_address
 from bot.delivery.subscribers import unsubscribe_secret
 from bot.errors import MailError
@@ -117,8 +117,8 @@ class Outbox:
         if item.kind != "digest":
             return self.me.address
         if self._verp_key is None:
-            self._verp_key = bounces.install_key(self.conn)
-        return bounces.verp_sender(self.me, self._verp_key, item.recipient)
+            self._verp_key = verp.install_key(self.conn)
+        return verp.verp_sender(self.me, self._verp_key, item.recipient)
 
     def sent(self, item: Queued) -> None:
         with self.conn:

@@ -35,9 +35,10 @@ import jinja2
 from bot.commands import CommandError, Context, registry
 from bot.commands.help import help_text
 from bot.config import Config
-from bot.delivery.bounces import Bounces, looks_like_bounce, verp_token
+from bot.delivery.bounces import Bounces, looks_like_bounce
 from bot.delivery.mail import Identity, compose, wire_address
 from bot.delivery.outbox import Outbox
+from bot.delivery.verp import verp_token
 from bot.desk import addresses
 from bot.errors import MailError
 from bot.intake.routing import plus_base
