@@ -220,6 +220,23 @@ backoff_max = 2
         # second: a change within the same second would go unseen.
         after = max(path.stat().st_mtime_ns, before + 2_000_000_000)
         os.utime(path, ns=(after, after))
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # A running Dovecot stats the file at most once per second of its
+        # clock: a login in the same second as the last one still sees the
+        # old password. Done when the new password works, not after a sleep.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                c = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
+                try:
+                    c.login(USER, password)
+                finally:
+                    c.shutdown()
+                return
+            except imaplib.IMAP4.error:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Dovecot never accepted the new password") from None
 
     def start(self) -> Dovecot:
         for _attempt in range(3):
