@@ -251,3 +251,15 @@ CREATE TABLE IF NOT EXISTS failures (
     raw      BLOB NOT NULL,
     raw_hash TEXT NOT NULL UNIQUE
 );
+
+-- State: what the running daemon last knew of each lasting check (relay,
+-- intake, ...), for `kvm-digest health` (bot/health.py). Not derived from
+-- git, and not worth a backup: the next daemon start writes it anew.
+CREATE TABLE IF NOT EXISTS health (
+    check_name TEXT PRIMARY KEY,
+    ok         INTEGER NOT NULL,        -- 1 working, 0 failing
+    since      INTEGER NOT NULL,        -- when this state began
+    updated    INTEGER NOT NULL,        -- when it was last confirmed
+    count      INTEGER NOT NULL DEFAULT 0, -- failures since `since`
+    detail     TEXT NOT NULL DEFAULT ''
+);
