@@ -35,11 +35,13 @@ import jinja2
 from bot.commands import CommandError, Context, registry
 from bot.commands.help import help_text
 from bot.config import Config
+from bot.delivery import subscribers
 from bot.delivery.bounces import Bounces, looks_like_bounce
+from bot.delivery.footer import digest_footer, signature, with_foot
 from bot.delivery.mail import Identity, compose, wire_address
 from bot.delivery.outbox import Outbox
 from bot.delivery.verp import verp_token
-from bot.desk import addresses
+from bot.desk import addresses, digest_reply, reading
 from bot.errors import MailError
 from bot.intake.routing import plus_base
 from bot.parse import mime
@@ -54,7 +56,6 @@ MAX_ECHO = 80
 MAX_ID = 250
 """The longest message id threaded under (RFC 5322 ids are short in practice)."""
 """The most user text a reply quotes: one line of this many characters."""
-_REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|fwd?)\s*:\s*)+", re.I)
 _ARGUMENT = re.compile(
     r"^([0-9a-f]{1,40}(\.\.[0-9a-f]{1,40})?"  # a commit id, a range, a token, a number
     r"|\d{4}-\d\d-\d\d(t[\d:.]{2,15}([+-]\d\d:?\d\d|z)?)?"  # an ISO date (time)
@@ -162,17 +163,21 @@ class Mail:
     references: str
     lines: list[str]
     headers: mime.Headers
+    in_reply_to: str = ""
+    """The ids the mail answers (In-Reply-To, then References), space separated."""
 
     @classmethod
     def parse(cls, raw: bytes, sender: str, rcpt: str) -> Mail:
         headers, body = mime.split_message(raw)
-        texts = mime.body_texts(raw, headers, body)
+        text = reading.command_text(raw, headers, body)
         froms = headers.get("from", [])
         from_addr = addresses.from_header(_text(froms[0])) if len(froms) == 1 else None
         ids = _short_ids(mime.first(headers, "message-id"))[:1]
         # A few references thread the reply; more would only be user bytes echoed.
         refs = [f"<{r}>" for r in _short_ids(mime.first(headers, "references"))][-5:]
         refs += [f"<{ids[0]}>"] if ids else []
+        answered = _short_ids(mime.first(headers, "in-reply-to"))[:1]
+        answered += _short_ids(mime.first(headers, "references"))[-20:]
         return cls(
             sender=sender,
             rcpt=rcpt,
@@ -180,8 +185,9 @@ class Mail:
             subject=mime.decode_header_value(mime.first(headers, "subject")),
             message_id=f"<{ids[0]}>" if ids else "",
             references=" ".join(refs),
-            lines=(texts[0] if texts else "").splitlines()[:200],
+            lines=text.splitlines()[: reading.MAX_LINES],
             headers=headers,
+            in_reply_to=" ".join(f"<{i}>" for i in answered),
         )
 
 
@@ -234,9 +240,9 @@ def command_lines(mail: Mail, known: set[str]) -> tuple[list[str], str | None]:
 
     A plus address (`bot+unsubscribe@`) is the command; the secret address
     `bot+unsubscribe-<secret>@` of a subscriber's List-Unsubscribe header
-    unsubscribes it. Otherwise the subject counts when it is a command, then
-    body lines up to the first line that is not a command, a signature or a
-    quote; blank lines are skipped.
+    unsubscribes it. Otherwise the mail is read as Mailman reads it
+    (bot/desk/reading.py): the subject, and the body's commands after a
+    greeting, up to a signature or quoted text.
     """
     tag = mail.rcpt.lower().partition("@")[0].partition("+")[2]
     if tag in SHORTCUTS:
@@ -244,23 +250,35 @@ def command_lines(mail: Mail, known: set[str]) -> tuple[list[str], str | None]:
     secret = _SECRET_TAG.match(tag)
     if secret:
         return [f"unsubscribe {secret.group(1)}"], None
-    found: list[str] = []
-    subject = _REPLY_PREFIX.sub("", mail.subject).strip()
-    if subject.split()[:1] and subject.split()[0].lower() in known:
-        found.append(subject)
-    stray = None
-    for line in mail.lines:
-        text = line.strip()
-        if not text:
-            continue
-        if line.startswith(("-- ", ">")) or text == "--":
-            break
-        if text.split()[0].lower() not in known:
-            stray = text
-            break
-        if text.lower() not in (f.lower() for f in found):  # "Re: confirm X" + "confirm X"
-            found.append(text)
-    return found[:MAX_COMMANDS], (None if found else stray or subject or None)
+    found, stray, _ = reading.find_commands(mail.subject, mail.lines, known)
+    return found[:MAX_COMMANDS], stray
+
+
+NOTICE_SECONDS = 86400
+"""A mailbox hears that its answer is late at most once in this many seconds."""
+
+
+def noticed_since(conn: sqlite3.Connection, key: str, kind: str, since: int) -> bool:
+    """True when the mailbox `key` was sent a notice of `kind` after `since`."""
+    row = conn.execute(
+        "SELECT sent FROM notices WHERE limit_key = ? AND kind = ?", (key, kind)
+    ).fetchone()
+    return row is not None and row[0] > since
+
+
+def deferral_notice(me: Identity, until: int) -> str:
+    """The short note that an answer waits for a limit, and when it comes."""
+    return (
+        f"Your mail to {me.address} arrived after the bot had sent you as many\n"
+        "answers as it may for now. It is kept, and will be answered at about\n"
+        f"{_utc(until)}. Mail you send meanwhile waits its turn too.\n"
+        "\n"
+        "You get this note at most once a day.\n"
+    )
+
+
+def _utc(when: int) -> str:
+    return time.strftime("%H:%M UTC on %Y-%m-%d", time.gmtime(when))
 
 
 def reply_subject(lines: list[str], me: Identity) -> str:
@@ -453,11 +471,13 @@ class Desk:
                     "UPDATE inbound SET deferred_until = ? WHERE id = ?",
                     [(deferred.until, i) for i in later],
                 )
+                if isinstance(mail, Mail) and not deferred.everyone:
+                    self._tell_deferred(mail, deferred.until)
             log.warning(
                 "deferred %d mail(s), from %s first, until %s: %s",
                 len(later),
                 mail.from_addr if isinstance(mail, Mail) else "?",
-                time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(deferred.until)),
+                _utc(deferred.until),
                 deferred,
             )
             return not deferred.everyone
@@ -471,6 +491,40 @@ class Desk:
                     (int(time.time()), f"{type(err).__name__}: {err}"[:500], row_id),
                 )
         return True
+
+    def _tell_deferred(self, mail: Mail, until: int) -> None:
+        """Tell a mailbox whose answer waits for its limit when it will come.
+
+        At most once a day per mailbox (the `notices` table), however many
+        of its mails wait: a forged flood cannot turn the notice into the
+        amplifier the limit is there to prevent. Queued in the caller's
+        transaction, with the deferral it announces.
+        """
+        key = addresses.limit_key(mail.from_addr) if mail.from_addr else ""
+        now = int(time.time())
+        if not key or noticed_since(self.conn, key, "deferred", now - NOTICE_SECONDS):
+            return
+        message_id = self.me.new_message_id()
+        try:
+            message = compose(
+                self.me,
+                mail.from_addr,
+                f"Re: your mail to {self.me.address}: the answer comes later",
+                with_foot(deferral_notice(self.me, until), signature(self.me)),
+                message_id,
+                in_reply_to=mail.message_id or None,
+                references=mail.references or None,
+            )
+        except MailError as err:
+            log.info("no deferral notice to %s: %s", mail.from_addr, err)
+            return
+        self.conn.execute(
+            "INSERT INTO notices (limit_key, kind, sent) VALUES (?, 'deferred', ?)"
+            " ON CONFLICT (limit_key, kind) DO UPDATE SET sent = excluded.sent",
+            (key, now),
+        )
+        self.outbox.enqueue(mail.from_addr, message, message_id, kind="notice")
+        log.info("told %s its answer waits until %s", mail.from_addr, _utc(until))
 
     def deferred(self) -> list[tuple[int, str, int]]:
         """Mail waiting for a limit: (id, mailbox, due time), for the admin CLI."""
@@ -489,11 +543,15 @@ class Desk:
         self._check_limits(key)
         ctx = Context(self.conn, self.config, self.me, mail.from_addr, self.env, key=key)
         lines, stray = command_lines(mail, set(self.commands))
-        body = self._run(ctx, lines, stray)
-        if body is None:
-            log.info("nothing new to tell %s: a confirmation is pending", mail.from_addr)
-            return 0
-        subject = ctx.reply_subject or reply_subject(lines, self.me)
+        asked = None if lines else self._digest_reply(mail)
+        if asked:
+            subject, body = asked
+        else:
+            body = self._run(ctx, lines, stray)
+            if body is None:
+                log.info("nothing new to tell %s: a confirmation is pending", mail.from_addr)
+                return 0
+            subject = ctx.reply_subject or reply_subject(lines, self.me)
         message_id = self.me.new_message_id()
         limit = self.config.commands.max_reply_bytes
         if len(body.encode()) > limit:
@@ -504,11 +562,12 @@ class Desk:
                 f"than the {limit // 1024} KB a reply may be. Send one digest request\n"
                 "per mail, or ask for smaller ranges.\n"
             )
+            ctx.digest_reply = False
         message = compose(
             self.me,
             mail.from_addr,
             subject,
-            body,
+            with_foot(body, self._foot(ctx)),
             message_id,
             in_reply_to=mail.message_id or None,
             references=mail.references or None,
@@ -517,6 +576,20 @@ class Desk:
         self.outbox.enqueue(mail.from_addr, message, message_id)
         log.info("answered %d command(s) from %s", len(lines), mail.from_addr)
         return len(message)
+
+    def _digest_reply(self, mail: Mail) -> tuple[str, str] | None:
+        """A person answering a digest: the list and the series' link, not help."""
+        ids = mail.in_reply_to.split()
+        return digest_reply.answer(self.conn, self.me, mail.subject, ids, mail.lines)
+
+    def _foot(self, ctx: Context) -> str:
+        """A digest's footer (the reader's own unsubscribe link), else a signature."""
+        if not ctx.digest_reply:
+            return signature(self.me)
+        current = subscribers.get(self.conn, ctx.sender)
+        active = current is not None and current.status == "active"
+        secret = subscribers.unsubscribe_secret(self.conn, ctx.sender) if active else None
+        return digest_footer(self.me, secret)
 
     def _run(self, ctx: Context, lines: list[str], stray: str | None) -> str | None:
         if not lines:
@@ -547,8 +620,8 @@ class Desk:
                     return f"{shown}\n{result}\n"
             if result is None:
                 continue  # nothing new to say (a confirmation is pending)
-            if len(lines) == 1 and command.alone:
-                return result
+            if len(lines) == 1 and (command.alone or ctx.digest_reply):
+                return result  # a digest, confirmed or not, is the whole reply
             parts.append(f"{shown}\n{result}\n")
         return "\n".join(parts) if parts else None
 
