@@ -36,6 +36,7 @@ class Bot:
         max_days: int = 3650,
         per_hour: int = 500,
         max_size: int = 50_000,
+        web: dict | None = None,
         **commands: object,
     ) -> None:
         self.max_size = max_size
@@ -52,11 +53,12 @@ class Bot:
                 },
                 "smtp": {"host": "127.0.0.1", "port": sink.port, "security": "none"},
                 "digest": {"max_messages": 20, "max_days": max_days},
+                "web": web or {},
             }
         )
         self.store = Store(root)
         self.store.importer.run([(str(i), m) for i, m in enumerate(SLICE)], "slice")
-        self.me = Identity(BOT)
+        self.me = Identity.from_config(self.config)
         self.outbox = Outbox(self.store.index.conn, self.me)
         self.desk = Desk(self.store.index.conn, self.config, self.outbox, environment())
         self.sender = Sender(self.outbox, self.config.smtp)
@@ -213,7 +215,10 @@ async def test_digest_by_mail_equals_the_cli_digest(bot, sink, cli, data_dir):
     # The footer names the subscriber's own unsubscribe address and a person.
     secret = subscribers.unsubscribe_secret(bot.store.index.conn, "una@example.org")
     assert f"\n-- \nUnsubscribe: mail kvm-digest+unsubscribe-{secret}@example.org\n" in text
-    assert text.endswith("Questions for a person: postmaster@example.org\n")
+    assert text.endswith(
+        "\nDiscuss on kvm@vger.kernel.org (replies here reach only the bot)\n"
+        "Questions for a person: postmaster@example.org\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -26,9 +26,8 @@ def digest_footer(me: Identity, secret: str | None) -> str:
         leave = f"Unsubscribe: mail {me.unsubscribe_address(secret)}"
     lines = [SEPARATOR, leave, f"Topic or style: send 'help' to {me.address}"]
     if me.list_address:
-        lines.append(f"Discuss on {me.list_address}, not here; questions: {me.contact}")
-    else:
-        lines.append(f"Questions for a person: {me.contact}")
+        lines.append(f"Discuss on {me.list_address} (replies here reach only the bot)")
+    lines.append(f"Questions for a person: {me.contact}")
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import quopri
 import re
+import unicodedata
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
@@ -168,15 +169,18 @@ def text_field(name: str, value: str) -> bytes:
 
 
 def list_id_field(me: Identity) -> bytes:
-    """RFC 2919's `List-Id: label <id>`; a label that is not plain ASCII is encoded."""
+    """RFC 2919's `List-Id: label <id>`, in plain ASCII like every List-* field.
+
+    A title that is not ASCII loses its accents in the label (`Ünïcode` reads
+    `Unicode`): list headers are never RFC 2047-encoded.
+    """
     label = header_safe(f"{me.list_title} digest")
-    ident = f"<{header_safe(me.list_id_value)}>"
     if not label.isascii():
-        encoded = Header(label, "utf-8", header_name="List-Id").encode(linesep="\r\n")
-        return f"List-Id: {encoded} {ident}\r\n".encode("ascii")
+        folded_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+        label = " ".join(folded_label.split()) or "digest"
     if _SPECIALS.search(label):
         label = '"' + label.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return folded("List-Id", [*label.split(" "), ident])
+    return folded("List-Id", [*label.split(" "), f"<{header_safe(me.list_id_value)}>"])
 
 
 def url_field(name: str, urls: list[str]) -> bytes:

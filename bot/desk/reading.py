@@ -186,8 +186,10 @@ def command_words(line: str, known: set[str]) -> str | None:
     for _ in range(3):
         text = _TRAILING.sub("", _POLITE.sub("", text)).strip()
     words = text.split()
+    if len(words) > 1 and words[1].lower() == "me":  # "unsubscribe me", "subscribe me weekly"
+        del words[1]
     if words and words[0].lower() in known:
-        return text
+        return " ".join(words)
     return None
 
 
