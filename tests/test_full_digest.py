@@ -324,6 +324,13 @@ def test_cli_style_flag_and_config(cli, tmp_path):
     config.write_text('[digest]\nstyle = "classic"\n[list]\narchive_url = ""\n')
     assert cli("--config", config, "digest", "--all").out == classic.out
     assert cli("--config", config, "digest", "--all", "--style", "full").out != classic.out
+    # brief: the full digest up to its commit messages, and nothing after.
+    brief = cli("digest", "--all", "--style", "brief").out
+    assert "===== Patch Commit Messages ====" not in brief and "New:  " not in brief
+    cut = full.out.index("===== Patch Commit Messages ====")
+    assert brief == full.out[:cut]
+    config.write_text('[digest]\nstyle = "brief"\n')
+    assert cli("--config", config, "digest", "--all").out == brief
     bad = tmp_path / "bad.toml"
     bad.write_text('[digest]\nstyle = "fancy"\n')
     err = cli("--config", bad, "check-config").err.strip()
