@@ -381,9 +381,9 @@ def test_subscribe_daily_classic_and_digest_by_mail_in_that_style(store):
     with conn:
         Confirm().run(ctx("reader@example.org"), [token])
     assert subscribers.get(conn, "reader@example.org").style == "classic"
-    with pytest.raises(CommandError, match="full or classic"):
+    with pytest.raises(CommandError, match="full, classic or brief"):
         Subscribe().run(ctx("x@example.org"), ["daily", "weekly"])
-    with pytest.raises(CommandError, match="full or classic"):
+    with pytest.raises(CommandError, match="full, classic or brief"):
         Subscribe().run(ctx("x@example.org"), ["classic", "full"])
     # The v2 "Fixup PC updates" series and its replies: a few days.
     v2 = seq_of(conn, "20210514104042.1929168-1-maz@kernel.org")

@@ -22,9 +22,7 @@ def later_mail() -> list[bytes]:
 
 def body(received) -> str:
     """A digest's text, without the reader's own footer."""
-    return without_footer(
-        received.message.get_payload(decode=True).decode().replace("\r\n", "\n")
-    )
+    return without_footer(received.message.get_payload(decode=True).decode().replace("\r\n", "\n"))
 
 
 async def test_subscriber_round_trip_receives_only_matching_series(bot, sink):  # noqa: F811
