@@ -376,3 +376,25 @@ async def test_a_deferral_is_said_once_a_day(tmp_path, sink):
         assert sum("answer comes later" in r.message["Subject"] for r in sink.received) == 2
     finally:
         await bot.close()
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "Status of the GICv5 series? Is it queued?",
+        "Digest looks great, but is the GICv5 trapping safe?",
+        "Help, I do not understand the GICv5 TDIR change.",
+    ],
+)
+async def test_a_sentence_that_starts_with_a_command_word_is_a_question(bot, sink, question):
+    message_id, text = await periodic_digest(bot, sink)
+    await bot.ask(
+        raw_mail(
+            question + "\n\n" + quoted(text[:500]),
+            "Re: x",
+            headers=f"In-Reply-To: {message_id}\r\n",
+        )
+    )
+    answer = last_reply(sink, 2)
+    assert f"    {GICV5}\n" in answer
+    assert "una@example.org: active" not in answer and "Error" not in answer

@@ -57,6 +57,8 @@ class Command:
     examples: ClassVar[tuple[str, ...]] = ()
     alone: ClassVar[bool] = False
     """True when its result is the whole reply if it is the only command."""
+    arguments: ClassVar[bool] = True
+    """False for a command that takes none: `status of this series` is a sentence."""
 
     def run(self, ctx: Context, args: list[str]) -> str | None:
         raise NotImplementedError

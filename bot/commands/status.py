@@ -14,6 +14,7 @@ class Status(Command):
     name = "status"
     description = "your subscription: schedule, style, topic, the last digest"
     examples = ("status",)
+    arguments = False
 
     def run(self, ctx: Context, args: list[str]) -> str:
         sub = subscribers.get(ctx.conn, ctx.sender)

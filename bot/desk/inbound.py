@@ -28,6 +28,7 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import jinja2
@@ -66,6 +67,8 @@ _ARGUMENT = re.compile(
 """What a command argument may look like. Nothing else is run or quoted
 back: no URL, address or sentence can be carried in a reply (a topic word
 holds no "@", ":" past its prefix, or space, and is at most 60 characters)."""
+MAX_TYPO = 24
+"""The longest lone word a "no command found" reply quotes back."""
 MAX_ARGUMENTS = 12
 """Words after a command: a range (up to 4) and a short topic query."""
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
@@ -235,14 +238,17 @@ def robot_reason(mail: Mail, me: Identity) -> str | None:
     return None
 
 
-def command_lines(mail: Mail, known: set[str]) -> tuple[list[str], str | None]:
+def command_lines(
+    mail: Mail, known: set[str], bare: Collection[str] = ()
+) -> tuple[list[str], str | None]:
     """The command lines of a mail, and the first line that was not one.
 
     A plus address (`bot+unsubscribe@`) is the command; the secret address
     `bot+unsubscribe-<secret>@` of a subscriber's List-Unsubscribe header
     unsubscribes it. Otherwise the mail is read as Mailman reads it
     (bot/desk/reading.py): the subject, and the body's commands after a
-    greeting, up to a signature or quoted text.
+    greeting, up to a signature or quoted text. `bare` names the commands
+    that take no arguments.
     """
     tag = mail.rcpt.lower().partition("@")[0].partition("+")[2]
     if tag in SHORTCUTS:
@@ -250,8 +256,22 @@ def command_lines(mail: Mail, known: set[str]) -> tuple[list[str], str | None]:
     secret = _SECRET_TAG.match(tag)
     if secret:
         return [f"unsubscribe {secret.group(1)}"], None
-    found, stray, _ = reading.find_commands(mail.subject, mail.lines, known)
+    found, stray, _ = reading.find_commands(
+        mail.subject, mail.lines, known, lambda name, args: plausible(name, args, bare)
+    )
     return found[:MAX_COMMANDS], stray
+
+
+def plausible(name: str, args: list[str], bare: Collection[str] = ()) -> bool:
+    """Whether a line that starts with a command name reads as that command.
+
+    Its words must look like arguments (ids, dates, keywords, a topic) and
+    be few, and a command in `bare` takes none. Otherwise the line is a
+    person's sentence (`Status of the vgic series?`), read past as such.
+    """
+    if not args:
+        return True
+    return name not in bare and len(args) <= MAX_ARGUMENTS and all(_ARGUMENT.match(a) for a in args)
 
 
 NOTICE_SECONDS = 86400
@@ -542,7 +562,8 @@ class Desk:
         key = addresses.limit_key(mail.from_addr)
         self._check_limits(key)
         ctx = Context(self.conn, self.config, self.me, mail.from_addr, self.env, key=key)
-        lines, stray = command_lines(mail, set(self.commands))
+        bare = {name for name, c in self.commands.items() if not c.arguments}
+        lines, stray = command_lines(mail, set(self.commands), bare)
         asked = None if lines else self._digest_reply(mail)
         if asked:
             subject, body = asked
@@ -593,9 +614,10 @@ class Desk:
 
     def _run(self, ctx: Context, lines: list[str], stray: str | None) -> str | None:
         if not lines:
-            if not stray:
+            # Only a lone word (a typo such as 'subscirbe') is quoted back,
+            # sanitised: a sentence never is, so the bot carries nobody's text.
+            if not stray or len(stray.split()) > 1 or len(stray) > MAX_TYPO:
                 return "No command found in the mail.\n\n" + help_text(ctx)
-            # One line, sanitised and cut, so the bot cannot carry someone's text.
             return (
                 "No command found: the first line was not a command I know:\n\n"
                 f"    {sanitise(stray, MAX_ECHO - 8)}\n\n" + help_text(ctx)

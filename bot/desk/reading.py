@@ -22,6 +22,7 @@ import email
 import email.message
 import email.policy
 import re
+from collections.abc import Callable
 from html.parser import HTMLParser
 
 from bot.parse import mime
@@ -48,7 +49,7 @@ _ATTRIBUTION = re.compile(
     r"\s*:\s*$|^\s*\*\s.*\]:\s*$",
     re.IGNORECASE,
 )
-_TRAILING = re.compile(r"[.!]+$")
+_TRAILING = re.compile(r"[.!?]+$")
 _POLITE = re.compile(
     r"^(please|pls|hi|hello)\b[,:]?\s+|[,;]?\s*\b(please|pls|thanks|thank you|thx|cheers)$",
     re.IGNORECASE,
@@ -177,10 +178,16 @@ def bare_subject(subject: str) -> str:
     return _REPLY_PREFIX.sub("", subject).strip()
 
 
-def command_words(line: str, known: set[str]) -> str | None:
+Plausible = Callable[[str, list[str]], bool]
+"""Whether a command name and these words read as a command, not a sentence."""
+
+
+def command_words(line: str, known: set[str], plausible: Plausible | None = None) -> str | None:
     """The command a line gives (`subscribe weekly`), or None when it gives none.
 
-    A polite word around it (`Please subscribe weekly, thanks!`) is no argument.
+    A polite word around it (`Please subscribe weekly, thanks!`) is no
+    argument; a line whose words `plausible` rejects (`Status of this
+    series?`, `Digest looks great, but...`) is a sentence, not a command.
     """
     text = _TRAILING.sub("", " ".join(line.split()))
     for _ in range(3):
@@ -188,13 +195,15 @@ def command_words(line: str, known: set[str]) -> str | None:
     words = text.split()
     if len(words) > 1 and words[1].lower() == "me":  # "unsubscribe me", "subscribe me weekly"
         del words[1]
-    if words and words[0].lower() in known:
-        return " ".join(words)
-    return None
+    if not words or words[0].lower() not in known:
+        return None
+    if plausible is not None and not plausible(words[0].lower(), words[1:]):
+        return None
+    return " ".join(words)
 
 
 def find_commands(
-    subject: str, lines: list[str], known: set[str]
+    subject: str, lines: list[str], known: set[str], plausible: Plausible | None = None
 ) -> tuple[list[str], str | None, bool]:
     """(commands, the first line that was not one, whether the body had any).
 
@@ -214,7 +223,7 @@ def find_commands(
             if found:
                 break
             continue  # bottom-posting: the answer comes below the quote
-        command = command_words(line, known)
+        command = command_words(line, known, plausible)
         if command is None:
             if found:
                 break
@@ -226,7 +235,7 @@ def find_commands(
         if command.lower() not in (f.lower() for f in found):
             found.append(command)
     in_body = bool(found)
-    head = command_words(bare_subject(subject), known)
+    head = command_words(bare_subject(subject), known, plausible)
     counts = head is not None and (len(head.split()) > 1 or not in_body)
     # "Re: confirm X" and "confirm X" in the body are one command.
     if counts and head and head.lower() not in (f.lower() for f in found):

@@ -222,6 +222,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt);
 CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox(recipient, created);
+-- Which digest a reader's reply answers (bot/desk/digest_reply.py).
+CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox(message_id);
 
 -- State: command mail, queued durably before the server says 250.
 CREATE TABLE IF NOT EXISTS inbound (
