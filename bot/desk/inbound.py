@@ -42,7 +42,7 @@ from bot.delivery.footer import digest_footer, signature, with_foot
 from bot.delivery.mail import Identity, compose, wire_address
 from bot.delivery.outbox import Outbox
 from bot.delivery.verp import verp_token
-from bot.desk import addresses, digest_reply, reading
+from bot.desk import addresses, digest_reply, notices, reading
 from bot.errors import MailError
 from bot.intake.routing import plus_base
 from bot.parse import mime
@@ -274,33 +274,6 @@ def plausible(name: str, args: list[str], bare: Collection[str] = ()) -> bool:
     return name not in bare and len(args) <= MAX_ARGUMENTS and all(_ARGUMENT.match(a) for a in args)
 
 
-NOTICE_SECONDS = 86400
-"""A mailbox hears that its answer is late at most once in this many seconds."""
-
-
-def noticed_since(conn: sqlite3.Connection, key: str, kind: str, since: int) -> bool:
-    """True when the mailbox `key` was sent a notice of `kind` after `since`."""
-    row = conn.execute(
-        "SELECT sent FROM notices WHERE limit_key = ? AND kind = ?", (key, kind)
-    ).fetchone()
-    return row is not None and row[0] > since
-
-
-def deferral_notice(me: Identity, until: int) -> str:
-    """The short note that an answer waits for a limit, and when it comes."""
-    return (
-        f"Your mail to {me.address} arrived after the bot had sent you as many\n"
-        "answers as it may for now. It is kept, and will be answered at about\n"
-        f"{_utc(until)}. Mail you send meanwhile waits its turn too.\n"
-        "\n"
-        "You get this note at most once a day.\n"
-    )
-
-
-def _utc(when: int) -> str:
-    return time.strftime("%H:%M UTC on %Y-%m-%d", time.gmtime(when))
-
-
 def reply_subject(lines: list[str], me: Identity) -> str:
     """`Re: help`, from the names of the commands run: never the asker's own words."""
     names = list(dict.fromkeys(line.split()[0].lower() for line in lines))
@@ -497,7 +470,7 @@ class Desk:
                 "deferred %d mail(s), from %s first, until %s: %s",
                 len(later),
                 mail.from_addr if isinstance(mail, Mail) else "?",
-                _utc(deferred.until),
+                notices.utc(deferred.until),
                 deferred,
             )
             return not deferred.everyone
@@ -515,14 +488,13 @@ class Desk:
     def _tell_deferred(self, mail: Mail, until: int) -> None:
         """Tell a mailbox whose answer waits for its limit when it will come.
 
-        At most once a day per mailbox (the `notices` table), however many
-        of its mails wait: a forged flood cannot turn the notice into the
-        amplifier the limit is there to prevent. Queued in the caller's
-        transaction, with the deferral it announces.
+        At most once a day per mailbox (bot/desk/notices.py), however many
+        of its mails wait. Queued in the caller's transaction, with the
+        deferral it announces.
         """
         key = addresses.limit_key(mail.from_addr) if mail.from_addr else ""
         now = int(time.time())
-        if not key or noticed_since(self.conn, key, "deferred", now - NOTICE_SECONDS):
+        if not key or not notices.due(self.conn, key, "deferred", now):
             return
         message_id = self.me.new_message_id()
         try:
@@ -530,7 +502,7 @@ class Desk:
                 self.me,
                 mail.from_addr,
                 f"Re: your mail to {self.me.address}: the answer comes later",
-                with_foot(deferral_notice(self.me, until), signature(self.me)),
+                with_foot(notices.deferral_notice(self.me, until), signature(self.me)),
                 message_id,
                 in_reply_to=mail.message_id or None,
                 references=mail.references or None,
@@ -538,13 +510,9 @@ class Desk:
         except MailError as err:
             log.info("no deferral notice to %s: %s", mail.from_addr, err)
             return
-        self.conn.execute(
-            "INSERT INTO notices (limit_key, kind, sent) VALUES (?, 'deferred', ?)"
-            " ON CONFLICT (limit_key, kind) DO UPDATE SET sent = excluded.sent",
-            (key, now),
-        )
+        notices.record(self.conn, key, "deferred", now)
         self.outbox.enqueue(mail.from_addr, message, message_id, kind="notice")
-        log.info("told %s its answer waits until %s", mail.from_addr, _utc(until))
+        log.info("told %s its answer waits until %s", mail.from_addr, notices.utc(until))
 
     def deferred(self) -> list[tuple[int, str, int]]:
         """Mail waiting for a limit: (id, mailbox, due time), for the admin CLI."""
