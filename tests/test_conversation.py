@@ -398,3 +398,71 @@ async def test_a_sentence_that_starts_with_a_command_word_is_a_question(bot, sin
     answer = last_reply(sink, 2)
     assert f"    {GICV5}\n" in answer
     assert "una@example.org: active" not in answer and "Error" not in answer
+
+
+HEAD = (
+    "From: Una <una@example.org>\nTo: kvm-digest@example.org\nSubject: Re: hello\n"
+    "MIME-Version: 1.0\n"
+)
+RAW_SHAPES = {
+    "outlook html only, unquoted original below a rule": (
+        'Content-Type: text/html; charset="us-ascii"\n\n<html><body><div class=WordSection1>'
+        "<p class=MsoNormal>status<o:p></o:p></p><p class=MsoNormal><o:p>&nbsp;</o:p></p>"
+        "<div style='border:none;border-top:solid #E1E1E1 1.0pt'><p class=MsoNormal>"
+        "<b>From:</b> KVM digest &lt;kvm-digest@example.org&gt;<br><b>Sent:</b> Monday, "
+        "March 1, 2021 10:00 AM<br><b>Subject:</b> help</p></div>"
+        "<p class=MsoNormal>    unsubscribe</p></div></body></html>\n",
+        ["status"],
+    ),
+    "thunderbird html with a cite blockquote": (
+        'Content-Type: text/html; charset=UTF-8\n\n<html><body><p>topic s:vgic<br></p><div class="'
+        'moz-cite-prefix">On 01/03/2021 10:00, KVM digest wrote:<br></div><blockquote type="cite">'
+        "<pre>unsubscribe</pre></blockquote></body></html>\n",
+        ["topic s:vgic"],
+    ),
+    "pgp inline signed": (
+        "Content-Type: text/plain\n\n-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n"
+        "subscribe weekly\n-----BEGIN PGP SIGNATURE-----\n\niQIzBAEBCAAdFiEE\n"
+        "-----END PGP SIGNATURE-----\n",
+        ["subscribe weekly"],
+    ),
+    "format=flowed with a greeting": (
+        "Content-Type: text/plain; charset=utf-8; format=flowed\n\nHi there, \n\n"
+        "subscribe daily \n\n-- \nUna\n",
+        ["subscribe daily"],
+    ),
+    "multipart/mixed with an attachment": (
+        "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\nstatus\n"
+        "--b\nContent-Type: application/pdf\nContent-Disposition: attachment; filename=x.pdf\n"
+        "Content-Transfer-Encoding: base64\n\nJVBERi0=\n--b--\n",
+        ["status"],
+    ),
+    "windows-1252, quoted-printable, French": (
+        "Content-Type: text/plain; charset=windows-1252\nContent-Transfer-Encoding: "
+        "quoted-printable\n\nBonjour,\n\nsubscribe weekly\n\nMerci =E0 vous\n",
+        ["subscribe weekly"],
+    ),
+    "a French attribution above the quote": (
+        "Content-Type: text/plain; charset=utf-8\n\nstatus\n\nLe lun. 1 mars 2021 à 10:00, "
+        "KVM digest <kvm-digest@example.org> a écrit :\n> unsubscribe\n",
+        ["status"],
+    ),
+    "a German Outlook header block": (
+        "Content-Type: text/plain; charset=utf-8\n\nstatus\n\nVon: KVM digest "
+        "<kvm-digest@example.org>\nGesendet: Montag, 1. März 2021 10:00\n\n    unsubscribe\n",
+        ["status"],
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", RAW_SHAPES)
+def test_raw_client_shapes_give_exactly_their_commands(shape):
+    from bot.commands import registry
+    from bot.desk.inbound import Mail, command_lines
+
+    text, expected = RAW_SHAPES[shape]
+    raw = (HEAD + text).replace("\n", "\r\n").encode()
+    mail = Mail.parse(raw, "una@example.org", BOT)
+    commands = registry()
+    bare = {name for name, c in commands.items() if not c.arguments}
+    assert command_lines(mail, set(commands), bare)[0] == expected
