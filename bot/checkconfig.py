@@ -62,6 +62,7 @@ def problems(config: Config) -> list[str]:
     for where, value in (
         ("[list] address", config.list.address),
         ("[commands] address", commands.address),
+        ("[commands] owner", commands.owner),
     ):
         if value:
             why = address.problem(value)
@@ -161,6 +162,10 @@ def _summary(config: Config) -> None:
         print(f"commands: {commands.address}, {commands.protocol.upper()} on {commands.listen}")
     else:
         print("commands: not configured (no command mail)")
+    if config.web.url:
+        print(f"web: {config.web.url} served on {config.web.listen} (one-click unsubscribe, feed)")
+    else:
+        print("web: not configured (List-Unsubscribe names the mailto address only)")
     print(
         f"smtp relay: {smtp.host}:{smtp.port} ({smtp.security})"
         + ("" if smtp.verify else ", certificates NOT checked")
@@ -188,7 +193,9 @@ async def _connect(config: Config) -> list[str]:
         checks.append(("imap", _imap(config)))
     checks.append(("smtp", _smtp(config)))
     if config.commands.address:
-        checks.append((config.commands.protocol, _bind(config)))
+        checks.append((config.commands.protocol, _bind(config.commands.listen)))
+    if config.web.url:
+        checks.append(("web", _bind(config.web.listen)))
     for name, check in checks:
         try:
             line = await check
@@ -256,8 +263,7 @@ async def _smtp(config: Config) -> str:
     return f"{s.host}:{s.port}: " + ", ".join(f"{step} ok" for step in done)
 
 
-async def _bind(config: Config) -> str:
-    listen = config.commands.listen
+async def _bind(listen: str) -> str:
     host, _, port = listen.rpartition(":")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

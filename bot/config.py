@@ -19,8 +19,9 @@ from typing import ClassVar
 
 from bot.errors import ConfigError
 
-STYLES = ("full", "classic")
-"""Digest styles (FORMAT.md, "Two styles"): classic is the documented layout."""
+STYLES = ("full", "classic", "brief")
+"""Digest styles (FORMAT.md, "Three styles"): classic is the documented layout,
+full adds links and review facts, brief is full without the commit messages."""
 DEFAULT_PATH = Path("config/kvm-digest.toml")
 ENV_DATA = "KVM_DIGEST_DATA"
 ENV_CONFIG = "KVM_DIGEST_CONFIG"
@@ -81,11 +82,15 @@ class DigestSection:
     max_days: int = 31
     max_messages: int = 5000
     style: str = "full"
-    """"full" (links, reviews, versions, applied, earlier series) or "classic"."""
+    """"full" (links, reviews, versions, applied, earlier series), "classic" or
+    "brief" (full without the commit messages)."""
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
-            raise ConfigError(f"[digest] style must be full or classic, not {self.style!r}")
+            raise ConfigError(
+                f"[digest] style must be {', '.join(STYLES[:-1])} or {STYLES[-1]}, "
+                f"not {self.style!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -187,8 +192,16 @@ class CommandsSection:
     """Bytes of replies to one mailbox per day; more waits for the next day."""
     max_waiting_per_address: int = 100
     """Unanswered mails from one mailbox kept; more is refused with 451 (the MTA retries)."""
+    owner: str = ""
+    """A person's address, named in replies and digest footers (e.g.
+    kvm-digest-owner@example.org); empty: postmaster@ the bot's domain."""
 
     def __post_init__(self) -> None:
+        if self.owner and not _address_shaped(self.owner):
+            raise ConfigError(
+                f"[commands] owner must be one address, e.g. kvm-digest-owner@example.org, "
+                f"not {self.owner!r}"
+            )
         if self.protocol not in ("lmtp", "smtp"):
             raise ConfigError(f"[commands] protocol must be lmtp or smtp, not {self.protocol!r}")
         host, _, port = self.listen.rpartition(":")
@@ -275,6 +288,38 @@ def _cron_error(name: str, expression: str, why: str) -> ConfigError:
 
 
 @dataclass(frozen=True)
+class WebSection:
+    """The HTTP endpoint: one-click unsubscribe (RFC 8058) and the Atom feed."""
+
+    url: str = ""
+    """The endpoint's public https address, as the site's TLS proxy serves it
+    (e.g. https://digest.example.org); empty: no endpoint, mailto only."""
+    listen: str = "127.0.0.1:8026"
+    """Where the endpoint listens (host:port), loopback behind the proxy."""
+
+    def __post_init__(self) -> None:
+        if self.url and (not self.url.startswith("https://") or len(self.url) <= 8):
+            raise ConfigError(
+                f"[web] url must be the https:// address your TLS proxy serves, e.g. "
+                f"https://digest.example.org, not {self.url!r} (one-click unsubscribe, "
+                "RFC 8058, needs https); leave it empty for no web endpoint"
+            )
+        if self.url and any(c in self.url for c in ' <>"\\?#'):
+            raise ConfigError(f"[web] url {self.url!r} must be a plain https:// URL")
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"[web] listen must be host:port, e.g. 127.0.0.1:8026, not {self.listen!r}"
+            )
+
+
+def _address_shaped(address: str) -> bool:
+    """One addr-spec: local@domain, no spaces, brackets or commas."""
+    local, at, domain = address.rpartition("@")
+    return bool(local and at and domain) and not any(c in address for c in " <>,;()")
+
+
+@dataclass(frozen=True)
 class BouncesSection:
     """Bounce handling, as Mailman 3 does it (see README, "Bounces")."""
 
@@ -298,6 +343,7 @@ class Config:
     smtp: SmtpSection = field(default_factory=SmtpSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     bounces: BouncesSection = field(default_factory=BouncesSection)
+    web: WebSection = field(default_factory=WebSection)
     source: Path | None = None
     data_dir_override: str | None = None
 

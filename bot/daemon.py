@@ -53,12 +53,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.env = environment(config.digest.templates or None)
-        self.me = Identity(
-            config.commands.address or f"kvm-digest@{_hostname()}",
-            config.commands.name,
-            config.list.title,
-            config.list.archive_url,
-        )
+        self.me = Identity.from_config(config, fallback=f"kvm-digest@{_hostname()}")
         self.health = Health()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -134,6 +129,8 @@ class Daemon:
             supervised("commands", lambda: self._desk_worker(desk, intake_stop), intake_stop),
             supervised("housekeeping", lambda: self._housekeeping(index, intake_stop), intake_stop),
         ]
+        if config.web.url:
+            tasks.append(self._web(index, outbox, intake_stop, supervised))
         server = None
         if config.commands.address:
             host, _, port = config.commands.listen.rpartition(":")
@@ -187,6 +184,18 @@ class Daemon:
             log.info("stopped; outbox %s", outbox.counts())
         if health.fatal:
             raise DigestError(health.fatal)
+
+    def _web(
+        self, index: Index, outbox: Outbox, stop: asyncio.Event, supervised: Any
+    ) -> asyncio.Task:
+        """The web endpoint (one-click unsubscribe, the feed) as a supervised task."""
+        from bot.web import server  # aiohttp: only for a daemon that serves the web
+
+        def make() -> Any:
+            return server.application(index.conn, self.config, self.me, outbox)
+
+        listen = self.config.web.listen
+        return supervised("web", lambda: server.serve(make, listen, stop), stop)
 
     async def _housekeeping(self, index: Index, stop: asyncio.Event) -> None:
         """Purge handled state past its retention, at start and every hour."""

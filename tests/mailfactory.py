@@ -149,3 +149,11 @@ class Store:
 
     def series_of(self, message_id: str) -> str | None:
         return self.row(message_id)["series_id"]
+
+
+def without_footer(text: str) -> str:
+    """A mailed digest's text without its footer (`-- ` and what follows):
+    what `kvm-digest digest` prints for the same range."""
+    head, sep, _ = text.rpartition("\n-- \n")
+    assert sep, "no footer: a mailed digest ends with '-- ' and a few lines"
+    return head + "\n"

@@ -19,7 +19,7 @@ from bot.desk.inbound import Desk
 from bot.digest.build import environment
 from tests.conftest import archive_ids
 from tests.dovecot import free_port
-from tests.mailfactory import DATA, Store
+from tests.mailfactory import DATA, Store, without_footer
 from tests.smtpsink import Sink
 
 BOT = "kvm-digest@example.org"
@@ -36,6 +36,7 @@ class Bot:
         max_days: int = 3650,
         per_hour: int = 500,
         max_size: int = 50_000,
+        web: dict | None = None,
         **commands: object,
     ) -> None:
         self.max_size = max_size
@@ -52,11 +53,12 @@ class Bot:
                 },
                 "smtp": {"host": "127.0.0.1", "port": sink.port, "security": "none"},
                 "digest": {"max_messages": 20, "max_days": max_days},
+                "web": web or {},
             }
         )
         self.store = Store(root)
         self.store.importer.run([(str(i), m) for i, m in enumerate(SLICE)], "slice")
-        self.me = Identity(BOT)
+        self.me = Identity.from_config(self.config)
         self.outbox = Outbox(self.store.index.conn, self.me)
         self.desk = Desk(self.store.index.conn, self.config, self.outbox, environment())
         self.sender = Sender(self.outbox, self.config.smtp)
@@ -208,7 +210,15 @@ async def test_digest_by_mail_equals_the_cli_digest(bot, sink, cli, data_dir):
     (reply,) = sink.wait_for(1)
     assert reply.message["Subject"] == f"KVM mailing list update from {a} to {b}"
     expected = cli("--data-dir", bot.store.root, "digest", "--range", f"{a}..{b}").out
-    assert reply_text(reply) == expected
+    text = reply_text(reply)
+    assert without_footer(text) == expected
+    # The footer names the subscriber's own unsubscribe address and a person.
+    secret = subscribers.unsubscribe_secret(bot.store.index.conn, "una@example.org")
+    assert f"\n-- \nUnsubscribe: mail kvm-digest+unsubscribe-{secret}@example.org\n" in text
+    assert text.endswith(
+        "\nDiscuss on kvm@vger.kernel.org (replies here reach only the bot)\n"
+        "Questions for a person: postmaster@example.org\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -307,7 +317,10 @@ async def rate_limit_per_address(bot: Bot, sink: Sink) -> None:
         await bot.deliver(command("help\n"))
         bot.desk.process()
     await bot.sender.flush()
-    assert len(sink.received) == 10  # [commands] per_address_per_hour
+    # [commands] per_address_per_hour answers, and one note that the rest waits.
+    assert len(sink.received) == 11
+    notes = [r for r in sink.received if "answer comes later" in r.message["Subject"]]
+    assert len(notes) == 1
     # The other two wait for the hour to pass; nothing is dropped.
     conn = bot.store.index.conn
     waiting = conn.execute(

@@ -178,7 +178,10 @@ def test_long_lines_go_quoted_printable():
     raw = address(prepare_digest(me, "s", "x" * 1200 + "\n"), me, "a@example.org", "<id@x>")
     msg = message_from_bytes(raw)
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
-    assert max(len(line) for line in raw.split(b"\r\n")) <= 78
+    head, _, encoded = raw.partition(b"\r\n\r\n")
+    assert max(len(line) for line in encoded.split(b"\r\n")) <= 78
+    # A header line folds where it may (between URLs); one URL may pass 78.
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
     assert msg.get_payload(decode=True).decode().replace("\r\n", "\n") == "x" * 1200 + "\n"
 
 

@@ -171,7 +171,7 @@ def test_redelivery_counts_once_in_mirror_mode_as_on_import(cli, tmp_path, data_
         assert "      1 example.org" not in text  # Ann and Bob: 2
         assert "      2 example.org" in text
         assert patch_list(text) == [
-            "[PATCH] KVM: x86: one fix | Ann Author <ann@example.org>, 1/1 patches, 1 replies"
+            "[PATCH] KVM: x86: one fix | Ann Author <ann@example.org>, 1/1 patches, 1 reply"
         ]
         assert text.count("New:  KVM: x86: one fix\n") == 1
         assert "Exist:" not in text

@@ -161,7 +161,7 @@ def test_reply_before_its_parent_is_resolved_when_the_parent_arrives(store):
     assert store.series_of("r1@x") is None
     store.add(*cover_series(1, 2))
     assert store.series_of("r1@x") == store.series_of("s-0@x")
-    assert patch_lines(store) == ["[PATCH 0/2] the thing | 2/2 patches, cover letter, 1 replies"]
+    assert patch_lines(store) == ["[PATCH 0/2] the thing | 2/2 patches, cover letter, 1 reply"]
 
 
 def test_reply_without_references_finds_its_patch_by_subject(store):

@@ -7,7 +7,7 @@ import mailbox
 from bot.delivery import periodic, subscribers
 from bot.digest.build import environment
 from tests.conftest import archive_ids
-from tests.mailfactory import DATA
+from tests.mailfactory import DATA, without_footer
 from tests.test_commands import bot, command, reply_text  # noqa: F401 (the bot fixture)
 from tests.test_delivery import Setup
 
@@ -21,7 +21,8 @@ def later_mail() -> list[bytes]:
 
 
 def body(received) -> str:
-    return received.message.get_payload(decode=True).decode().replace("\r\n", "\n")
+    """A digest's text, without the reader's own footer."""
+    return without_footer(received.message.get_payload(decode=True).decode().replace("\r\n", "\n"))
 
 
 async def test_subscriber_round_trip_receives_only_matching_series(bot, sink):  # noqa: F811
@@ -84,7 +85,9 @@ async def test_topic_command_changes_and_clears_the_topic(bot, sink):  # noqa: F
     assert "now receives the whole list in its digest." in reply_text(sink.wait_for(4)[3])
     assert subscribers.get(conn, "una@example.org").topic == ""
     await bot.ask(command("status\n"))
-    assert "Topic:" not in reply_text(sink.wait_for(5)[4])
+    status = reply_text(sink.wait_for(5)[4])
+    assert "Topic: none, the whole list." in status
+    assert "(only matching series)" not in status
     await bot.ask(command("subscribe daily (s:x86\n"))
     assert "a '(' is not closed by a ')'" in reply_text(sink.wait_for(6)[5])
     assert conn.execute("SELECT COUNT(*) FROM tokens").fetchone() == (0,)

@@ -248,7 +248,7 @@ def test_a_series_matching_by_one_patch_is_shown_whole(kvmarm):
     # three patches and its reply, and the entry is its first patch. The
     # patches were sent in reply to the pull request that carries them.
     d = digest(kvmarm, "dfn:virt/kvm/arm/")
-    assert [(s.subject, s.summary) for s in d.series] == [(MAINTAINERS, "3/3 patches, 1 replies")]
+    assert [(s.subject, s.summary) for s in d.series] == [(MAINTAINERS, "3/3 patches, 1 reply")]
     assert new(d) == ["[GIT PULL] KVM/arm updates for 5.2-rc2", MAINTAINERS]
     assert d.messages == 5
     # Only patch 1/3 touches MAINTAINERS: the same series.

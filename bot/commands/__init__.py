@@ -43,6 +43,9 @@ class Context:
     """The asker's mailbox for limits and pending requests (addresses.limit_key)."""
     reply_subject: str | None = None
     """Set by a command that needs the reply to carry a given subject."""
+    digest_reply: bool = False
+    """Set by a command whose result is a whole digest: the reply is that
+    digest alone (with its footer), not a quoted command and its answer."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -54,6 +57,8 @@ class Command:
     examples: ClassVar[tuple[str, ...]] = ()
     alone: ClassVar[bool] = False
     """True when its result is the whole reply if it is the only command."""
+    arguments: ClassVar[bool] = True
+    """False for a command that takes none: `status of this series` is a sentence."""
 
     def run(self, ctx: Context, args: list[str]) -> str | None:
         raise NotImplementedError

@@ -97,6 +97,7 @@ def deliver(ctx: Context, args: list[str]) -> str:
             f"halves 'digest {start}..{middle}' and 'digest {middle}..{end}'"
         )
     ctx.reply_subject = d.subject
+    ctx.digest_reply = True
     return text
 
 

@@ -22,6 +22,7 @@ class Help(Command):
     name = "help"
     description = "this list of commands, with examples"
     examples = ("help",)
+    arguments = False
 
     def run(self, ctx: Context, args: list[str]) -> str:
         return help_text(ctx)

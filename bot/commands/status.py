@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bot.commands import Command, Context
+from bot.commands.welcome import style_of
 from bot.delivery import subscribers
 from bot.delivery.cron import describe
 
 
 class Status(Command):
     name = "status"
-    description = "your subscription, its schedule and the last digest's range"
+    description = "your subscription: schedule, style, topic, the last digest"
     examples = ("status",)
+    arguments = False
 
     def run(self, ctx: Context, args: list[str]) -> str:
         sub = subscribers.get(ctx.conn, ctx.sender)
@@ -26,8 +28,12 @@ class Status(Command):
                     "Digests stopped because mail to this address bounced or was"
                     " refused;\nsend 'subscribe' to get them again."
                 )
+            style, default = style_of(ctx, sub.style)
+            lines.append(f"Style: {style}" + (" (the server's default)." if default else "."))
             if sub.topic:
                 lines.append(f"Topic: {sub.topic} (only matching series).")
+            else:
+                lines.append("Topic: none, the whole list.")
             schedule = sub.schedule
         row = ctx.conn.execute(
             "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"

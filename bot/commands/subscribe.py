@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bot.commands import Command, CommandError, Context
 from bot.commands.requests import about, confirmation, topic_of
+from bot.commands.welcome import welcome
 from bot.config import STYLES
 from bot.delivery import subscribers
 from bot.delivery.subscribers import Pending
@@ -18,11 +19,12 @@ from bot.delivery.subscribers import Pending
 
 class Subscribe(Command):
     name = "subscribe"
-    description = "ask for the digest: daily or weekly, full or classic, a topic"
+    description = "the digest: daily or weekly; full, classic or brief; a topic"
     examples = (
         "subscribe",
         "subscribe weekly",
         "subscribe daily classic",
+        "subscribe weekly brief",
         "subscribe daily dfn:arch/arm64/kvm/",
     )
 
@@ -57,11 +59,11 @@ class Subscribe(Command):
         subscribers.subscribe(
             ctx.conn, request.address, request.schedule, request.topic, request.style
         )
-        return f"{ctx.sender} now receives the {request.schedule} digest{about(request.topic)}."
+        return welcome(ctx, request.address)
 
 
 def parse_choice(args: list[str]) -> tuple[str, str, list[str]]:
-    """(schedule, style, topic words) of `subscribe [daily|weekly] [full|classic] [QUERY]`.
+    """(schedule, style, topic words) of `subscribe [daily|weekly] [STYLE] [QUERY]`.
 
     The style is "" when not given: the subscriber follows [digest] style. A
     topic comes only after a schedule or style, so a typo such as 'wekly' is
@@ -81,8 +83,8 @@ def parse_choice(args: list[str]) -> tuple[str, str, list[str]]:
     repeated = bool(rest) and rest[0].lower() in (*subscribers.SCHEDULES, *STYLES)
     if repeated or (rest and not (schedule or style)):
         raise CommandError(
-            "subscribe takes daily or weekly, full or classic, then an optional topic,"
-            " e.g. 'subscribe daily classic' or 'subscribe weekly dfn:arch/arm64/kvm/'"
+            "subscribe takes daily or weekly, full, classic or brief, then an optional"
+            " topic, e.g. 'subscribe daily brief' or 'subscribe weekly dfn:arch/arm64/kvm/'"
         )
     return schedule or "daily", style, rest
 

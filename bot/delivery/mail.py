@@ -1,22 +1,33 @@
 """Composing the bot's own mail: plain text, correct headers.
 
-The standard library's EmailMessage does the encoding (RFC 2047 for headers,
-quoted-printable when a line is too long for SMTP, CRLF line ends); this
-module decides which headers a digest or a reply carries: RFC 5322 basics,
-RFC 2369 list headers and RFC 3834's Auto-Submitted, so other robots do not
-answer us.
+The standard library's EmailMessage encodes the body (quoted-printable when
+a line is too long for SMTP, CRLF line ends) and the short address and date
+fields. The fields whose shape clients depend on are written here, as RFC
+5322 and RFC 2369 write them: `List-*` values are `<URL>` lists in plain
+ASCII folded only between URLs, `References` folds only between ids, and
+`Subject:` folds only at spaces inside its text, never right after the
+colon (the stdlib encodes a long URL as RFC 2047 words, which no client can
+click, and may fold a subject before its first word). This module also
+decides which headers a digest or a reply carries: RFC 2369 and RFC 8058
+list headers and RFC 3834's Auto-Submitted, so other robots do not answer us.
 """
 
 from __future__ import annotations
 
+import quopri
 import re
+import unicodedata
 from dataclasses import dataclass
+from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
 from email.utils import formataddr, formatdate, make_msgid
 
+from bot.config import Config
 from bot.errors import MailError
 
+_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
+"""RFC 5322 specials: a phrase holding one is written as a quoted string."""
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
 # Characters that never appear in an unquoted addr-spec we would send to.
 _NOT_IN_ADDRESS = re.compile(r"[\s<>()\[\],;:\\\"\x00-\x1f\x7f]")
@@ -24,6 +35,10 @@ MAX_ADDRESS = 254
 """RFC 5321's limit on a forward path, in octets."""
 MAX_LINE = 998
 """RFC 5322's limit on a line, in bytes, without the CRLF."""
+FOLD = 78
+"""RFC 5322's recommended line length: header fields fold before passing it."""
+ONE_CLICK = "List-Unsubscribe=One-Click"
+"""RFC 8058: the List-Unsubscribe-Post value, and the body a client POSTs."""
 
 
 def wire_address(address: str) -> tuple[str, bool]:
@@ -68,10 +83,42 @@ class Identity:
     list_title: str = "KVM"
     archive_url: str = ""
     """The list's public archive, for List-Archive (RFC 2369); empty: no header."""
+    list_address: str = ""
+    """The list itself, where discussion belongs (digest footers, replies)."""
+    owner: str = ""
+    """A person's address for questions; empty: postmaster@ the bot's domain."""
+    web_url: str = ""
+    """The web endpoint's public https address ([web] url); empty: none."""
+
+    @classmethod
+    def from_config(cls, config: Config, fallback: str = "") -> Identity:
+        """The bot as the config describes it; `fallback` when it has no address."""
+        return cls(
+            config.commands.address or fallback,
+            config.commands.name,
+            config.list.title,
+            config.list.archive_url,
+            config.list.address,
+            config.commands.owner,
+            config.web.url.rstrip("/"),
+        )
 
     @property
     def domain(self) -> str:
         return self.address.rpartition("@")[2] or "localhost"
+
+    @property
+    def contact(self) -> str:
+        """Where a person answers: the owner, else postmaster (RFC 5321 4.5.1)."""
+        return self.owner or f"postmaster@{self.domain}"
+
+    def unsubscribe_address(self, secret: str | None) -> str:
+        """The reader's own unsubscribe address, or the shortcut (which confirms)."""
+        return self.plus(f"unsubscribe-{secret}" if secret else "unsubscribe")
+
+    def unsubscribe_url(self, secret: str | None) -> str:
+        """The reader's one-click page (RFC 8058), or "" without a web endpoint."""
+        return f"{self.web_url}/u/{secret}" if secret and self.web_url else ""
 
     def plus(self, tag: str) -> str:
         """`bot@example.org` -> `bot+tag@example.org`."""
@@ -81,11 +128,78 @@ class Identity:
     @property
     def list_id(self) -> str:
         """RFC 2919: a label and a dotted id derived from the bot's address."""
+        return f"{self.list_title} digest <{self.list_id_value}>"
+
+    @property
+    def list_id_value(self) -> str:
         local, _, domain = self.address.partition("@")
-        return f"{self.list_title} digest <{local}.{domain}>"
+        return f"{local}.{domain}"
 
     def new_message_id(self) -> str:
         return make_msgid(domain=self.domain)
+
+
+def folded(name: str, parts: list[str]) -> bytes:
+    """`Name: part part ...` with CRLF, each part kept whole on its line.
+
+    A fold (CRLF and a space) goes only before a part that would pass 78
+    columns, never before the first one: the value starts on the field's
+    own line, so `^Subject: KVM` filters and raw views read it.
+    """
+    lines = [f"{name}: {parts[0]}"]
+    for part in parts[1:]:
+        if len(lines[-1]) + 1 + len(part) > FOLD:
+            lines.append(" " + part)
+        else:
+            lines[-1] += " " + part
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def text_field(name: str, value: str) -> bytes:
+    """An unstructured field (Subject), folded only at spaces inside its text.
+
+    ASCII text is written as it is; anything else as RFC 2047 encoded words,
+    the first on the field's own line.
+    """
+    value = header_safe(value) or "(none)"
+    if value.isascii():
+        return folded(name, value.split(" "))
+    encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}\r\n".encode("ascii")
+
+
+def list_id_field(me: Identity) -> bytes:
+    """RFC 2919's `List-Id: label <id>`, in plain ASCII like every List-* field.
+
+    A title that is not ASCII loses its accents in the label (`Ünïcode` reads
+    `Unicode`): list headers are never RFC 2047-encoded.
+    """
+    label = header_safe(f"{me.list_title} digest")
+    if not label.isascii():
+        folded_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+        label = " ".join(folded_label.split()) or "digest"
+    if _SPECIALS.search(label):
+        label = '"' + label.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return folded("List-Id", [*label.split(" "), f"<{header_safe(me.list_id_value)}>"])
+
+
+def url_field(name: str, urls: list[str]) -> bytes:
+    """An RFC 2369 field: `<URL>, <URL>` in plain ASCII, folded only between URLs."""
+    return folded(
+        name, [f"<{header_safe(u)}>," for u in urls[:-1]] + [f"<{header_safe(urls[-1])}>"]
+    )
+
+
+def id_field(name: str, ids: str) -> bytes:
+    """References or In-Reply-To: `<id> <id>`, folded only between ids."""
+    return folded(name, header_safe(ids).split(" "))
+
+
+def _joined(msg: EmailMessage, own: list[bytes]) -> bytes:
+    """The stdlib's encoding of `msg`, with our own field lines after its others."""
+    data = msg.as_bytes()
+    end = data.index(b"\r\n\r\n") + 2
+    return data[:end] + b"".join(own) + data[end:]
 
 
 def compose(
@@ -108,15 +222,15 @@ def compose(
     msg = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     msg["From"] = formataddr((me.name, me.address))
     msg["To"] = to
-    msg["Subject"] = header_safe(subject)
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = message_id
-    if in_reply_to:
-        msg["In-Reply-To"] = header_safe(in_reply_to)
-        msg["References"] = header_safe(references or in_reply_to)
     msg["Auto-Submitted"] = "auto-replied"
     _set_body(msg, body)
-    return msg.as_bytes()
+    own = [text_field("Subject", subject)]
+    if in_reply_to:
+        own.append(id_field("In-Reply-To", in_reply_to))
+        own.append(id_field("References", references or in_reply_to))
+    return _joined(msg, own)
 
 
 @dataclass(frozen=True)
@@ -125,33 +239,40 @@ class Prepared:
 
     Encoding a 20 KB body is most of the cost of a mail; a digest goes to
     thousands of readers, so each copy only adds its own few headers (To,
-    Message-ID, Date, List-Unsubscribe), encoded by the same stdlib policy.
+    Message-ID, Date, List-Unsubscribe) and its footer.
     """
 
     head: bytes
     """The shared header lines, each ending in CRLF."""
     body: bytes
     """The blank line and the encoded body."""
+    quoted: bool = False
+    """The body is quoted-printable (a line too long for SMTP): so is a footer."""
+    blank_end: bool = True
+    """The body ends with a blank line, as a footer needs before its `-- `."""
 
 
 def prepare_digest(me: Identity, subject: str, body: str) -> Prepared:
     """The parts of a digest mail that are the same for every reader."""
     msg = EmailMessage(policy=SMTP)
     msg["From"] = formataddr((me.name, me.address))
-    msg["Subject"] = header_safe(subject)
-    msg["List-Id"] = me.list_id
-    msg["List-Help"] = f"<mailto:{me.plus('help')}?subject=help>"
-    msg["List-Subscribe"] = f"<mailto:{me.plus('subscribe')}?subject=subscribe>"
-    if me.archive_url:
-        msg["List-Archive"] = f"<{header_safe(me.archive_url)}>"
-    # RFC 2369: NO says the digest is not a list anyone can post to.
-    msg["List-Post"] = "NO"
     msg["Auto-Submitted"] = "auto-generated"
     msg["Precedence"] = "bulk"
-    _set_body(msg, body)
-    data = msg.as_bytes()
+    quoted = _set_body(msg, body)
+    own = [
+        text_field("Subject", subject),
+        list_id_field(me),
+        url_field("List-Help", [f"mailto:{me.plus('help')}?subject=help"]),
+        url_field("List-Subscribe", [f"mailto:{me.plus('subscribe')}?subject=subscribe"]),
+    ]
+    if me.archive_url:
+        own.append(url_field("List-Archive", [me.archive_url]))
+    # RFC 2369: NO says the digest is not a list anyone can post to.
+    own.append(b"List-Post: NO\r\n")
+    data = _joined(msg, own)
     end = data.index(b"\r\n\r\n") + 2
-    return Prepared(head=data[:end], body=data[end:])
+    blank_end = body.endswith("\n\n")
+    return Prepared(head=data[:end], body=data[end:], quoted=quoted, blank_end=blank_end)
 
 
 def address(
@@ -159,27 +280,58 @@ def address(
     me: Identity,
     to: str,
     message_id: str,
-    unsubscribe: str | None = None,
+    secret: str | None = None,
+    footer: str = "",
 ) -> bytes:
     """One reader's copy of a prepared digest; MailError for a bad `to`.
 
     Digests carry the list headers (List-Id, List-Unsubscribe...),
-    `Auto-Submitted: auto-generated` and `Precedence: bulk`. `unsubscribe`
-    is the reader's own secret unsubscribe address; without one,
-    List-Unsubscribe names the shortcut, which asks for confirmation.
+    `Auto-Submitted: auto-generated` and `Precedence: bulk`. `secret` is
+    the reader's own unsubscribe secret: List-Unsubscribe names its one-click
+    page (RFC 8058, with a web endpoint) and its secret address, which works
+    at once; without one, the shortcut, which asks for confirmation.
+    `footer` is appended to the body after a blank line, encoded as the
+    body is.
     """
     to, utf8 = wire_address(to)
     own = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
     own["To"] = to
     own["Date"] = formatdate(usegmt=True)
     own["Message-ID"] = message_id
-    where = unsubscribe or me.plus("unsubscribe")
-    own["List-Unsubscribe"] = f"<mailto:{where}?subject=unsubscribe>"
     headers = own.as_bytes()
-    return headers[: headers.index(b"\r\n\r\n") + 2] + prepared.head + prepared.body
+    headers = headers[: headers.index(b"\r\n\r\n") + 2] + unsubscribe_fields(me, secret)
+    if footer and not prepared.blank_end:
+        footer = "\n" + footer
+    return headers + prepared.head + prepared.body + _encoded(footer, prepared.quoted)
 
 
-def _set_body(msg: EmailMessage, body: str) -> None:
-    """UTF-8 text, 8bit, or quoted-printable when a line is too long for SMTP."""
+def unsubscribe_fields(me: Identity, secret: str | None) -> bytes:
+    """List-Unsubscribe, and List-Unsubscribe-Post when there is an https page."""
+    mailto = f"mailto:{me.unsubscribe_address(secret)}?subject=unsubscribe"
+    page = me.unsubscribe_url(secret)
+    if not page:
+        return url_field("List-Unsubscribe", [mailto])
+    return (
+        url_field("List-Unsubscribe", [page, mailto])
+        + f"List-Unsubscribe-Post: {ONE_CLICK}\r\n".encode()
+    )
+
+
+def _encoded(text: str, quoted: bool) -> bytes:
+    """Text to append to an encoded body, in its transfer encoding, CRLF lines."""
+    if not text:
+        return b""
+    data = text.encode("utf-8")
+    if quoted:
+        data = quopri.encodestring(data)
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def _set_body(msg: EmailMessage, body: str) -> bool:
+    """UTF-8 text, 8bit, or quoted-printable when a line is too long for SMTP.
+
+    Returns True for quoted-printable.
+    """
     too_long = any(len(line.encode()) > MAX_LINE for line in body.splitlines())
     msg.set_content(body, charset="utf-8", cte="quoted-printable" if too_long else "8bit")
+    return too_long

@@ -27,6 +27,7 @@ import aiosmtplib
 
 from bot.config import SmtpSection
 from bot.delivery import verp
+from bot.delivery.footer import digest_footer
 from bot.delivery.mail import Identity, Prepared, address, prepare_digest, wire_address
 from bot.delivery.subscribers import unsubscribe_secret
 from bot.errors import MailError
@@ -107,10 +108,14 @@ class Outbox:
             if len(self._prepared) >= PREPARED_KEPT:
                 self._prepared.pop(next(iter(self._prepared)))
             self._prepared[item.digest_id] = prepared
-        # Only this reader gets its secret unsubscribe address (bot+unsubscribe-<secret>@).
+        return self._addressed(prepared, item)
+
+    def _addressed(self, prepared: Prepared, item: Queued) -> bytes:
+        """The reader's copy: its own unsubscribe link and address, header and footer."""
+        # Only this reader gets its secret (bot+unsubscribe-<secret>@, <web>/u/<secret>).
         secret = unsubscribe_secret(self.conn, item.recipient)
-        unsubscribe = self.me.plus(f"unsubscribe-{secret}") if secret else None
-        return address(prepared, self.me, item.recipient, item.message_id, unsubscribe)
+        footer = digest_footer(self.me, secret)
+        return address(prepared, self.me, item.recipient, item.message_id, secret, footer)
 
     def envelope_sender(self, item: Queued) -> str:
         """Digests go out with a VERP sender, so a bounce names its subscriber."""

@@ -8,7 +8,9 @@ index. A new schedule starts at the archive head when it is first seen.
 
 Subscribers with a topic get the digest filtered by it; subscribers of one
 schedule with the same topic share one rendering, and a topic that matched
-nothing in the range sends nothing (unless `send_empty`).
+nothing in the range sends nothing (unless `send_empty`). With a web
+endpoint, the whole list's digest in the configured style is rendered even
+when nobody reads it by mail: it is an entry of the Atom feed.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def run(
         send_empty = config.schedule.send_empty
         # Rendered once per (topic, style), however many subscribers read it.
         groups = subscribers.groups(conn, name, config.digest.style)
+        if config.web.url:
+            # The web feed shows every digest of the whole list, read or not.
+            groups.setdefault(("", config.digest.style), [])
         for (topic, style), readers in groups.items():
             if rng.empty and not send_empty:
                 break
@@ -111,8 +116,8 @@ def run(
             body = digestmod.render(d, env)
             digest_id = conn.execute(
                 "INSERT INTO digests (schedule, start_id, end_id, subject, body, created,"
-                " topic) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, rng.start_id, rng.end_id, d.subject, body, int(time.time()), topic),
+                " topic, style) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, rng.start_id, rng.end_id, d.subject, body, int(time.time()), topic, style),
             ).lastrowid
             outbox.enqueue_digest(digest_id, readers)
             queued.append(digest_id)

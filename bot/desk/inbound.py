@@ -28,6 +28,7 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import jinja2
@@ -35,11 +36,13 @@ import jinja2
 from bot.commands import CommandError, Context, registry
 from bot.commands.help import help_text
 from bot.config import Config
+from bot.delivery import subscribers
 from bot.delivery.bounces import Bounces, looks_like_bounce
+from bot.delivery.footer import digest_footer, signature, with_foot
 from bot.delivery.mail import Identity, compose, wire_address
 from bot.delivery.outbox import Outbox
 from bot.delivery.verp import verp_token
-from bot.desk import addresses
+from bot.desk import addresses, digest_reply, notices, reading
 from bot.errors import MailError
 from bot.intake.routing import plus_base
 from bot.parse import mime
@@ -54,7 +57,6 @@ MAX_ECHO = 80
 MAX_ID = 250
 """The longest message id threaded under (RFC 5322 ids are short in practice)."""
 """The most user text a reply quotes: one line of this many characters."""
-_REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|fwd?)\s*:\s*)+", re.I)
 _ARGUMENT = re.compile(
     r"^([0-9a-f]{1,40}(\.\.[0-9a-f]{1,40})?"  # a commit id, a range, a token, a number
     r"|\d{4}-\d\d-\d\d(t[\d:.]{2,15}([+-]\d\d:?\d\d|z)?)?"  # an ISO date (time)
@@ -65,6 +67,8 @@ _ARGUMENT = re.compile(
 """What a command argument may look like. Nothing else is run or quoted
 back: no URL, address or sentence can be carried in a reply (a topic word
 holds no "@", ":" past its prefix, or space, and is at most 60 characters)."""
+MAX_TYPO = 24
+"""The longest lone word a "no command found" reply quotes back."""
 MAX_ARGUMENTS = 12
 """Words after a command: a range (up to 4) and a short topic query."""
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
@@ -162,17 +166,21 @@ class Mail:
     references: str
     lines: list[str]
     headers: mime.Headers
+    in_reply_to: str = ""
+    """The ids the mail answers (In-Reply-To, then References), space separated."""
 
     @classmethod
     def parse(cls, raw: bytes, sender: str, rcpt: str) -> Mail:
         headers, body = mime.split_message(raw)
-        texts = mime.body_texts(raw, headers, body)
+        text = reading.command_text(raw, headers, body)
         froms = headers.get("from", [])
         from_addr = addresses.from_header(_text(froms[0])) if len(froms) == 1 else None
         ids = _short_ids(mime.first(headers, "message-id"))[:1]
         # A few references thread the reply; more would only be user bytes echoed.
         refs = [f"<{r}>" for r in _short_ids(mime.first(headers, "references"))][-5:]
         refs += [f"<{ids[0]}>"] if ids else []
+        answered = _short_ids(mime.first(headers, "in-reply-to"))[:1]
+        answered += _short_ids(mime.first(headers, "references"))[-20:]
         return cls(
             sender=sender,
             rcpt=rcpt,
@@ -180,8 +188,9 @@ class Mail:
             subject=mime.decode_header_value(mime.first(headers, "subject")),
             message_id=f"<{ids[0]}>" if ids else "",
             references=" ".join(refs),
-            lines=(texts[0] if texts else "").splitlines()[:200],
+            lines=text.splitlines()[: reading.MAX_LINES],
             headers=headers,
+            in_reply_to=" ".join(f"<{i}>" for i in answered),
         )
 
 
@@ -229,14 +238,17 @@ def robot_reason(mail: Mail, me: Identity) -> str | None:
     return None
 
 
-def command_lines(mail: Mail, known: set[str]) -> tuple[list[str], str | None]:
+def command_lines(
+    mail: Mail, known: set[str], bare: Collection[str] = ()
+) -> tuple[list[str], str | None]:
     """The command lines of a mail, and the first line that was not one.
 
     A plus address (`bot+unsubscribe@`) is the command; the secret address
     `bot+unsubscribe-<secret>@` of a subscriber's List-Unsubscribe header
-    unsubscribes it. Otherwise the subject counts when it is a command, then
-    body lines up to the first line that is not a command, a signature or a
-    quote; blank lines are skipped.
+    unsubscribes it. Otherwise the mail is read as Mailman reads it
+    (bot/desk/reading.py): the subject, and the body's commands after a
+    greeting, up to a signature or quoted text. `bare` names the commands
+    that take no arguments.
     """
     tag = mail.rcpt.lower().partition("@")[0].partition("+")[2]
     if tag in SHORTCUTS:
@@ -244,23 +256,22 @@ def command_lines(mail: Mail, known: set[str]) -> tuple[list[str], str | None]:
     secret = _SECRET_TAG.match(tag)
     if secret:
         return [f"unsubscribe {secret.group(1)}"], None
-    found: list[str] = []
-    subject = _REPLY_PREFIX.sub("", mail.subject).strip()
-    if subject.split()[:1] and subject.split()[0].lower() in known:
-        found.append(subject)
-    stray = None
-    for line in mail.lines:
-        text = line.strip()
-        if not text:
-            continue
-        if line.startswith(("-- ", ">")) or text == "--":
-            break
-        if text.split()[0].lower() not in known:
-            stray = text
-            break
-        if text.lower() not in (f.lower() for f in found):  # "Re: confirm X" + "confirm X"
-            found.append(text)
-    return found[:MAX_COMMANDS], (None if found else stray or subject or None)
+    found, stray, _ = reading.find_commands(
+        mail.subject, mail.lines, known, lambda name, args: plausible(name, args, bare)
+    )
+    return found[:MAX_COMMANDS], stray
+
+
+def plausible(name: str, args: list[str], bare: Collection[str] = ()) -> bool:
+    """Whether a line that starts with a command name reads as that command.
+
+    Its words must look like arguments (ids, dates, keywords, a topic) and
+    be few, and a command in `bare` takes none. Otherwise the line is a
+    person's sentence (`Status of the vgic series?`), read past as such.
+    """
+    if not args:
+        return True
+    return name not in bare and len(args) <= MAX_ARGUMENTS and all(_ARGUMENT.match(a) for a in args)
 
 
 def reply_subject(lines: list[str], me: Identity) -> str:
@@ -453,11 +464,13 @@ class Desk:
                     "UPDATE inbound SET deferred_until = ? WHERE id = ?",
                     [(deferred.until, i) for i in later],
                 )
+                if isinstance(mail, Mail) and not deferred.everyone:
+                    self._tell_deferred(mail, deferred.until)
             log.warning(
                 "deferred %d mail(s), from %s first, until %s: %s",
                 len(later),
                 mail.from_addr if isinstance(mail, Mail) else "?",
-                time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(deferred.until)),
+                notices.utc(deferred.until),
                 deferred,
             )
             return not deferred.everyone
@@ -471,6 +484,35 @@ class Desk:
                     (int(time.time()), f"{type(err).__name__}: {err}"[:500], row_id),
                 )
         return True
+
+    def _tell_deferred(self, mail: Mail, until: int) -> None:
+        """Tell a mailbox whose answer waits for its limit when it will come.
+
+        At most once a day per mailbox (bot/desk/notices.py), however many
+        of its mails wait. Queued in the caller's transaction, with the
+        deferral it announces.
+        """
+        key = addresses.limit_key(mail.from_addr) if mail.from_addr else ""
+        now = int(time.time())
+        if not key or not notices.due(self.conn, key, "deferred", now):
+            return
+        message_id = self.me.new_message_id()
+        try:
+            message = compose(
+                self.me,
+                mail.from_addr,
+                f"Re: your mail to {self.me.address}: the answer comes later",
+                with_foot(notices.deferral_notice(self.me, until), signature(self.me)),
+                message_id,
+                in_reply_to=mail.message_id or None,
+                references=mail.references or None,
+            )
+        except MailError as err:
+            log.info("no deferral notice to %s: %s", mail.from_addr, err)
+            return
+        notices.record(self.conn, key, "deferred", now)
+        self.outbox.enqueue(mail.from_addr, message, message_id, kind="notice")
+        log.info("told %s its answer waits until %s", mail.from_addr, notices.utc(until))
 
     def deferred(self) -> list[tuple[int, str, int]]:
         """Mail waiting for a limit: (id, mailbox, due time), for the admin CLI."""
@@ -488,12 +530,17 @@ class Desk:
         key = addresses.limit_key(mail.from_addr)
         self._check_limits(key)
         ctx = Context(self.conn, self.config, self.me, mail.from_addr, self.env, key=key)
-        lines, stray = command_lines(mail, set(self.commands))
-        body = self._run(ctx, lines, stray)
-        if body is None:
-            log.info("nothing new to tell %s: a confirmation is pending", mail.from_addr)
-            return 0
-        subject = ctx.reply_subject or reply_subject(lines, self.me)
+        bare = {name for name, c in self.commands.items() if not c.arguments}
+        lines, stray = command_lines(mail, set(self.commands), bare)
+        asked = None if lines else self._digest_reply(mail)
+        if asked:
+            subject, body = asked
+        else:
+            body = self._run(ctx, lines, stray)
+            if body is None:
+                log.info("nothing new to tell %s: a confirmation is pending", mail.from_addr)
+                return 0
+            subject = ctx.reply_subject or reply_subject(lines, self.me)
         message_id = self.me.new_message_id()
         limit = self.config.commands.max_reply_bytes
         if len(body.encode()) > limit:
@@ -504,11 +551,12 @@ class Desk:
                 f"than the {limit // 1024} KB a reply may be. Send one digest request\n"
                 "per mail, or ask for smaller ranges.\n"
             )
+            ctx.digest_reply = False
         message = compose(
             self.me,
             mail.from_addr,
             subject,
-            body,
+            with_foot(body, self._foot(ctx)),
             message_id,
             in_reply_to=mail.message_id or None,
             references=mail.references or None,
@@ -518,11 +566,26 @@ class Desk:
         log.info("answered %d command(s) from %s", len(lines), mail.from_addr)
         return len(message)
 
+    def _digest_reply(self, mail: Mail) -> tuple[str, str] | None:
+        """A person answering a digest: the list and the series' link, not help."""
+        ids = mail.in_reply_to.split()
+        return digest_reply.answer(self.conn, self.me, mail.subject, ids, mail.lines)
+
+    def _foot(self, ctx: Context) -> str:
+        """A digest's footer (the reader's own unsubscribe link), else a signature."""
+        if not ctx.digest_reply:
+            return signature(self.me)
+        current = subscribers.get(self.conn, ctx.sender)
+        active = current is not None and current.status == "active"
+        secret = subscribers.unsubscribe_secret(self.conn, ctx.sender) if active else None
+        return digest_footer(self.me, secret)
+
     def _run(self, ctx: Context, lines: list[str], stray: str | None) -> str | None:
         if not lines:
-            if not stray:
+            # Only a lone word (a typo such as 'subscirbe') is quoted back,
+            # sanitised: a sentence never is, so the bot carries nobody's text.
+            if not stray or len(stray.split()) > 1 or len(stray) > MAX_TYPO:
                 return "No command found in the mail.\n\n" + help_text(ctx)
-            # One line, sanitised and cut, so the bot cannot carry someone's text.
             return (
                 "No command found: the first line was not a command I know:\n\n"
                 f"    {sanitise(stray, MAX_ECHO - 8)}\n\n" + help_text(ctx)
@@ -547,8 +610,8 @@ class Desk:
                     return f"{shown}\n{result}\n"
             if result is None:
                 continue  # nothing new to say (a confirmation is pending)
-            if len(lines) == 1 and command.alone:
-                return result
+            if len(lines) == 1 and (command.alone or ctx.digest_reply):
+                return result  # a digest, confirmed or not, is the whole reply
             parts.append(f"{shown}\n{result}\n")
         return "\n".join(parts) if parts else None
 

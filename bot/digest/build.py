@@ -5,9 +5,10 @@ commit message) and returns plain data; `render()` puts it through the Jinja2
 template `templates/digest.txt.j2`. Keeping the two apart lets one digest be
 rendered once and mailed to every subscriber.
 
-Two styles (FORMAT.md, "Two styles"): `classic` is the documented layout
-line for line; `full` (the default) adds lore links, review trailers,
-versions, "applied by" and the discussion on earlier series. The added facts
+Three styles (FORMAT.md, "Three styles"): `classic` is the documented
+layout line for line; `full` (the default) adds lore links, review trailers
+with their givers' names, versions, "applied by" and the discussion on
+earlier series; `brief` is full without the commit messages. The added facts
 are read from tables the index fills as mail arrives (trailers, applied,
 works), joined to the series at build time, so a full digest costs a few
 indexed look-ups per series more than a classic one.
@@ -32,6 +33,8 @@ from bot.digest.ranges import Range
 
 TEMPLATE = "digest.txt.j2"
 TRAILER_ORDER = ("Reviewed-by", "Acked-by", "Tested-by")
+NAMES_SHOWN = 3
+"""Trailer givers named per kind (FORMAT.md); more are counted as `+N`."""
 # public-inbox's mid_escape: RFC 3986 path characters stay, the rest is
 # percent-encoded as UTF-8 ("/" too, so an id never adds a path level).
 _MID_SAFE = "!$&'()*+,;=:@"
@@ -79,6 +82,8 @@ class Digest:
     """The topic query it was filtered by (normalised), or ''."""
     discussion: list[SeriesLine] = field(default_factory=list)
     """Full style: series posted before the range that got replies in it."""
+    commit_messages: bool = True
+    """False in the brief style: no "Patch Commit Messages" section."""
 
     @property
     def subject(self) -> str:
@@ -141,7 +146,7 @@ def patch_list(
             ORDER BY seq""",
         (rng.start_seq, rng.end_seq),
     ).fetchall()
-    replies = dict(
+    counts = dict(
         conn.execute(
             """SELECT series_id, COUNT(*) FROM messages
             WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
@@ -168,8 +173,8 @@ def patch_list(
         summary = f"{len(numbers)}/{total} patches"
         if covers:
             summary += ", cover letter"
-        if replies.get(series_id):
-            summary += f", {replies[series_id]} replies"
+        if counts.get(series_id):
+            summary += f", {replies(counts[series_id])}"
         lines.append(
             SeriesLine(
                 shown[4],
@@ -249,21 +254,35 @@ def _in_json(ids: list[str]) -> str:
 
 
 def trailer_counts(conn: sqlite3.Connection, series_ids: list[str], end_seq: int) -> dict[str, str]:
-    """`2 Reviewed-by, 1 Tested-by` per series: distinct givers per kind in its replies."""
-    counts: dict[str, dict[str, int]] = {}
-    for series_id, kind, n in conn.execute(
-        """SELECT m.series_id, t.kind, COUNT(DISTINCT t.who_key)
+    """`2 Reviewed-by (A, B), 1 Tested-by (C)` per series: distinct givers per
+    kind in its replies, named in the order their trailers arrived."""
+    givers: dict[str, dict[str, dict[str, str]]] = {}
+    for series_id, kind, who_key, who_name in conn.execute(
+        """SELECT m.series_id, t.kind, t.who_key, t.who_name
              FROM messages m JOIN trailers t ON t.seq = m.seq
             WHERE m.series_id IN (SELECT value FROM json_each(?))
               AND m.kind = 'reply' AND m.seq <= ?
-            GROUP BY m.series_id, t.kind""",
+            ORDER BY m.seq""",
         (_in_json(series_ids), end_seq),
     ):
-        counts.setdefault(series_id, {})[kind] = n
+        names = givers.setdefault(series_id, {}).setdefault(kind, {})
+        names.setdefault(who_key, who_name or who_key)  # the first trailer names them
     return {
-        sid: ", ".join(f"{c[k]} {k}" for k in TRAILER_ORDER if c.get(k))
-        for sid, c in counts.items()
+        sid: ", ".join(named(k, list(c[k].values())) for k in TRAILER_ORDER if c.get(k))
+        for sid, c in givers.items()
     }
+
+
+def named(kind: str, names: list[str]) -> str:
+    """`2 Reviewed-by (A, B)`; past three names, `5 Reviewed-by (A, B, C +2)`."""
+    shown = ", ".join(names[:NAMES_SHOWN])
+    more = f" +{len(names) - NAMES_SHOWN}" if len(names) > NAMES_SHOWN else ""
+    return f"{len(names)} {kind} ({shown}{more})"
+
+
+def replies(n: int) -> str:
+    """`1 reply`, `2 replies`."""
+    return f"{n} reply" if n == 1 else f"{n} replies"
 
 
 def applied_by(
@@ -322,8 +341,8 @@ def discussion(conn: sqlite3.Connection, rng: Range, listed: set[str]) -> list[S
     Without facts or links: build() adds them together with the patch list's.
     """
     replied = [
-        (series_id, replies)
-        for series_id, replies in conn.execute(
+        (series_id, count)
+        for series_id, count in conn.execute(
             """SELECT series_id, COUNT(*) FROM messages
                 WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
                 GROUP BY series_id ORDER BY MIN(seq)""",
@@ -348,7 +367,7 @@ def discussion(conn: sqlite3.Connection, rng: Range, listed: set[str]) -> list[S
         if series_id not in shown or key < shown[series_id][0]:
             shown[series_id] = (key, subject, name, addr, message_id)
     out = []
-    for series_id, replies in replied:
+    for series_id, count in replied:
         if series_id not in shown:
             continue
         _, subject, name, addr, message_id = shown[series_id]
@@ -356,7 +375,7 @@ def discussion(conn: sqlite3.Connection, rng: Range, listed: set[str]) -> list[S
             SeriesLine(
                 subject,
                 person(name, addr),
-                f"posted {versions.day(posted.get(series_id))}, {replies} replies",
+                f"posted {versions.day(posted.get(series_id))}, {replies(count)}",
                 series_id=series_id,
                 message_id=message_id,
                 submitter_key=addr.lower(),
@@ -375,14 +394,15 @@ def build(
     style: str = "full",
     archive_url: str = "",
 ) -> Digest:
-    """The digest of an archive range, in the `full` or `classic` style,
-    restricted to a topic `query` if given.
+    """The digest of an archive range, in the `full`, `classic` or `brief`
+    style (full without the commit messages), restricted to a topic `query`
+    if given.
 
     Unfiltered, every message counts; filtered, FORMAT.md's "Filtered
     digests" decides (bot/digest/query.py). A malformed query raises QueryError.
     """
     if style not in STYLES:
-        raise ValueError(f"unknown digest style {style!r}; use full or classic")
+        raise ValueError(f"unknown digest style {style!r}; use one of {', '.join(STYLES)}")
     shown = counted = matching = None
     if query:
         sel = querymod.select(conn, rng.start_seq, rng.end_seq, querymod.parse(query))
@@ -390,9 +410,9 @@ def build(
     total, domains, people = statistics(conn, rng, top, counted)
     start, end = rng.abbrev(abbrev)
     series = patch_list(conn, rng, shown)
-    items = entries(conn, rng, shown)
+    items = entries(conn, rng, shown) if style != "brief" else []
     earlier: list[SeriesLine] = []
-    if style == "full":
+    if style in ("full", "brief"):
         listed = {s.series_id for s in series}
         earlier = discussion(conn, rng, listed)
         if matching is not None:
@@ -412,6 +432,7 @@ def build(
         entries=items,
         discussion=earlier,
         query=querymod.normal(query) if query else "",
+        commit_messages=style != "brief",
     )
 
 

@@ -52,4 +52,8 @@ def purge(
         counts["tokens"] = conn.execute(
             "DELETE FROM tokens WHERE expires < ?", (int(now),)
         ).rowcount
+        # Once-a-day notices only matter for a day.
+        counts["notices"] = conn.execute(
+            "DELETE FROM notices WHERE sent < ?", (int(now - 2 * DAY),)
+        ).rowcount
     return counts

@@ -200,7 +200,8 @@ CREATE TABLE IF NOT EXISTS digests (
     subject   TEXT NOT NULL,
     body      TEXT NOT NULL,
     created   INTEGER NOT NULL,
-    topic     TEXT NOT NULL DEFAULT ''  -- the query it was filtered by
+    topic     TEXT NOT NULL DEFAULT '', -- the query it was filtered by
+    style     TEXT NOT NULL DEFAULT ''  -- full, classic, brief ('' before it was kept)
 );
 
 -- State: every outgoing mail, written before it is sent.
@@ -221,6 +222,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt);
 CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox(recipient, created);
+-- Which digest a reader's reply answers (bot/desk/digest_reply.py).
+CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox(message_id);
 
 -- State: command mail, queued durably before the server says 250.
 CREATE TABLE IF NOT EXISTS inbound (
@@ -263,3 +266,12 @@ CREATE TABLE IF NOT EXISTS health (
     count      INTEGER NOT NULL DEFAULT 0, -- failures since `since`
     detail     TEXT NOT NULL DEFAULT ''
 );
+
+-- State: when a mailbox was last told something the bot says at most once a
+-- day (kind 'deferred': its answer waits for a limit, and when it will come).
+CREATE TABLE IF NOT EXISTS notices (
+    limit_key TEXT NOT NULL,                -- canonical address (addresses.limit_key)
+    kind      TEXT NOT NULL,
+    sent      INTEGER NOT NULL,             -- epoch seconds
+    PRIMARY KEY (limit_key, kind)
+) WITHOUT ROWID;
