@@ -79,7 +79,7 @@ class Daemon:
                     if config.is_mirror
                     else Archive.create(config.archive_path)
                 )
-                index.catch_up(archive)
+                index.catch_up(archive, max_size=config.import_.max_message_size)
                 await self._serve(archive, index, stop)
             finally:
                 index.close()
@@ -108,7 +108,8 @@ class Daemon:
                 if self.config.archive.follow:
                     await self._fetch()
                 # Reopened each time: a fetch may have brought a new epoch.
-                added = index.catch_up(open_mirror(self.config.archive_path))
+                mirror = open_mirror(self.config.archive_path)
+                added = index.catch_up(mirror, max_size=self.config.import_.max_message_size)
             except DigestError as err:
                 log.warning("%s; trying again in %d s", err, interval)
                 continue

@@ -66,7 +66,7 @@ def writer(config: Config) -> Iterator[tuple[Archive | Inbox, Index]]:
         archive = open_archive(config) if config.is_mirror else Archive.create(config.archive_path)
         index = Index(config.index_path)
         try:
-            catch_up(archive, index)
+            catch_up(archive, index, config)
             yield archive, index
         finally:
             index.close()
@@ -92,7 +92,7 @@ def progress_bar(count: Callable[[], int], what: str) -> Iterator[Callable[[int]
         yield bar.update
 
 
-def catch_up(archive: Archive | Inbox, index: Index) -> int:
+def catch_up(archive: Archive | Inbox, index: Index, config: Config) -> int:
     """Index what is new in the archive, with a progress bar on a terminal.
 
     The first indexing of a large mirror takes a while; the bar says so.
@@ -100,7 +100,7 @@ def catch_up(archive: Archive | Inbox, index: Index) -> int:
     if archive.head() == index.last_commit():
         return 0
     with progress_bar(lambda: archive.count(index.last_commit()), "indexing") as bar:
-        return index.catch_up(archive, bar)
+        return index.catch_up(archive, bar, max_size=config.import_.max_message_size)
 
 
 def reader(config: Config) -> Index:
@@ -121,11 +121,19 @@ def reader(config: Config) -> Index:
     if archive.head() != index.last_commit():
         from bot.store.archive import WriterLock
 
+        lock = WriterLock(config.data_dir)
         try:
-            with WriterLock(config.data_dir):
-                catch_up(archive, index)
+            lock.__enter__()
         except DigestError as err:
             log.info("not catching up the index: %s", err)
+            return index
+        try:
+            catch_up(archive, index, config)
+        except DigestError as err:
+            # What is indexed stays consistent: say why it is not more.
+            log.warning("the index could not catch up with the archive: %s", err)
+        finally:
+            lock.__exit__()
     return index
 
 
