@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from pathlib import Path
 
 from bot.cli.common import Subparsers, add_command, catch_up, open_archive, progress_bar, state
@@ -45,7 +46,11 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
-    """Fetch the followed inbox once and index what is new."""
+    """Fetch the followed inbox once and index what is new.
+
+    An epoch that cannot be fetched or indexed does not stop the others:
+    what could be done is done and said, then each problem in one line.
+    """
     from bot.intake import follow
     from bot.store.archive import WriterLock
     from bot.store.inbox import open_mirror
@@ -57,14 +62,21 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             '(e.g. follow = "https://lore.kernel.org/kvm"); see the README, "Follow lore"'
         )
     with WriterLock(config.data_dir):
-        fetched = follow.fetch(url, config.archive_path)
+        fetched = follow.fetch(url, config.archive_path, follow.Bounds.of(config.archive))
         index = Index(config.index_path)
+        problems = list(fetched.problems)
+        before = index.count()
         try:
-            added = catch_up(open_mirror(config.archive_path), index, config)
+            catch_up(open_mirror(config.archive_path), index, config)
+        except DigestError as err:
+            problems.append(str(err))
         finally:
+            added = index.count() - before
             index.close()
     print(f"{url}: {fetched}; {added} new messages indexed")
-    return 0
+    for problem in problems:
+        print(f"kvm-digest: error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
