@@ -125,13 +125,21 @@ def reader(config: Config) -> Index:
         try:
             lock.__enter__()
         except DigestError as err:
+            if index.last_commit() is None and archive.head() is not None:
+                # Rebuilding (a first indexing, an upgrade): an empty answer would lie.
+                index.close()
+                raise DigestError(
+                    f"the index is being built by the process writing to {config.data_dir} "
+                    "(the daemon, after a start or an upgrade); try again when it is done, "
+                    "or stop it and run `kvm-digest reindex`"
+                ) from err
             log.info("not catching up the index: %s", err)
             return index
         try:
-            catch_up(archive, index, config)
-        except DigestError as err:
-            # What is indexed stays consistent: say why it is not more.
-            log.warning("the index could not catch up with the archive: %s", err)
+            catch_up(archive, index, config)  # a damaged archive is an error, not a digest
+        except BaseException:
+            index.close()
+            raise
         finally:
             lock.__exit__()
     return index

@@ -151,13 +151,17 @@ def messages(
 ) -> Iterator[tuple[str, bytes | Unread | None]]:
     """Yield (commit id, raw message | Unread | None for a deletion), in `revs` order."""
     cat = CatFile(repo, "--batch")
+    pending: list[tuple[str, Info | None]] = []
     try:
-        pending: list[tuple[str, Info | None]] = []
-        for item in infos(repo, revs, is_deletion):
-            pending.append(item)
-            if len(pending) >= CHUNK:
-                yield from _contents(cat, pending, max_size)
-                pending = []
+        try:
+            for item in infos(repo, revs, is_deletion):
+                pending.append(item)
+                if len(pending) >= CHUNK:
+                    yield from _contents(cat, pending, max_size)
+                    pending = []
+        except ArchiveError:
+            yield from _contents(cat, pending, max_size)  # those before the damage
+            raise
         yield from _contents(cat, pending, max_size)
     finally:
         cat.close()

@@ -96,10 +96,22 @@ class Index:
                     self.conn.execute(f'DROP VIEW IF EXISTS "{view}"')
                 for table in DERIVED_TABLES:
                     self.conn.execute(f"DROP TABLE IF EXISTS {table}")
+            indexed = "messages" in current and self._has_rows("messages")
             self.conn.executescript(schema)
-            if stale or self.meta("rules_version") != str(RULES_VERSION):
-                if self.meta("last_commit") is not None:
-                    log.warning("the index predates this version's rules; rebuilding it")
+            # A derived table this version added (or one left empty by an
+            # earlier one) while messages are indexed would stay empty: the
+            # catch-up only indexes what is new. So it is all rebuilt.
+            unfilled = [t for t in DERIVED_TABLES if t not in current or not self._has_rows(t)]
+            rules_changed = self.meta("rules_version") != str(RULES_VERSION)
+            if indexed and unfilled:
+                log.warning(
+                    "the index has no rows in %s (built by an earlier version); "
+                    "rebuilding it from the archive",
+                    ", ".join(unfilled),
+                )
+            elif (stale or rules_changed) and self.meta("last_commit") is not None:
+                log.warning("the index predates this version's rules; rebuilding it")
+            if stale or rules_changed or (indexed and unfilled):
                 self._clear_derived()
                 self.set_meta("rules_version", str(RULES_VERSION))
             self.set_meta("schema_stamp", stamp)
@@ -111,6 +123,9 @@ class Index:
             return self.meta("schema_stamp")
         except sqlite3.OperationalError:  # no meta table yet: a new index
             return None
+
+    def _has_rows(self, table: str) -> bool:
+        return self.conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0] == 1
 
     def _columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")]
