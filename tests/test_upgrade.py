@@ -51,7 +51,10 @@ def test_an_index_of_the_previous_release_reads_as_a_fresh_one(tmp_path: Path) -
     result = kvm_digest(old, "--data-dir", upgraded, "import", SAMPLE)
     assert result.returncode == 0, result.stderr
     assert "63 imported" in result.stdout
-    assert kvm_digest(old, "--data-dir", upgraded, "subscribers", "add", "a@example.org").returncode == 0
+    assert (
+        kvm_digest(old, "--data-dir", upgraded, "subscribers", "add", "a@example.org").returncode
+        == 0
+    )
     # The same archive, indexed from scratch by today's code.
     shutil.copytree(upgraded / "archive.git", fresh / "archive.git")
 
