@@ -97,10 +97,11 @@ def catch_up(archive: Archive | Inbox, index: Index, config: Config) -> int:
 
     The first indexing of a large mirror takes a while; the bar says so.
     """
+    limit = config.import_.max_message_size
     if archive.head() == index.last_commit():
-        return 0
+        return index.catch_up(archive, max_size=limit)  # nothing to read; a refusal is said
     with progress_bar(lambda: archive.count(index.last_commit()), "indexing") as bar:
-        return index.catch_up(archive, bar, max_size=config.import_.max_message_size)
+        return index.catch_up(archive, bar, max_size=limit)
 
 
 def reader(config: Config) -> Index:

@@ -121,8 +121,9 @@ class Archive:
             if info is not None and gitread.unread(self.path, commit, info, max_size) is None
         ]
 
-    refused: tuple[str, ...] = ()
-    """Epochs left out (bot/store/inbox.py); one epoch never refuses itself."""
+    def refusals(self) -> list[str]:
+        """Epochs left out (bot/store/inbox.py); one epoch never refuses itself."""
+        return []
 
     def roots(self) -> list[str]:
         """The commits the history starts from (one, for a public-inbox epoch)."""

@@ -48,7 +48,7 @@ def check(archive: Archive | Inbox, index: Index, max_size: int) -> Report:
         report.problems.append(str(err))
         report.archive_damaged = True
         return report
-    report.problems += archive.refused
+    report.problems += archive.refusals()
     report.messages = len(commits)
     rows = [r[0] for r in index.conn.execute("SELECT commit_id FROM messages ORDER BY seq")]
     doubled = [c for c, n in Counter(rows).items() if n > 1]

@@ -47,8 +47,8 @@ class Inbox:
     Each epoch of a v2 inbox is a history of its own. One that repeats an
     earlier epoch's history (the same root commit: a server that answers
     every epoch number with the same repository, or a copy made by hand)
-    would index those messages twice; it is left out, and `refused` says so
-    in one sentence per epoch, while the other epochs are read as usual.
+    would index those messages twice; it is left out, and says so
+    in one sentence per epoch (`refusals`), while the other epochs are read as usual.
     """
 
     writable = False
@@ -61,8 +61,8 @@ class Inbox:
                 f"{path} holds no epochs (git/0.git, git/1.git, ...); point [archive] "
                 "path at a public-inbox v2 inbox directory or at one epoch"
             )
-        self.refused: list[str] = []
         self._roots: dict[int, set[str]] = {}
+        self._refused: dict[int, str] = {}
 
     def head(self) -> str | None:
         """The newest message commit: the head of the last non-empty epoch."""
@@ -88,20 +88,26 @@ class Inbox:
             return [(i, None) for i in range(len(self.epochs))]
         return [(start, after)] + [(i, None) for i in range(start + 1, len(self.epochs))]
 
-    def _repeats(self, number: int) -> bool:
-        """True (and said in `refused`) when epoch `number` shares an earlier one's history."""
-        mine = self._root_commits(number)
-        for earlier in range(number):
-            shared = mine & self._root_commits(earlier)
-            if shared:
-                self.refused.append(
-                    f"the epoch {self.epochs[number].path} repeats the history of "
-                    f"{self.epochs[earlier].path} (both start at commit "
-                    f"{min(shared)[:12]}), so it is left out: a v2 inbox's epochs are "
-                    "separate histories; remove it, or fix the inbox it comes from"
-                )
-                return True
-        return False
+    def refusals(self) -> list[str]:
+        """One sentence for each epoch left out because it repeats an earlier one."""
+        return [said for i in range(len(self.epochs)) if (said := self._repeats(i))]
+
+    def _repeats(self, number: int) -> str:
+        """Why epoch `number` is left out ('' if it is not): it shares an earlier one's history."""
+        if number not in self._refused:
+            self._refused[number] = ""
+            mine = self._root_commits(number)
+            for earlier in range(number):
+                shared = mine & self._root_commits(earlier)
+                if shared:
+                    self._refused[number] = (
+                        f"the epoch {self.epochs[number].path} repeats the history of "
+                        f"{self.epochs[earlier].path} (both start at commit "
+                        f"{min(shared)[:12]}), so it is left out: a v2 inbox's epochs are "
+                        "separate histories; remove it, or fix the inbox it comes from"
+                    )
+                    break
+        return self._refused[number]
 
     def _root_commits(self, number: int) -> set[str]:
         if number not in self._roots:
@@ -112,7 +118,6 @@ class Inbox:
         self, after: str | None = None, max_size: int | None = None
     ) -> Iterator[tuple[str, bytes | Unread | None]]:
         """Yield (commit id, raw message or None) oldest first, across epochs."""
-        self.refused = []
         for number, start in self._plan(after):
             if start is None and self._repeats(number):
                 continue
@@ -122,7 +127,6 @@ class Inbox:
         return sum(self.epochs[i].count(start) for i, start in self._plan(after))
 
     def message_commits(self, max_size: int | None = None) -> list[str]:
-        self.refused = []
         return [
             c
             for i, epoch in enumerate(self.epochs)

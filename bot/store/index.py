@@ -313,16 +313,16 @@ class Index:
             log.warning("archive history no longer contains %s; rebuilding the index", last)
             self.clear()
             last = None
-        if archive.head() == last:
-            return 0
+        refused = archive.refusals()  # said every time: it lasts until the inbox is fixed
         limit = None if archive.writable else max_size
         total = 0
-        for items in parsed_batches(archive.walk(last, limit), batch):
-            total += self._commit(items, progress)
-            if stop is not None and stop():
-                return total
-        if archive.refused:
-            raise DigestError("; ".join(archive.refused))
+        if archive.head() != last:
+            for items in parsed_batches(archive.walk(last, limit), batch):
+                total += self._commit(items, progress)
+                if stop is not None and stop():
+                    return total
+        if refused:
+            raise DigestError("; ".join(refused))
         return total
 
     def _commit(
