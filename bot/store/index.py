@@ -77,6 +77,7 @@ class Index:
             current = dict(
                 self.conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
             )
+            indexed = "messages" in current and self._has_rows("messages")
             # A derived table whose definition changed (a column, a CHECK on
             # the kinds) is dropped and rebuilt: it holds nothing git does not.
             stale = any(
@@ -96,7 +97,6 @@ class Index:
                     self.conn.execute(f'DROP VIEW IF EXISTS "{view}"')
                 for table in DERIVED_TABLES:
                     self.conn.execute(f"DROP TABLE IF EXISTS {table}")
-            indexed = "messages" in current and self._has_rows("messages")
             self.conn.executescript(schema)
             # A derived table this version added (or one left empty by an
             # earlier one) while messages are indexed would stay empty: the
