@@ -64,8 +64,18 @@ class ArchiveSection:
     """A public-inbox inbox URL (e.g. https://lore.kernel.org/kvm) to mirror by git."""
     fetch_interval: int = 300
     """Seconds between fetches of `follow` while `kvm-digest run` runs."""
+    max_epochs: int = 64
+    """Most epochs of `follow` to mirror: a server offering more is stopped there."""
+    max_fetch_bytes: int = 8 * 1024**3
+    """Most bytes one fetch may add to the mirror, all epochs together."""
 
     def __post_init__(self) -> None:
+        if self.max_epochs < 1 or self.max_fetch_bytes < 1:
+            raise ConfigError(
+                "[archive] max_epochs and max_fetch_bytes must be at least 1 "
+                f"(they are {self.max_epochs} and {self.max_fetch_bytes}); the defaults "
+                "are 64 and 8589934592 (8 GiB)"
+            )
         public = self.follow.startswith(("http://", "https://", "git://"))
         if (public and self.fetch_interval < 60) or self.fetch_interval < 1:
             raise ConfigError(

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import logging
 import resource
+import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -31,18 +33,24 @@ from bot.desk.inbound import Desk
 from bot.desk.lmtp import serve
 from bot.digest.build import environment
 from bot.errors import DigestError
+from bot.health import Problems
+from bot.intake import follow
 from bot.intake.imap import Listener, Route
 from bot.intake.importer import Importer
 from bot.parse.message import ParsedMessage
-from bot.store import retention
+from bot.store import damage, retention
 from bot.store.archive import Archive, WriterLock
-from bot.store.inbox import Inbox, is_inbox, open_mirror
+from bot.store.inbox import is_inbox, open_mirror
 from bot.store.index import Index
 from bot.supervise import Health, supervise
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("daily", "weekly")
+CATCH_UP_BATCH = 200
+"""Commits per transaction of the daemon's catch-up: the LMTP queue's writes wait at most one."""
+RETRY_FIRST_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
 HOUSEKEEPING_SECONDS = 3600
 ACCEPT_ERROR_LOG_SECONDS = 60
 
@@ -55,62 +63,156 @@ class Daemon:
         self.env = environment(config.digest.templates or None)
         self.me = Identity.from_config(config, fallback=f"kvm-digest@{_hostname()}")
         self.health = Health()
+        self.problems = Problems(config.index_path)
+        self.indexed = asyncio.Event()
+        """Set once intake's first catch-up ended: digests wait for it."""
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
         with WriterLock(config.data_dir):
             index = Index(config.index_path)
             try:
-                if config.archive.follow:
-                    try:
-                        await self._fetch()
-                    except DigestError as err:
-                        if not is_inbox(config.archive_path):
-                            raise  # nothing to serve digests from yet
-                        log.warning("%s; serving what was fetched before", err)
-                # Followed or mirrored, git brings the mail; else we archive it.
-                archive: Archive | Inbox = (
-                    open_mirror(config.archive_path)
-                    if config.is_mirror
-                    else Archive.create(config.archive_path)
-                )
-                index.catch_up(archive)
-                await self._serve(archive, index, stop)
+                if config.archive.follow and not is_inbox(config.archive_path):
+                    # Nothing to serve digests from yet: a first fetch that
+                    # fails means a wrong URL, said at once.
+                    self._fetched(await self._fetch())
+                elif not config.is_mirror:
+                    Archive.create(config.archive_path)
+                await self._serve(index, stop)
             finally:
                 index.close()
+                self.problems.close()
 
-    async def _fetch(self) -> None:
+    async def _fetch(self) -> follow.Fetched:
         """Fetch the followed inbox; git runs in a thread, the loop goes on."""
-        from bot.intake import follow
-
         url = self.config.archive.follow
-        fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path)
+        bounds = follow.Bounds.of(self.config.archive)
+        fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path, bounds)
         log.info("fetched %s: %s", url, fetched)
+        return fetched
 
-    async def _follow(self, index: Index, stop: asyncio.Event) -> None:
+    def _fetched(self, fetched: follow.Fetched) -> None:
+        if fetched.problems:
+            self.problems.failing("intake", "; ".join(fetched.problems))
+
+    async def _catch_up(self, stop: asyncio.Event) -> int:
+        """Index what is new in the archive, in a worker thread with its own connection.
+
+        The event loop goes on answering LMTP and pinging the watchdog
+        meanwhile; each CATCH_UP_BATCH commits are one short transaction,
+        so the loop's own writes (the LMTP queue) never wait long for the
+        lock. On stop, the worker ends after its current batch.
+        """
+        halt = threading.Event()
+        job = asyncio.ensure_future(asyncio.to_thread(self._catch_up_in_thread, halt))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({job, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            halt.set()
+            return await job
+        finally:
+            halt.set()
+            stopped.cancel()
+
+    def _catch_up_in_thread(self, halt: threading.Event) -> int:
+        config = self.config
+        index = Index(config.index_path)
+        try:
+            archive = (
+                open_mirror(config.archive_path)
+                if config.is_mirror
+                else Archive.open(config.archive_path, writable=True)
+            )
+            return index.catch_up(
+                archive,
+                max_size=config.import_.max_message_size,
+                stop=halt.is_set,
+                batch=CATCH_UP_BATCH,
+            )
+        finally:
+            index.close()
+
+    async def _catch_up_reported(self, stop: asyncio.Event) -> bool:
+        """Catch up; a failure is the lasting problem "intake" (said once). True when done."""
+        try:
+            added = await self._catch_up(stop)
+        except (DigestError, sqlite3.Error, OSError) as err:
+            self.problems.failing("intake", intake_failure(self.config, err))
+            return False
+        finally:
+            self.indexed.set()  # digests wait for the first catch-up, not for success
+        if added:
+            log.info("indexed %d new messages", added)
+        return True
+
+    async def _intake(self, index: Index, desk: Desk, stop: asyncio.Event) -> None:
+        """The supervised intake: catch the index up, then take new mail as it comes.
+
+        A mirror (followed or fetched by someone else) is fetched and read
+        every fetch_interval; our own archive is caught up (a crash between
+        archive and index, a rebuild after an upgrade) before the IMAP
+        listener starts, retried with backoff until it succeeds.
+        """
+        if self.config.is_mirror:
+            await self._follow(stop)
+            return
+        delay = RETRY_FIRST_SECONDS
+        while not await self._catch_up_reported(stop):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self.problems.working("intake")
+        if not self.config.imap.host:
+            await stop.wait()
+            return
+        archive = Archive.create(self.config.archive_path)
+        importer = Importer(archive, index, self.config.import_.max_message_size)
+        routes = Route(self.config.list.id, self.config.list.address, self.config.commands.address)
+        listener = Listener(
+            self.config.imap,
+            importer,
+            routes,
+            on_command=lambda raw, p: self._from_imap(desk, raw, p),
+        )
+        await listener.run(stop)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
         """Fetch (or, for a mirror someone else fetches, re-read) on an interval.
 
-        A failed fetch (network, server) is logged and tried again at the
-        next interval; the digests meanwhile cover what has been indexed.
+        Each round's problems (an epoch that cannot be fetched, a bound
+        reached, a full disk, a damaged archive) are one lasting problem,
+        said once; the round after it is fixed says so. Digests meanwhile
+        cover what has been indexed.
         """
         interval = self.config.archive.fetch_interval
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        while not stop.is_set():
+            problems = []
+            if self.config.archive.follow:
+                try:
+                    problems += (await self._fetch()).problems
+                except DigestError as err:
+                    problems.append(str(err))
             if stop.is_set():
                 return
             try:
-                if self.config.archive.follow:
-                    await self._fetch()
-                # Reopened each time: a fetch may have brought a new epoch.
-                added = index.catch_up(open_mirror(self.config.archive_path))
-            except DigestError as err:
-                log.warning("%s; trying again in %d s", err, interval)
-                continue
-            if added:
-                log.info("indexed %d new messages", added)
+                added = await self._catch_up(stop)
+            except (DigestError, sqlite3.Error, OSError) as err:
+                problems.append(intake_failure(self.config, err))
+            else:
+                if added:
+                    log.info("indexed %d new messages", added)
+            finally:
+                self.indexed.set()
+            if problems:
+                self.problems.failing("intake", "; ".join(problems))
+            else:
+                self.problems.working("intake")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
-    async def _serve(self, archive: Archive | Inbox, index: Index, stop: asyncio.Event) -> None:
+    async def _serve(self, index: Index, stop: asyncio.Event) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptErrorThrottle())
@@ -147,19 +249,9 @@ class Daemon:
                 config.commands.protocol,
                 config.commands.listen,
             )
-        if config.is_mirror:
-            tasks.append(asyncio.create_task(self._follow(index, intake_stop), name="follow"))
-        elif config.imap.host:
-            assert isinstance(archive, Archive)
-            importer = Importer(archive, index, config.import_.max_message_size)
-            routes = Route(config.list.id, config.list.address, config.commands.address)
-            listener = Listener(
-                config.imap,
-                importer,
-                routes,
-                on_command=lambda raw, p: self._from_imap(desk, raw, p),
-            )
-            tasks.append(supervised("imap", lambda: listener.run(intake_stop), intake_stop))
+        tasks.append(
+            supervised("intake", lambda: self._intake(index, desk, intake_stop), intake_stop)
+        )
         scheduler = self._scheduler(index, outbox)
         scheduler.start()
         systemd.notify("READY=1")
@@ -238,6 +330,7 @@ class Daemon:
     async def _digest_job(self, index: Index, outbox: Outbox, name: str) -> None:
         # A coroutine, so APScheduler runs it on the event loop, where the
         # index connection lives, not in its thread pool.
+        await self.indexed.wait()  # not a digest of an index half rebuilt
         periodic.run(index.conn, self.config, outbox, self.env, name)
 
     async def _desk_worker(self, desk: Desk, stop: asyncio.Event) -> None:
@@ -298,6 +391,18 @@ class AcceptErrorThrottle:
             self.suppressed,
         )
         self.last, self.suppressed = now, 0
+
+
+def intake_failure(config: Config, err: BaseException) -> str:
+    """One sentence for a catch-up that failed: what is wrong, and that it heals."""
+    if damage.is_damage(err):
+        return damage.damaged_index(config.index_path, err)
+    if isinstance(err, DigestError):
+        return str(err)
+    return (
+        f"cannot index new mail into {config.index_path} ({err}); free some disk space or "
+        "fix its permissions: intake resumes by itself, from where it stopped"
+    )
 
 
 def raise_fd_limit() -> None:

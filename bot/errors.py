@@ -21,3 +21,7 @@ class RangeError(DigestError):
 
 class MailError(DigestError):
     """A message or mail source cannot be read as mail."""
+
+
+class ArchiveError(DigestError):
+    """git cannot read the archive: a damaged pack, a missing object, a dying git."""

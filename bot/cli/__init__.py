@@ -90,6 +90,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose + (1 if args.command in service.LONG_RUNNING else 0))
+    config = None
     try:
         config = configmod.load(args.config, args.data_dir, args.archive)
         return args.func(args, config)
@@ -99,6 +100,13 @@ def _main(argv: list[str] | None) -> int:
     except BrokenPipeError:
         return 0
     except (OSError, sqlite3.Error) as err:
+        from bot.store import damage
+
+        if config is not None and damage.is_damage(err):
+            # Bytes gone wrong in the file: freeing disk space would not help.
+            said = damage.damaged_index(config.index_path, err)
+            print(f"kvm-digest: error: {said}", file=sys.stderr)
+            return 1
         # A full disk or a read-only data dir: say so in one line; the
         # transaction in progress was rolled back and the archive head moves last.
         print(

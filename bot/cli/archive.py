@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from pathlib import Path
 
 from bot.cli.common import Subparsers, add_command, catch_up, open_archive, progress_bar, state
@@ -23,7 +24,8 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
             "with `kvm-digest fetch` or `git fetch` instead of importing"
         )
     cache = config.data_dir / "sources"
-    sources = [open_source(Path(p), cache) for p in args.sources]
+    limit = config.import_.max_message_size
+    sources = [open_source(Path(p), cache, limit) for p in args.sources]
     failed = False
     with writer(config) as (archive, index):
         for source in sources:
@@ -44,7 +46,11 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
-    """Fetch the followed inbox once and index what is new."""
+    """Fetch the followed inbox once and index what is new.
+
+    An epoch that cannot be fetched or indexed does not stop the others:
+    what could be done is done and said, then each problem in one line.
+    """
     from bot.intake import follow
     from bot.store.archive import WriterLock
     from bot.store.inbox import open_mirror
@@ -56,14 +62,21 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             '(e.g. follow = "https://lore.kernel.org/kvm"); see the README, "Follow lore"'
         )
     with WriterLock(config.data_dir):
-        fetched = follow.fetch(url, config.archive_path)
+        fetched = follow.fetch(url, config.archive_path, follow.Bounds.of(config.archive))
         index = Index(config.index_path)
+        problems = list(fetched.problems)
+        before = index.count()
         try:
-            added = catch_up(open_mirror(config.archive_path), index)
+            catch_up(open_mirror(config.archive_path), index, config)
+        except DigestError as err:
+            problems.append(str(err))
         finally:
+            added = index.count() - before
             index.close()
     print(f"{url}: {fetched}; {added} new messages indexed")
-    return 0
+    for problem in problems:
+        print(f"kvm-digest: error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
@@ -74,17 +87,40 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
         index = Index(config.index_path)
         index.clear()
         with progress_bar(archive.count, "reindexing") as bar:
-            count = index.catch_up(archive, bar)
+            count = index.catch_up(archive, bar, max_size=config.import_.max_message_size)
         index.close()
     print(f"indexed {count} messages")
     return 0
 
 
+def cmd_repair(args: argparse.Namespace, config: Config) -> int:
+    """Rebuild a damaged index from the archive, keeping every state row SQLite can read."""
+    from bot.store import repair
+    from bot.store.archive import WriterLock
+
+    archive = open_archive(config)  # first: the archive is what the index is rebuilt from
+    with WriterLock(config.data_dir), progress_bar(archive.count, "rebuilding") as bar:
+        done = repair.repair(config.index_path, archive, config.import_.max_message_size, bar)
+    kept = ", ".join(f"{n} {table}" for table, n in done.kept.items()) or "no state rows"
+    print(f"kept {kept}")
+    for lost in done.lost:
+        print(f"lost: {lost}")
+    print(f"rebuilt the index: {done.messages} messages from the archive")
+    if done.old is not None:
+        print(f"the old index is kept as {done.old}; remove it once all is well")
+    return 1 if done.lost else 0
+
+
 def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
-    """Check that the archive and the index agree (without changing either)."""
-    from bot.store import fsck
+    """Check the index file, the archive, and that they agree (without changing either)."""
+    from bot.store import damage, fsck
 
     archive = open_archive(config)
+    if config.index_path.exists() and (found := damage.problems(config.index_path)):
+        for problem in found:
+            print(f"problem: {problem}")
+        print("run `kvm-digest repair` to rebuild the index and keep its state tables")
+        return 1
     index = state(config, create=True)  # the archive exists: its index may not yet
     try:
         if index.last_commit() is None and archive.head() is not None and not index.count():
@@ -94,7 +130,7 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
                 "command that reads it (e.g. `kvm-digest digest --all`) indexes it"
             )
             return 0
-        report = fsck.check(archive, index)
+        report = fsck.check(archive, index, config.import_.max_message_size)
     finally:
         index.close()
     if report.ok:
@@ -102,7 +138,13 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
         return 0
     for problem in report.problems:
         print(f"problem: {problem}")
-    print("run `kvm-digest reindex` to rebuild the index from the archive")
+    if report.archive_damaged:
+        print(
+            "restore the damaged archive from a backup (a followed inbox: move the damaged "
+            "epoch aside and run `kvm-digest fetch`), then run `kvm-digest reindex`"
+        )
+    else:
+        print("run `kvm-digest reindex` to rebuild the index from the archive")
     return 1
 
 
@@ -170,6 +212,16 @@ def register(sub: Subparsers) -> None:
         "Subscribers, schedules and the outbox are kept; digests come out the same.",
     )
     p.set_defaults(func=cmd_reindex)
+
+    p = add_command(
+        sub,
+        "repair",
+        "rebuild a damaged index, keeping subscribers, schedules and the outbox",
+        "Reads every row of the state tables that SQLite can still read from the old "
+        "index, rebuilds the rest from the archive into a new file, and keeps the old "
+        "file beside it; run it when a command says the index is damaged.",
+    )
+    p.set_defaults(func=cmd_repair)
 
     p = add_command(
         sub,

@@ -66,7 +66,7 @@ def writer(config: Config) -> Iterator[tuple[Archive | Inbox, Index]]:
         archive = open_archive(config) if config.is_mirror else Archive.create(config.archive_path)
         index = Index(config.index_path)
         try:
-            catch_up(archive, index)
+            catch_up(archive, index, config)
             yield archive, index
         finally:
             index.close()
@@ -92,15 +92,16 @@ def progress_bar(count: Callable[[], int], what: str) -> Iterator[Callable[[int]
         yield bar.update
 
 
-def catch_up(archive: Archive | Inbox, index: Index) -> int:
+def catch_up(archive: Archive | Inbox, index: Index, config: Config) -> int:
     """Index what is new in the archive, with a progress bar on a terminal.
 
     The first indexing of a large mirror takes a while; the bar says so.
     """
+    limit = config.import_.max_message_size
     if archive.head() == index.last_commit():
-        return 0
+        return index.catch_up(archive, max_size=limit)  # nothing to read; a refusal is said
     with progress_bar(lambda: archive.count(index.last_commit()), "indexing") as bar:
-        return index.catch_up(archive, bar)
+        return index.catch_up(archive, bar, max_size=limit)
 
 
 def reader(config: Config) -> Index:
@@ -121,11 +122,27 @@ def reader(config: Config) -> Index:
     if archive.head() != index.last_commit():
         from bot.store.archive import WriterLock
 
+        lock = WriterLock(config.data_dir)
         try:
-            with WriterLock(config.data_dir):
-                catch_up(archive, index)
+            lock.__enter__()
         except DigestError as err:
+            if index.last_commit() is None and archive.head() is not None:
+                # Rebuilding (a first indexing, an upgrade): an empty answer would lie.
+                index.close()
+                raise DigestError(
+                    f"the index is being built by the process writing to {config.data_dir} "
+                    "(the daemon, after a start or an upgrade); try again when it is done, "
+                    "or stop it and run `kvm-digest reindex`"
+                ) from err
             log.info("not catching up the index: %s", err)
+            return index
+        try:
+            catch_up(archive, index, config)  # a damaged archive is an error, not a digest
+        except BaseException:
+            index.close()
+            raise
+        finally:
+            lock.__exit__()
     return index
 
 

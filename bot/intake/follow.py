@@ -16,13 +16,16 @@ git runs as a subprocess (no shell), never prompting for credentials.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.config import ArchiveSection
 from bot.errors import DigestError
 from bot.store.inbox import epoch_paths
 
@@ -31,12 +34,30 @@ log = logging.getLogger(__name__)
 _ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
 
 
+POLL_SECONDS = 0.25
+"""How often a running git's download is measured against the byte bound."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much one fetch may bring: `[archive] max_epochs` and `max_fetch_bytes`."""
+
+    max_epochs: int
+    max_bytes: int
+
+    @classmethod
+    def of(cls, section: ArchiveSection) -> Bounds:
+        return cls(section.max_epochs, section.max_fetch_bytes)
+
+
 @dataclass
 class Fetched:
-    """What one fetch did, for the one-line summary."""
+    """What one fetch did, for the one-line summary, and what went wrong."""
 
     updated: list[int] = field(default_factory=list)
     cloned: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """One sentence each: an epoch that could not be fetched, a bound reached."""
 
     def __str__(self) -> str:
         said = []
@@ -45,6 +66,22 @@ class Fetched:
         if self.updated:
             said.append("fetched epochs " + ", ".join(map(str, self.updated)))
         return "; ".join(said) or "nothing to fetch"
+
+
+class Budget:
+    """The bytes this fetch may still bring (all epochs together)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.spent = 0
+
+    @property
+    def left(self) -> int:
+        return self.total - self.spent
+
+
+class OverBudget(Exception):
+    """A git transfer was stopped at `[archive] max_fetch_bytes`."""
 
 
 def epoch_url(url: str, number: int) -> str:
@@ -60,57 +97,148 @@ def epoch_url(url: str, number: int) -> str:
     return f"{base}/git/{number}.git"
 
 
-def fetch(url: str, inbox: Path) -> Fetched:
-    """Bring the local mirror of the inbox at `url` up to date; say what changed."""
+def fetch(url: str, inbox: Path, bounds: Bounds) -> Fetched:
+    """Bring the local mirror of the inbox at `url` up to date; say what changed.
+
+    Each epoch is fetched on its own: one that fails (a server that dropped
+    an old epoch, a broken repository) is a problem of that epoch, and the
+    others are still fetched, new ones too. At most `bounds.max_epochs`
+    epochs are followed and at most `bounds.max_bytes` brought, so a server
+    that answers every epoch number, or sends without end, is stopped with
+    one sentence, keeping what was complete.
+    """
     done = Fetched()
+    budget = Budget(bounds.max_bytes)
     have = epoch_paths(inbox)
-    for number, epoch in enumerate(have):
-        _git("-C", str(epoch), "fetch", "--quiet", "--prune", "origin", what=f"fetch {epoch}")
+    for epoch in have:
+        number = int(epoch.name.removesuffix(".git"))
+        try:
+            _update(epoch, budget)
+        except OverBudget:
+            done.problems.append(_over_budget(url, bounds))
+            return done
+        except DigestError as err:
+            done.problems.append(str(err))
+            continue
         done.updated.append(number)
-    number = len(have)
-    while _clone(epoch_url(url, number), inbox / "git" / f"{number}.git", first=number == 0):
+    number = max((int(e.name.removesuffix(".git")) for e in have), default=-1) + 1
+    while True:
+        if number >= bounds.max_epochs:
+            if _exists(epoch_url(url, number)):
+                done.problems.append(
+                    f"{url} offers more than [archive] max_epochs = {bounds.max_epochs} "
+                    f"epochs; stopped at epoch {number - 1}. A real inbox gains an epoch per "
+                    "gigabyte or so: raise max_epochs if this one is that large"
+                )
+            return done
+        try:
+            if not _clone(epoch_url(url, number), inbox / "git" / f"{number}.git", number, budget):
+                return done
+        except OverBudget:
+            done.problems.append(_over_budget(url, bounds))
+            return done
         done.cloned.append(number)
         number += 1
-    return done
 
 
-def _clone(url: str, dest: Path, first: bool) -> bool:
+def _over_budget(url: str, bounds: Bounds) -> str:
+    return (
+        f"stopped fetching from {url}: one fetch may bring at most [archive] "
+        f"max_fetch_bytes = {bounds.max_bytes} bytes; the complete epochs are kept and "
+        "the next fetch goes on (raise max_fetch_bytes if one epoch is larger)"
+    )
+
+
+def _update(epoch: Path, budget: Budget) -> None:
+    result = _bounded(["-C", str(epoch), "fetch", "--quiet", "--prune", "origin"], epoch, budget)
+    if result.returncode != 0:
+        raise DigestError(
+            f"git cannot fetch {epoch}: {_last_line(result.stderr)}; the other epochs are "
+            "fetched as usual. Check the network and [archive] follow (a server that no "
+            "longer serves an old epoch leaves our copy of it as it was)"
+        )
+
+
+def _exists(url: str) -> bool:
+    """True when a repository answers at `url` (its refs only: no objects are fetched)."""
+    result = subprocess.run(
+        ["git", "ls-remote", url], capture_output=True, text=True, env=_ENV, check=False
+    )
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def _clone(url: str, dest: Path, number: int, budget: Budget) -> bool:
     """Clone one epoch; False when the inbox has no such epoch (yet).
 
     The clone goes to a temporary name and is renamed when complete, so an
     interrupted clone is never mistaken for an epoch.
     """
+    if number > 0 and not _exists(url):
+        log.debug("no epoch at %s yet", url)
+        return False
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["git", "clone", "--quiet", "--mirror", url, str(partial)],
-        capture_output=True,
-        text=True,
-        env=_ENV,
-        check=False,
-    )
+    try:
+        result = _bounded(["clone", "--quiet", "--mirror", url, str(partial)], partial, budget)
+    except OverBudget:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if result.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        if first:
+        if number == 0:
             raise DigestError(
                 f"cannot clone {url}: {_last_line(result.stderr)}; check [archive] follow "
                 "(the inbox URL, e.g. https://lore.kernel.org/kvm) and the network"
             )
-        log.debug("no epoch at %s yet: %s", url, _last_line(result.stderr))
-        return False
+        raise DigestError(
+            f"cannot clone the new epoch {url}: {_last_line(result.stderr)}; the next "
+            "fetch tries again"
+        )
     partial.rename(dest)
     log.info("cloned new epoch %s", url)
     return True
 
 
-def _git(*args: str, what: str) -> None:
-    result = subprocess.run(["git", *args], capture_output=True, text=True, env=_ENV, check=False)
-    if result.returncode != 0:
-        raise DigestError(
-            f"git cannot {what}: {_last_line(result.stderr)}; check the network and "
-            "[archive] follow, then run `kvm-digest fetch` again"
-        )
+def _bounded(args: list[str], where: Path, budget: Budget) -> subprocess.CompletedProcess[str]:
+    """Run git, stopping it when `where` grows by more than the budget has left."""
+    before = _size(where)
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(["git", *args], stdout=subprocess.DEVNULL, stderr=errors, env=_ENV)
+        while True:
+            try:
+                proc.wait(timeout=POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if _size(where) - before > budget.left:
+                    proc.kill()
+                    proc.wait()
+                    _drop_temporary_packs(where)
+                    raise OverBudget from None
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace")
+    budget.spent += max(0, _size(where) - before)
+    if budget.left < 0:
+        raise OverBudget
+    return subprocess.CompletedProcess(args, proc.returncode, "", stderr)
+
+
+def _size(path: Path) -> int:
+    """Bytes in the files under `path` (0 when it does not exist yet)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _drop_temporary_packs(repo: Path) -> None:
+    """Remove what a git fetch stopped midway leaves: its unfinished packs."""
+    pack = repo / "objects" / "pack"
+    if pack.is_dir():
+        for leftover in pack.glob("tmp_*"):
+            leftover.unlink(missing_ok=True)
 
 
 def _last_line(stderr: str) -> str:

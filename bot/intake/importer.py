@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from bot.errors import DigestError, MailError
 from bot.parse.message import ParsedMessage, parse_message
 from bot.store.archive import Archive
+from bot.store.gitread import Unread
 from bot.store.index import Index
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Importer:
 
     def run(
         self,
-        messages: Iterable[tuple[str, bytes]],
+        messages: Iterable[tuple[str, bytes | Unread]],
         where: str,
         save_position: Callable[[str], None] | None = None,
         progress: Callable[[int], None] | None = None,
@@ -94,8 +95,10 @@ class Importer:
                 progress(read % BATCH)
         return self.counts
 
-    def accept(self, raw: bytes, where: str) -> ParsedMessage | None:
+    def accept(self, raw: bytes | Unread, where: str) -> ParsedMessage | None:
         """Parse a message for the archive, or count, log and keep why not."""
+        if isinstance(raw, Unread):  # a git source's message not read: too large
+            return self.judge(b"", where, MailError(raw.reason))
         return self.judge(raw, where, self.parse(raw))
 
     def parse(self, raw: bytes) -> ParsedMessage | Exception:

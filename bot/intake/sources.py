@@ -21,6 +21,7 @@ import pygit2
 
 from bot.errors import MailError
 from bot.store.archive import Archive
+from bot.store.gitread import Unread
 from bot.store.inbox import epoch_paths
 
 _MBOXRD_QUOTED = re.compile(rb"^>(>*From )", re.M)
@@ -36,6 +37,8 @@ class Source:
     key: str
     label: str = ""
     """What the user named (a bundle is read from a cached clone at `path`)."""
+    max_size: int | None = None
+    """Git sources know a message's size before reading it: larger ones are not read."""
 
     resumable = False
     """True when `read(after)` can safely skip what an earlier run read."""
@@ -44,7 +47,7 @@ class Source:
         """How many messages `read(after)` yields (for the progress bar)."""
         raise NotImplementedError
 
-    def read(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
+    def read(self, after: str | None = None) -> Iterator[tuple[str, bytes | Unread]]:
         raise NotImplementedError
 
 
@@ -111,24 +114,24 @@ class GitSource(Source):
     def _position(archive: Archive, after: str | None) -> str | None:
         return after if after and archive.contains(after) else None
 
-    def read(self, after: str | None = None) -> Iterator[tuple[str, bytes]]:
+    def read(self, after: str | None = None) -> Iterator[tuple[str, bytes | Unread]]:
         epochs = [Archive.open(e) for e in self.epochs()]
         # Resume in the epoch that holds `after`; earlier epochs are done.
         start = next((i for i, a in enumerate(epochs) if after and a.contains(after)), 0)
         for archive in epochs[start:]:
-            for commit_id, raw in archive.walk(self._position(archive, after)):
+            for commit_id, raw in archive.walk(self._position(archive, after), self.max_size):
                 if raw is not None:
                     yield commit_id, raw
 
 
-def open_source(path: Path, cache_dir: Path) -> Source:
+def open_source(path: Path, cache_dir: Path, max_size: int | None = None) -> Source:
     """Recognise a mail source by what it holds, not by its name."""
     key = str(path.resolve())
     if path.is_dir():
         if (path / "cur").is_dir() and (path / "new").is_dir():
             return MaildirSource("maildir", path, key, str(path))
         if (path / "git").is_dir() or (path / "HEAD").exists() or (path / ".git").exists():
-            return GitSource("git", path, key, str(path))
+            return GitSource("git", path, key, str(path), max_size)
         raise MailError(
             f"{path} is a directory but neither a Maildir (cur/, new/) nor a "
             "git repository; give an mbox, a Maildir, an .eml file or a "
@@ -139,7 +142,7 @@ def open_source(path: Path, cache_dir: Path) -> Source:
     with path.open("rb") as f:
         start = f.read(4096)
     if start.startswith((b"# v2 git bundle", b"# v3 git bundle")):
-        return GitSource("bundle", unbundle(path, cache_dir), key, str(path))
+        return GitSource("bundle", unbundle(path, cache_dir), key, str(path), max_size)
     if start.startswith(b"From "):
         return MboxSource("mbox", path, key, str(path))
     if _HEADER_LINE.match(start.lstrip(b"\r\n")):

@@ -25,8 +25,10 @@ from typing import IO
 
 import pygit2
 
-from bot.errors import DigestError
+from bot.errors import ArchiveError, DigestError
 from bot.parse.message import ParsedMessage
+from bot.store import gitread
+from bot.store.gitread import Unread
 
 BRANCH = "refs/heads/master"
 
@@ -92,71 +94,68 @@ class Archive:
         except (pygit2.GitError, ValueError, KeyError):
             return False
 
-    def walk(self, after: str | None = None) -> Iterator[tuple[str, bytes | None]]:
+    def walk(
+        self, after: str | None = None, max_size: int | None = None
+    ) -> Iterator[tuple[str, bytes | Unread | None]]:
         """Yield (commit id, raw message) oldest first, after commit `after`.
 
         git itself lists the commits (rev-list) and inflates the blobs
-        (cat-file --batch), so that work runs on another core while we parse.
-        public-inbox records deletions as commits without `m`; those yield
-        None so the caller can still move its position past them.
+        (cat-file, bot/store/gitread.py), so that work runs on another core
+        while we parse. public-inbox records deletions as commits without
+        `m`; those yield None so the caller can still move its position past
+        them. A message over `max_size` bytes (or an `m` that is not a file)
+        is not read: it yields an Unread saying why. A git failure raises
+        ArchiveError: nothing after it is read, or taken for a deletion.
         """
-        head = self.head()
-        if head is None:
-            return
-        revs = self._git(
-            "rev-list", "--reverse", "--topo-order", head, *([f"^{after}"] if after else [])
-        ).split()
-        if not revs:
-            return
-        proc = subprocess.Popen(
-            ["git", "-C", str(self.path), "cat-file", "--batch"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        requests = b"".join(rev + b":m\n" for rev in revs)
-        feeder = threading.Thread(target=_feed, args=(proc.stdin, requests), daemon=True)
-        feeder.start()
-        try:
-            for rev in revs:
-                header = proc.stdout.readline().split()
-                if len(header) != 3:  # "<rev>:m missing": a deletion commit
-                    yield rev.decode(), None
-                    continue
-                data = proc.stdout.read(int(header[2]))
-                proc.stdout.read(1)  # the newline after each object
-                yield rev.decode(), data
-        finally:
-            proc.kill()
-            proc.wait()
-            feeder.join()
+        yield from gitread.messages(self.path, self._revs(after), max_size, self._is_deletion)
 
-    def message_commits(self) -> list[str]:
-        """Every commit that holds a message, oldest first (deletions left out)."""
+    def message_commits(self, max_size: int | None = None) -> list[str]:
+        """Every commit holding a message to index, oldest first.
+
+        Deletions are left out, and so are messages `walk(max_size=...)`
+        would not read. Raises ArchiveError when git cannot read the archive.
+        """
+        return [
+            commit
+            for commit, info in gitread.infos(self.path, self._revs(None), self._is_deletion)
+            if info is not None and gitread.unread(self.path, commit, info, max_size) is None
+        ]
+
+    def refusals(self) -> list[str]:
+        """Epochs left out (bot/store/inbox.py); one epoch never refuses itself."""
+        return []
+
+    def roots(self) -> list[str]:
+        """The commits the history starts from (one, for a public-inbox epoch)."""
         head = self.head()
         if head is None:
             return []
-        revs = self._git("rev-list", "--reverse", "--topo-order", head).split()
-        checked = subprocess.run(
-            ["git", "-C", str(self.path), "cat-file", "--batch-check"],
-            input=b"".join(rev + b":m\n" for rev in revs),
-            capture_output=True,
-            check=False,
-        ).stdout.splitlines()
-        return [
-            rev.decode()
-            for rev, line in zip(revs, checked, strict=True)
-            if not line.endswith(b"missing")
-        ]
+        return self._git("rev-list", "--max-parents=0", head).decode().split()
+
+    def _revs(self, after: str | None) -> list[bytes]:
+        head = self.head()
+        if head is None:
+            return []
+        return self._git(
+            "rev-list", "--reverse", "--topo-order", head, *([f"^{after}"] if after else [])
+        ).split()
+
+    def _is_deletion(self, commit_id: str) -> bool:
+        """True when the commit and its tree are readable and hold no `m`."""
+        try:
+            return "m" not in self.repo[commit_id].peel(pygit2.Commit).tree
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
 
     def _git(self, *args: str) -> bytes:
         result = subprocess.run(
             ["git", "-C", str(self.path), *args], capture_output=True, check=False
         )
         if result.returncode != 0:
-            raise DigestError(
-                f"git {args[0]} failed in {self.path}: "
-                f"{result.stderr.decode(errors='replace').strip()}"
+            said = result.stderr.decode(errors="replace").strip().splitlines()
+            raise ArchiveError(
+                f"git {args[0]} failed in {self.path} ({said[-1] if said else 'no message'}); "
+                f"run `git -C {self.path} fsck` to see whether the archive is damaged"
             )
         return result.stdout
 

@@ -1,18 +1,24 @@
-"""`kvm-digest fsck`: do the archive and the index agree?
+"""`kvm-digest fsck`: is the archive sound, and do the archive and the index agree?
 
-The archive is the truth; the index must hold each message commit exactly
-once, in archive order, and nothing else, and must know the archive's head.
-The outbox must not have sent any digest twice to the same subscriber. Any
-disagreement is reported in plain words; `kvm-digest reindex` repairs the
-index side.
+The archive is the truth: git itself checks it (`git fsck`, every epoch),
+since a damaged pack would otherwise only show as messages missing from the
+digests. The index must hold each message commit exactly once, in archive
+order, and nothing else, and must know the archive's head. The outbox must
+not have sent any digest twice to the same subscriber. Any disagreement is
+reported in plain words; `kvm-digest reindex` repairs the index side. (A
+damaged index file is found before any of this: bot/store/damage.py.)
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from bot.errors import ArchiveError
 from bot.store.archive import Archive
+from bot.store.inbox import Inbox
 from bot.store.index import Index
 
 
@@ -20,16 +26,31 @@ from bot.store.index import Index
 class Report:
     messages: int = 0
     problems: list[str] = field(default_factory=list)
+    archive_damaged: bool = False
+    """The archive itself is damaged: reindexing cannot help, restoring it does."""
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def check(archive: Archive, index: Index) -> Report:
-    commits = archive.message_commits()
+def check(archive: Archive | Inbox, index: Index, max_size: int) -> Report:
+    """Every problem found, in plain words (never an exception for damage)."""
+    report = Report()
+    for repo in archive.epochs if isinstance(archive, Inbox) else [archive]:
+        said = git_fsck(repo.path)
+        if said:
+            report.problems.append(f"git fsck finds {repo.path} damaged: {said}")
+            report.archive_damaged = True
+    try:
+        commits = archive.message_commits(None if archive.writable else max_size)
+    except ArchiveError as err:
+        report.problems.append(str(err))
+        report.archive_damaged = True
+        return report
+    report.problems += archive.refusals()
+    report.messages = len(commits)
     rows = [r[0] for r in index.conn.execute("SELECT commit_id FROM messages ORDER BY seq")]
-    report = Report(messages=len(commits))
     doubled = [c for c, n in Counter(rows).items() if n > 1]
     if doubled:
         report.problems.append(
@@ -62,3 +83,18 @@ def check(archive: Archive, index: Index) -> Report:
             f"subscriber, e.g. digest {twice[0][0]} to {twice[0][1]}"
         )
     return report
+
+
+def git_fsck(repo: Path) -> str:
+    """git's own check of one repository: '' when sound, else its first findings."""
+    result = subprocess.run(
+        ["git", "-C", str(repo), "fsck", "--no-dangling", "--no-progress", "--no-reflogs"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if result.returncode == 0:
+        return ""
+    lines = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if line]
+    return "; ".join(lines[:3]) or f"exit status {result.returncode}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bot.errors import DigestError
 from bot.store.archive import Archive
+from bot.store.gitread import Unread
 
 _EPOCH = re.compile(r"(\d+)\.git")
 
@@ -41,7 +42,14 @@ def open_mirror(path: Path) -> Archive | Inbox:
 
 
 class Inbox:
-    """Several epochs read as one archive (the part of Archive the index uses)."""
+    """Several epochs read as one archive (the part of Archive the index uses).
+
+    Each epoch of a v2 inbox is a history of its own. One that repeats an
+    earlier epoch's history (the same root commit: a server that answers
+    every epoch number with the same repository, or a copy made by hand)
+    would index those messages twice; it is left out, and says so
+    in one sentence per epoch (`refusals`), while the other epochs are read as usual.
+    """
 
     writable = False
 
@@ -53,6 +61,8 @@ class Inbox:
                 f"{path} holds no epochs (git/0.git, git/1.git, ...); point [archive] "
                 "path at a public-inbox v2 inbox directory or at one epoch"
             )
+        self._roots: dict[int, set[str]] = {}
+        self._refused: dict[int, str] = {}
 
     def head(self) -> str | None:
         """The newest message commit: the head of the last non-empty epoch."""
@@ -71,20 +81,55 @@ class Inbox:
     def contains(self, commit_id: str) -> bool:
         return self._epoch_of(commit_id) is not None
 
-    def _plan(self, after: str | None) -> list[tuple[Archive, str | None]]:
+    def _plan(self, after: str | None) -> list[tuple[int, str | None]]:
         """Each epoch still to read, with the commit to start after in it."""
         start = self._epoch_of(after)
         if start is None:
-            return [(e, None) for e in self.epochs]
-        return [(self.epochs[start], after)] + [(e, None) for e in self.epochs[start + 1 :]]
+            return [(i, None) for i in range(len(self.epochs))]
+        return [(start, after)] + [(i, None) for i in range(start + 1, len(self.epochs))]
 
-    def walk(self, after: str | None = None) -> Iterator[tuple[str, bytes | None]]:
+    def refusals(self) -> list[str]:
+        """One sentence for each epoch left out because it repeats an earlier one."""
+        return [said for i in range(len(self.epochs)) if (said := self._repeats(i))]
+
+    def _repeats(self, number: int) -> str:
+        """Why epoch `number` is left out ('' if it is not): it shares an earlier one's history."""
+        if number not in self._refused:
+            self._refused[number] = ""
+            mine = self._root_commits(number)
+            for earlier in range(number):
+                shared = mine & self._root_commits(earlier)
+                if shared:
+                    self._refused[number] = (
+                        f"the epoch {self.epochs[number].path} repeats the history of "
+                        f"{self.epochs[earlier].path} (both start at commit "
+                        f"{min(shared)[:12]}), so it is left out: a v2 inbox's epochs are "
+                        "separate histories; remove it, or fix the inbox it comes from"
+                    )
+                    break
+        return self._refused[number]
+
+    def _root_commits(self, number: int) -> set[str]:
+        if number not in self._roots:
+            self._roots[number] = set(self.epochs[number].roots())
+        return self._roots[number]
+
+    def walk(
+        self, after: str | None = None, max_size: int | None = None
+    ) -> Iterator[tuple[str, bytes | Unread | None]]:
         """Yield (commit id, raw message or None) oldest first, across epochs."""
-        for epoch, start in self._plan(after):
-            yield from epoch.walk(start)
+        for number, start in self._plan(after):
+            if start is None and self._repeats(number):
+                continue
+            yield from self.epochs[number].walk(start, max_size)
 
     def count(self, after: str | None = None) -> int:
-        return sum(epoch.count(start) for epoch, start in self._plan(after))
+        return sum(self.epochs[i].count(start) for i, start in self._plan(after))
 
-    def message_commits(self) -> list[str]:
-        return [c for epoch in self.epochs for c in epoch.message_commits()]
+    def message_commits(self, max_size: int | None = None) -> list[str]:
+        return [
+            c
+            for i, epoch in enumerate(self.epochs)
+            if not self._repeats(i)
+            for c in epoch.message_commits(max_size)
+        ]

@@ -12,16 +12,18 @@ import hashlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.digest import series, versions
-from bot.errors import DigestError
+from bot.errors import ArchiveError, DigestError
+from bot.store.gitread import Unread
 
 if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
     from bot.parse.message import ParsedMessage
     from bot.store.archive import Archive
+    from bot.store.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class Index:
             current = dict(
                 self.conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
             )
+            indexed = "messages" in current and self._has_rows("messages")
             # A derived table whose definition changed (a column, a CHECK on
             # the kinds) is dropped and rebuilt: it holds nothing git does not.
             stale = any(
@@ -95,9 +98,20 @@ class Index:
                 for table in DERIVED_TABLES:
                     self.conn.execute(f"DROP TABLE IF EXISTS {table}")
             self.conn.executescript(schema)
-            if stale or self.meta("rules_version") != str(RULES_VERSION):
-                if self.meta("last_commit") is not None:
-                    log.warning("the index predates this version's rules; rebuilding it")
+            # A derived table this version added (or one left empty by an
+            # earlier one) while messages are indexed would stay empty: the
+            # catch-up only indexes what is new. So it is all rebuilt.
+            unfilled = [t for t in DERIVED_TABLES if t not in current or not self._has_rows(t)]
+            rules_changed = self.meta("rules_version") != str(RULES_VERSION)
+            if indexed and unfilled:
+                log.warning(
+                    "the index has no rows in %s (built by an earlier version); "
+                    "rebuilding it from the archive",
+                    ", ".join(unfilled),
+                )
+            elif (stale or rules_changed) and self.meta("last_commit") is not None:
+                log.warning("the index predates this version's rules; rebuilding it")
+            if stale or rules_changed or (indexed and unfilled):
                 self._clear_derived()
                 self.set_meta("rules_version", str(RULES_VERSION))
             self.set_meta("schema_stamp", stamp)
@@ -109,6 +123,9 @@ class Index:
             return self.meta("schema_stamp")
         except sqlite3.OperationalError:  # no meta table yet: a new index
             return None
+
+    def _has_rows(self, table: str) -> bool:
+        return self.conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0] == 1
 
     def _columns(self, table: str) -> list[str]:
         return [row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")]
@@ -145,22 +162,35 @@ class Index:
             is not None
         )
 
-    def add(self, commits: Iterable[tuple[str, ParsedMessage | None]]) -> int:
+    def add(self, commits: Iterable[tuple[str, ParsedMessage | Unread | None]]) -> int:
         """Index archive commits in order, in the caller's transaction.
 
         A None message is a commit without a message (a public-inbox
-        deletion): it only moves `last_commit`. Returns the number indexed.
+        deletion): it only moves `last_commit`. An Unread one (too large,
+        not a file) is recorded in `failures` and moves it too. Returns the
+        number indexed.
         """
         added = 0
         last = None
         for commit_id, parsed in commits:
             last = commit_id
-            if parsed is not None:
+            if isinstance(parsed, Unread):
+                self._record_unread(parsed)
+            elif parsed is not None:
                 self._insert(commit_id, parsed)
                 added += 1
         if last is not None:
             self.set_meta("last_commit", last)
         return added
+
+    def _record_unread(self, unread: Unread) -> None:
+        """Keep a message the archive holds but we will not read, for `kvm-digest failed`."""
+        log.warning("skipped %s: %s", unread.where, unread.reason)
+        self.conn.execute(
+            "INSERT OR IGNORE INTO failures (created, source, reason, raw, raw_hash)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (int(time.time()), unread.where, unread.reason, b"", f"git:{unread.commit_id}"),
+        )
 
     def _insert(self, commit_id: str, p: ParsedMessage) -> None:
         s = p.subject
@@ -258,39 +288,56 @@ class Index:
         ).fetchone()
         return row[0] if row else None
 
-    def catch_up(self, archive: Archive, progress: Callable[[int], None] | None = None) -> int:
+    def catch_up(
+        self,
+        archive: Archive | Inbox,
+        progress: Callable[[int], None] | None = None,
+        *,
+        max_size: int | None,
+        stop: Callable[[], bool] | None = None,
+        batch: int = BATCH,
+    ) -> int:
         """Index archive commits the index has not seen; return how many.
 
         When the archive's history no longer holds the last indexed commit
-        (a mirror whose history was rewritten), the index is rebuilt.
+        (a mirror whose history was rewritten), the index is rebuilt. A
+        mirror's messages over `max_size` bytes are recorded in `failures`
+        and skipped (our own archive's passed the limit when imported).
+        Each `batch` commits are one transaction, so a writer elsewhere (the
+        daemon's LMTP queue) never waits long; `stop` is asked between
+        them. A git failure (ArchiveError) is raised after the commits read
+        before it are committed: the position stays before the damage.
         """
         last = self.last_commit()
         if last and not archive.contains(last):
             log.warning("archive history no longer contains %s; rebuilding the index", last)
             self.clear()
             last = None
-        if archive.head() == last:
-            return 0
+        refused = archive.refusals()  # said every time: it lasts until the inbox is fixed
+        limit = None if archive.writable else max_size
         total = 0
-        from bot.parse.message import parse_lenient
-
-        batch: list[tuple[str, ParsedMessage | None]] = []
-        for commit_id, raw in archive.walk(last):
-            batch.append((commit_id, parse_lenient(raw) if raw is not None else None))
-            if len(batch) >= BATCH:
-                total += self._commit(batch, progress)
-                batch = []
-        if batch:
-            total += self._commit(batch, progress)
+        if archive.head() != last:
+            for items in parsed_batches(archive.walk(last, limit), batch):
+                total += self._commit(items, progress)
+                if stop is not None and stop():
+                    return total
+        if refused:
+            raise DigestError("; ".join(refused))
         return total
 
     def _commit(
         self,
-        batch: list[tuple[str, ParsedMessage | None]],
+        batch: list[tuple[str, ParsedMessage | Unread | None]],
         progress: Callable[[int], None] | None,
     ) -> int:
-        with self.conn:
-            added = self.add(batch)
+        try:
+            with self.conn:
+                added = self.add(batch)
+        except sqlite3.IntegrityError as err:
+            raise DigestError(
+                f"commits {batch[0][0][:12]}..{batch[-1][0][:12]} include one that is indexed "
+                f"already ({err}): the archive holds a history twice; run `kvm-digest fsck`"
+            ) from err
         if progress:
             progress(len(batch))
         return added
@@ -323,6 +370,32 @@ class Index:
             "ON CONFLICT(source) DO UPDATE SET position = excluded.position",
             (key, position),
         )
+
+
+def parsed_batches(
+    commits: Iterable[tuple[str, bytes | Unread | None]], size: int
+) -> Iterator[list[tuple[str, ParsedMessage | Unread | None]]]:
+    """The catch-up's producer: archive commits, parsed, in batches, in order.
+
+    One writer (Index._commit) takes each batch as one transaction. When
+    reading the archive fails, the commits read before the failure come out
+    first, then the error is raised.
+    """
+    from bot.parse.message import parse_lenient
+
+    batch: list[tuple[str, ParsedMessage | Unread | None]] = []
+    try:
+        for commit_id, raw in commits:
+            batch.append((commit_id, parse_lenient(raw) if isinstance(raw, bytes) else raw))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    except ArchiveError:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
 
 
 def _tables_of(schema: str) -> dict[str, tuple[str, dict[str, str]]]:
