@@ -195,6 +195,8 @@ def salvage(copy: Path, done: Repaired) -> State:
 def _rows(conn: sqlite3.Connection, table: str, columns: list[str]) -> tuple[list[tuple], bool]:
     """The rows SQLite can read, in rowid order; False when some could not be."""
     wanted = ", ".join(f'"{c}"' for c in columns)
+    if not _has_rowid(conn, table):
+        return _rows_in_key_order(conn, table, wanted)
     rows: list[tuple] = []
     whole = True
     start = -(2**63)
@@ -210,6 +212,28 @@ def _rows(conn: sqlite3.Connection, table: str, columns: list[str]) -> tuple[lis
             whole = False
             start = _next_readable(conn, table, start)
     return rows, whole
+
+
+def _has_rowid(conn: sqlite3.Connection, table: str) -> bool:
+    """False for a WITHOUT ROWID table, which has only its primary key to seek by."""
+    try:
+        conn.execute(f'SELECT rowid FROM "{table}" LIMIT 0')
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def _rows_in_key_order(
+    conn: sqlite3.Connection, table: str, wanted: str
+) -> tuple[list[tuple], bool]:
+    """A WITHOUT ROWID table's rows up to the first damaged page (small state tables)."""
+    rows: list[tuple] = []
+    try:
+        for row in conn.execute(f'SELECT {wanted} FROM "{table}"'):
+            rows.append(row)
+    except sqlite3.DatabaseError:
+        return rows, False
+    return rows, True
 
 
 def _next_readable(conn: sqlite3.Connection, table: str, failed: int) -> int | None:
