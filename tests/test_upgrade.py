@@ -2,9 +2,11 @@
 
 The previous release's code is this repository's own history (the commit
 before topics and the full digest were merged, which added the paths,
-trailers, applied and works tables), unpacked with `git archive` into a
-temporary directory and run as it was. Its index must read, with today's
-code, exactly as an index built by today's code does.
+trailers, applied and works tables). Its `bot/` package is shipped in
+tests/data/upgrade (80 KB, made by `git archive --prefix=previous/ 42a822d
+bot | xz -9`), so the test runs in a shallow or fresh clone too; it is
+unpacked into a temporary directory and run as it was. Its index must read,
+with today's code, exactly as an index built by today's code does.
 """
 
 from __future__ import annotations
@@ -13,31 +15,29 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from io import BytesIO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "kvm-sample.mbox"
-PREVIOUS_RELEASE = "42a822d"
-"""main before "Merge issue14" (topics) and "Merge issue13" (the full digest)."""
+PREVIOUS_RELEASE = ROOT / "tests" / "data" / "upgrade" / "kvm-digest-42a822d.tar.xz"
+"""main at 42a822d, before "Merge issue14" (topics) and "Merge issue13" (the full digest)."""
 
 
-def checkout(commit: str, dest: Path) -> Path:
-    """The source tree of `commit`, read from git without touching this checkout."""
-    tar = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "bot"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    with tarfile.open(fileobj=BytesIO(tar)) as archive:
+def unpack(tarball: Path, dest: Path) -> Path:
+    """The previous release's source tree, as its `bot/` package was."""
+    with tarfile.open(tarball) as archive:
         archive.extractall(dest, filter="data")
-    return dest
+    return dest / "previous"
 
 
-def kvm_digest(code: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """`kvm-digest ARGS` run with the bot package found at `code`."""
+def kvm_digest(code: Path, config: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`kvm-digest --config CONFIG ARGS` run with the bot package found at `code`.
+
+    Every run has a config of its own, so the checkout's config/kvm-digest.toml
+    (whatever an admin put there) is never read.
+    """
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *map(str, args)],
+        [sys.executable, "-m", "bot.cli", "--config", str(config), *map(str, args)],
         capture_output=True,
         text=True,
         cwd=code,  # `python -m` puts the working directory first on sys.path
@@ -46,20 +46,24 @@ def kvm_digest(code: Path, *args: str | Path) -> subprocess.CompletedProcess[str
 
 
 def test_an_index_of_the_previous_release_reads_as_a_fresh_one(tmp_path: Path) -> None:
-    old = checkout(PREVIOUS_RELEASE, tmp_path / "previous")
+    old = unpack(PREVIOUS_RELEASE, tmp_path)
+    config = tmp_path / "empty.toml"
+    config.write_text("# the defaults\n")
     upgraded, fresh = tmp_path / "upgraded", tmp_path / "fresh"
-    result = kvm_digest(old, "--data-dir", upgraded, "import", SAMPLE)
+    result = kvm_digest(old, config, "--data-dir", upgraded, "import", SAMPLE)
     assert result.returncode == 0, result.stderr
     assert "63 imported" in result.stdout
     assert (
-        kvm_digest(old, "--data-dir", upgraded, "subscribers", "add", "a@example.org").returncode
+        kvm_digest(
+            old, config, "--data-dir", upgraded, "subscribers", "add", "a@example.org"
+        ).returncode
         == 0
     )
     # The same archive, indexed from scratch by today's code.
     shutil.copytree(upgraded / "archive.git", fresh / "archive.git")
 
     def today(data: Path, *args: str) -> str:
-        result = kvm_digest(ROOT, "--data-dir", data, *args)
+        result = kvm_digest(ROOT, config, "--data-dir", data, *args)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
