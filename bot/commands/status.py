@@ -27,7 +27,7 @@ class Status(Command):
                     " refused;\nsend 'subscribe' to get them again."
                 )
             if sub.topic:
-                lines.append(f"Topic: {sub.topic} (only matching series).")
+                lines.append(f"Topic, only matching series:\n    {ctx.quote(sub.topic, 72)}")
             schedule = sub.schedule
         row = ctx.conn.execute(
             "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"
