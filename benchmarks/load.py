@@ -76,6 +76,8 @@ address = "{BOT}"
 listen = "127.0.0.1:{self.lmtp_port}"
 per_hour = 100000
 per_address_per_hour = 100000
+per_address_per_day = 100000
+per_domain_per_day = 100000
 max_waiting_per_address = 100000
 reply_bytes_per_day = 100000000000
 [smtp]

@@ -187,6 +187,15 @@ class CommandsSection:
     """Bytes of replies to one mailbox per day; more waits for the next day."""
     max_waiting_per_address: int = 100
     """Unanswered mails from one mailbox kept; more is refused with 451 (the MTA retries)."""
+    per_address_per_day: int = 10
+    """Replies to one mailbox in a day (Mailman's max_autoresponses_per_day); more
+    mail from it is dropped unanswered, not deferred."""
+    per_domain_per_day: int = 20
+    """Replies to all the mailboxes of one domain in a day; more are dropped."""
+    max_pending_bytes: int = 64 * 1024 * 1024
+    """Bytes of command mail waiting to be handled; past it, MAIL gets 452."""
+    sender_bytes_per_day: int = 16 * 1024 * 1024
+    """Bytes of command mail one envelope sender may send in a day; then 452."""
 
     def __post_init__(self) -> None:
         if self.protocol not in ("lmtp", "smtp"):
