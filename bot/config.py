@@ -19,6 +19,8 @@ from typing import ClassVar
 
 from bot.errors import ConfigError
 
+PROOFS = ("envelope", "received", "dkim", "arc")
+"""What [imap] require may ask of list mail (bot/intake/provenance.py)."""
 STYLES = ("full", "classic")
 """Digest styles (FORMAT.md, "Two styles"): classic is the documented layout."""
 DEFAULT_PATH = Path("config/kvm-digest.toml")
@@ -152,11 +154,26 @@ class ImapSection(ServerSection):
     mark_seen: bool = False
     move_to: str = ""
     backoff_max: int = 300
+    require: list[str] = field(default_factory=lambda: ["envelope", "received"])
+    """What list mail from the mailbox must show before it is archived
+    (bot/intake/provenance.py): any of envelope, received, dkim, arc; [] trusts all."""
+    list_senders: list[str] = field(default_factory=list)
+    """Envelope senders of the list's mail (globs, e.g. "kvm+bounces-*@vger.kernel.org");
+    empty: the bounce and owner addresses of [list] address and [list] id."""
+    list_hosts: list[str] = field(default_factory=list)
+    """Domains of the list's mail servers (e.g. "kernel.org"); empty: from [list]."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.auth not in ("login", "plain"):
             raise ConfigError(f"[imap] auth must be login or plain, not {self.auth!r}")
+        unknown = [r for r in self.require if r not in PROOFS]
+        if unknown:
+            raise ConfigError(
+                f"[imap] require names {', '.join(map(repr, unknown))}; the checks are "
+                + ", ".join(PROOFS)
+                + ' (e.g. require = ["envelope", "received"]), or [] to trust the mailbox'
+            )
 
 
 @dataclass(frozen=True)
