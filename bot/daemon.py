@@ -22,7 +22,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot import systemd
+from bot import redact, systemd
 from bot.config import Config
 from bot.delivery import cron, periodic
 from bot.delivery.mail import Identity
@@ -90,7 +90,7 @@ class Daemon:
 
         url = self.config.archive.follow
         fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path)
-        log.info("fetched %s: %s", url, fetched)
+        log.info("fetched %s: %s", redact.text(url), fetched)
 
     async def _follow(self, index: Index, stop: asyncio.Event) -> None:
         """Fetch (or, for a mirror someone else fetches, re-read) on an interval.

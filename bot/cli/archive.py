@@ -6,6 +6,7 @@ import argparse
 import functools
 from pathlib import Path
 
+from bot import redact
 from bot.cli.common import Subparsers, add_command, catch_up, open_archive, progress_bar, state
 from bot.config import Config
 from bot.errors import ConfigError, DigestError
@@ -62,7 +63,7 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             added = catch_up(open_mirror(config.archive_path), index)
         finally:
             index.close()
-    print(f"{url}: {fetched}; {added} new messages indexed")
+    print(f"{redact.text(url)}: {fetched}; {added} new messages indexed")
     return 0
 
 
