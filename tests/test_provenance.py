@@ -353,3 +353,16 @@ async def test_dkim_and_arc_of_the_list_domain_when_required(store, key):
     assert arc_proof.failure(sealed(good, private).replace(b"the thing", b"a thing"))
     assert arc_proof.failure(sealed(good, private, b"evil.example"))
     assert arc_proof.failure(good)
+
+
+def test_hostile_mail_never_stops_the_checks():
+    """dkimpy raises on some hostile mail: that mail is refused with why, never a crash."""
+    from tests.test_hostile import FILES
+
+    proof = Proof.of(config_checks(["envelope", "received", "dkim", "arc"]), KVMARM_LIST)
+    arc_only = Proof.of(config_checks(["arc"]), KVMARM_LIST, dns_for(b""))
+    broken = b"ARC-Seal: i=1; cv=none; d=x; s=y; b=!!\r\nDKIM-Signature: v=1; d=x; b=?\r\n"
+    for path in FILES:
+        for raw in (path.read_bytes(), broken + delivered(path.read_bytes(), KVMARM)):
+            assert proof.failure(raw)
+            assert arc_only.failure(raw)

@@ -202,9 +202,12 @@ class Proof:
             return None
         headers, _ = mime.split_message(raw)
         for check in self.require:
-            why = getattr(self, check)(headers, raw)
+            try:
+                why = getattr(self, check)(headers, raw)
+            except Exception as err:  # dkimpy on hostile mail: the mail is kept, not lost
+                why = f"its {check} could not be checked ({type(err).__name__}: {err})"
             if why:
-                return why
+                return shown(why) if len(why) > 300 else why
         return None
 
     def envelope(self, headers: mime.Headers, raw: bytes) -> str | None:
