@@ -545,7 +545,7 @@ def bench_digest(work: Path) -> dict:
 async def live_latency(count: int) -> list[float]:
     from bot.intake.imap import Listener, Route
     from tests.dovecot import Dovecot
-    from tests.mailfactory import Store, mail
+    from tests.mailfactory import Store, delivered, mail
 
     server = Dovecot().start()
     root = Path(tempfile.mkdtemp(prefix="kvm-digest-live-"))
@@ -559,7 +559,8 @@ async def live_latency(count: int) -> list[float]:
     latencies = []
     try:
         for i in range(count):
-            raw = mail(f"[PATCH] live {i}", f"live{i}@x", minutes=i).replace(b"\n", b"\r\n")
+            raw = delivered(mail(f"[PATCH] live {i}", f"live{i}@x", minutes=i))
+            raw = raw.replace(b"\n", b"\r\n")
             listener.stored.clear()
             await asyncio.to_thread(client.append, "INBOX", None, None, raw)
             appended = time.perf_counter()

@@ -22,6 +22,7 @@ import socket
 import ssl
 from pathlib import Path
 
+from bot import redact
 from bot.config import Config
 from bot.delivery import address
 from bot.errors import DigestError
@@ -138,7 +139,7 @@ def _summary(config: Config) -> None:
     imap, smtp, commands = config.imap, config.smtp, config.commands
     if config.archive.follow:
         print(
-            f"intake: following {config.archive.follow} by git every "
+            f"intake: following {redact.text(config.archive.follow)} by git every "
             f"{config.archive.fetch_interval} s"
         )
     elif config.is_mirror:

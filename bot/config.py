@@ -19,6 +19,8 @@ from typing import ClassVar
 
 from bot.errors import ConfigError
 
+PROOFS = ("envelope", "received", "dkim", "arc")
+"""What [imap] require may ask of list mail (bot/intake/provenance.py)."""
 STYLES = ("full", "classic", "brief")
 """Digest styles (FORMAT.md, "Three styles"): classic is the documented layout,
 full adds links and review facts, brief is full without the commit messages."""
@@ -167,11 +169,26 @@ class ImapSection(ServerSection):
     mark_seen: bool = False
     move_to: str = ""
     backoff_max: int = 300
+    require: list[str] = field(default_factory=lambda: ["envelope", "received"])
+    """What list mail from the mailbox must show before it is archived
+    (bot/intake/provenance.py): any of envelope, received, dkim, arc; [] trusts all."""
+    list_senders: list[str] = field(default_factory=list)
+    """Envelope senders of the list's mail (globs, e.g. "kvm+bounces-*@vger.kernel.org");
+    empty: the bounce and owner addresses of [list] address and [list] id."""
+    list_hosts: list[str] = field(default_factory=list)
+    """Domains of the list's mail servers (e.g. "kernel.org"); empty: from [list]."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.auth not in ("login", "plain"):
             raise ConfigError(f"[imap] auth must be login or plain, not {self.auth!r}")
+        unknown = [r for r in self.require if r not in PROOFS]
+        if unknown:
+            raise ConfigError(
+                f"[imap] require names {', '.join(map(repr, unknown))}; the checks are "
+                + ", ".join(PROOFS)
+                + ' (e.g. require = ["envelope", "received"]), or [] to trust the mailbox'
+            )
 
 
 @dataclass(frozen=True)
@@ -205,6 +222,15 @@ class CommandsSection:
     owner: str = ""
     """A person's address, named in replies and digest footers (e.g.
     kvm-digest-owner@example.org); empty: postmaster@ the bot's domain."""
+    per_address_per_day: int = 10
+    """Replies to one mailbox in a day (Mailman's max_autoresponses_per_day); more
+    mail from it is dropped unanswered, not deferred."""
+    per_domain_per_day: int = 20
+    """Replies to all the mailboxes of one domain in a day; more are dropped."""
+    max_pending_bytes: int = 64 * 1024 * 1024
+    """Bytes of command mail waiting to be handled; past it, MAIL gets 452."""
+    sender_bytes_per_day: int = 16 * 1024 * 1024
+    """Bytes of command mail one envelope sender may send in a day; then 452."""
 
     def __post_init__(self) -> None:
         if self.owner and not _address_shaped(self.owner):

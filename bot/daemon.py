@@ -24,7 +24,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot import systemd
+from bot import redact, systemd
 from bot.config import Config
 from bot.delivery import cron, periodic
 from bot.delivery.mail import Identity
@@ -88,7 +88,7 @@ class Daemon:
         url = self.config.archive.follow
         bounds = follow.Bounds.of(self.config.archive)
         fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path, bounds)
-        log.info("fetched %s: %s", url, fetched)
+        log.info("fetched %s: %s", redact.text(url), fetched)
         return fetched
 
     def _fetched(self, fetched: follow.Fetched) -> None:

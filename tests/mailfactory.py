@@ -103,6 +103,28 @@ def mail(
     return ("\n".join(lines) + "\n\n" + body).encode()
 
 
+VGER = (
+    "Return-Path: <kvm+bounces-12345-kvm-digest=example.org@vger.kernel.org>\n"
+    "Received: from smtp.subspace.kernel.org (smtp.subspace.kernel.org [52.25.139.140])\n"
+    "\tby mx.example.org (Postfix) with ESMTPS id 4F1C2A0123\n"
+    "\tfor <kvm-digest@example.org>; Mon,  1 Mar 2021 10:00:01 +0000 (UTC)\n"
+)
+"""What the bot's mail server puts on top of vger's list mail as it delivers it."""
+KVMARM = (
+    "Return-Path: <kvmarm-bounces@lists.cs.columbia.edu>\n"
+    "Received: from mm01.cs.columbia.edu (mm01.cs.columbia.edu [128.59.11.253])\n"
+    "\tby mx.example.org (Postfix) with ESMTP id 354B01067E\n"
+    "\tfor <kvm-digest@example.org>; Mon,  1 Mar 2021 10:00:01 +0000 (UTC)\n"
+)
+"""The same for the kvmarm list (Mailman 2 at lists.cs.columbia.edu)."""
+
+
+def delivered(raw: bytes, via: str = VGER) -> bytes:
+    """`raw` as the bot's mailbox holds it once the list delivered it: the list's
+    envelope sender and the hop from the list's server on top (bot/intake/provenance.py)."""
+    return via.encode() + raw
+
+
 def first_commits(source: Path, dest: Path, count: int) -> Path:
     """A bare copy of a public-inbox epoch cut to its first `count` commits."""
     revs = subprocess.run(

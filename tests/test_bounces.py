@@ -232,10 +232,10 @@ async def test_verp_dsn_over_lmtp_scores_then_disables_and_tells_once(bot, sink)
     text = notices[0].message.get_payload(decode=True).decode()
     assert "subscribe" in text and BOT in text
     assert all(len(line) < 80 for line in text.splitlines())
-    # More bounces (of the notice, say) never tell again.
+    # More bounces never tell again.
     with bot.conn:
         again = bot.desk.bounces.handle(
-            exim_bounce("gone@example.net", BOT), BOT, "", now=_tomorrow(bot) + DAY
+            exim_bounce("gone@example.net", verp), verp, "", now=_tomorrow(bot) + DAY
         )
     assert again.addresses == ("gone@example.net",) and again.disabled == ()
     assert bot.conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'notice'").fetchone() == (1,)
@@ -247,12 +247,25 @@ def _tomorrow(bot: BounceBot) -> float:
 
 
 @pytest.mark.parametrize("shape", [postfix_dsn, qmail_bounce, exim_bounce])
-async def test_non_verp_bounces_are_read_by_flufl_bounce(bot, shape):
+async def test_every_format_at_the_verp_address_is_read(bot, sink, shape):
     bot.subscribe("gone@example.net")
-    # A bounce of a command reply: to the bot's own address, from MAILER-DAEMON.
-    await bot.deliver(shape("gone@example.net", BOT), rcpt=BOT, sender="")
+    await bot.digest()
+    (r,) = sink.wait_for(1)
+    await bot.deliver(shape("gone@example.net", r.sender), rcpt=r.sender, sender="")
     bot.desk.process()
     assert bot.score("gone@example.net") == 1
+
+
+@pytest.mark.parametrize("shape", [postfix_dsn, qmail_bounce, exim_bounce])
+async def test_reports_to_the_plain_address_score_nothing(bot, shape, caplog):
+    bot.subscribe("gone@example.net")
+    # A report to the bot's own address (a bounce of a reply, or forged): it
+    # proves nothing about a subscriber, whatever it names.
+    with caplog.at_level("DEBUG", logger="bot.delivery.bounces"):
+        await bot.deliver(shape("gone@example.net", BOT), rcpt=BOT, sender="")
+        bot.desk.process()
+    assert bot.score("gone@example.net") == 0
+    assert "proves nothing; not counted" in caplog.text
     # No reply goes to the robot.
     assert bot.conn.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
 

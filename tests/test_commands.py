@@ -252,11 +252,20 @@ async def test_range_start_after_end(bot, sink):
     assert "comes after its end" in reply_text(sink.wait_for(1)[0])
 
 
-async def test_unknown_command_gets_the_help_text(bot, sink):
+async def test_mail_without_a_command_gets_one_short_answer_a_day(bot, sink):
     await bot.ask(command("subscirbe\n", subject="hello"))
-    text = reply_text(sink.wait_for(1)[0])
-    assert "No command found: the first line was not a command I know:\n\n    subscirbe\n" in text
-    assert "This is the KVM digest bot" in text
+    (reply,) = sink.wait_for(1)
+    text = reply_text(reply)
+    assert "holds no command I know; its first line was:\n\n    subscirbe\n" in text
+    assert "Send 'help' to kvm-digest@example.org" in text
+    assert "This is the KVM digest bot" not in text  # no help text: no backscatter
+    assert len(reply.data) < 1000
+    # The same day, more mail without a command gets nothing at all.
+    await bot.ask(command("buy cheap watches\n", subject="hello again"))
+    await bot.ask(command("", subject=""))
+    await bot.ask(command("help\n"))  # a command still works
+    got = sink.wait_for(2)
+    assert len(got) == 2 and "This is the KVM digest bot" in reply_text(got[1])
 
 
 async def test_several_commands_stop_at_signature(bot, sink):
@@ -305,7 +314,10 @@ async def test_robots_and_loops_get_no_answer(bot, sink, headers, frm, sender):
 
 
 async def test_rate_limit_per_address_defers_then_refuses_with_451(tmp_path, sink):
-    bot = await Bot(tmp_path / "limited", sink, max_waiting_per_address=10).start()
+    # The daily cap (which drops, not defers) is set above the hourly limit here.
+    bot = await Bot(
+        tmp_path / "limited", sink, max_waiting_per_address=10, per_address_per_day=50
+    ).start()
     try:
         await rate_limit_per_address(bot, sink)
     finally:
@@ -344,7 +356,9 @@ async def test_no_header_injection_from_user_text(bot, sink):
 
 
 async def test_rate_limits_hold_under_a_flood_of_1000_command_mails(tmp_path, sink):
-    flooded = await Bot(tmp_path / "flood", sink, per_hour=100, max_pending=1000).start()
+    flooded = await Bot(
+        tmp_path / "flood", sink, per_hour=100, max_pending=1000, per_domain_per_day=10_000
+    ).start()
 
     def flood():
         with smtplib.LMTP("127.0.0.1", flooded.port) as client:

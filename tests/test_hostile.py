@@ -15,7 +15,7 @@ import pytest
 
 from bot.intake.imap import Listener, Route
 from tests.dovecot import Dovecot
-from tests.mailfactory import DATA, mail
+from tests.mailfactory import DATA, KVMARM, delivered, mail
 
 HOSTILE = DATA / "hostile"
 REJECTED = {"empty.eml", "not-mail.bin"}
@@ -90,8 +90,10 @@ def test_a_50_mb_message_is_rejected_and_the_next_one_imported(cli, tmp_path, ca
 async def test_hostile_mail_through_imap(store, caplog):
     server = Dovecot().start()
     try:
-        raws = [p.read_bytes() for p in FILES if p.name not in REJECTED]
-        server.append(*raws, good(99))
+        # Hostile mail as the list would deliver it: the IMAP door archives
+        # only mail that proves it came through the list.
+        raws = [delivered(p.read_bytes(), KVMARM) for p in FILES if p.name not in REJECTED]
+        server.append(*raws, delivered(good(99), KVMARM))
         settings = server.imap_settings(batch=5)
         listener = Listener(settings, store.importer, Route("kvmarm.lists.cs.columbia.edu", "", ""))
         stop = asyncio.Event()

@@ -31,13 +31,17 @@ async def test_subscriber_round_trip_receives_only_matching_series(bot, sink):  
         periodic.ensure(conn, "daily")
     await bot.ask(command(f"subscribe daily {VGIC}\n"))
     (confirmation,) = sink.wait_for(1)
-    said = " ".join(reply_text(confirmation).split())
-    assert f"to send the daily KVM digest on topic {VGIC} to una@example.org" in said
+    text = reply_text(confirmation)
+    said = " ".join(text.split())
+    assert "to send the daily KVM digest to una@example.org, with only the series" in said
+    assert f"\n    {VGIC}\n" in text and text.count(VGIC) == 1  # quoted once
     token = confirmation.message["Subject"].split()[1]
     await bot.ask(command(f"confirm {token}\n"))
-    assert f"now receives the daily digest on topic {VGIC}." in reply_text(sink.wait_for(2)[1])
+    assert f"now receives the daily digest on a topic.\n\n    {VGIC}\n" in reply_text(
+        sink.wait_for(2)[1]
+    )
     await bot.ask(command("status\n"))
-    assert f"Topic: {VGIC} (only matching series)." in reply_text(sink.wait_for(3)[2])
+    assert f"Topic, only matching series:\n    {VGIC}\n" in reply_text(sink.wait_for(3)[2])
     with conn:
         subscribers.subscribe(conn, "same@example.org", "daily", VGIC)
         subscribers.subscribe(conn, "all@example.org", "daily")
@@ -68,28 +72,36 @@ async def test_subscriber_round_trip_receives_only_matching_series(bot, sink):  
 async def test_topic_command_changes_and_clears_the_topic(bot, sink):  # noqa: F811
     conn = bot.store.index.conn
     await bot.ask(command("topic s:x86\n"))
-    assert "una@example.org is not subscribed; send 'subscribe daily s:x86'" in reply_text(
+    assert "una@example.org is not subscribed; send 'subscribe daily'" in reply_text(
         sink.wait_for(1)[0]
     )
     with conn:
         subscribers.subscribe(conn, "una@example.org", "weekly")
-    await bot.ask(command('topic s:"vgic v5" OR dfn:arch/arm64/\n'))
-    assert 'now receives only the series matching s:"vgic v5" OR dfn:arch/arm64/.' in (
-        reply_text(sink.wait_for(2)[1])
-    )
-    assert subscribers.get(conn, "una@example.org").topic == 's:"vgic v5" OR dfn:arch/arm64/'
+
+    async def confirmed(ask: str, n: int) -> str:
+        """Ask, answer the confirmation, and return the reply to the answer."""
+        await bot.ask(command(ask + "\n"))
+        asked = sink.wait_for(n)[n - 1].message["Subject"]
+        assert asked.startswith("confirm ")
+        await bot.ask(command(subject=f"Re: {asked}"))
+        return reply_text(sink.wait_for(n + 1)[n])
+
+    wanted = 's:"vgic v5" OR dfn:arch/arm64/'
+    said = await confirmed(f"topic {wanted}", 2)
+    assert f"now receives only the series matching its topic:\n\n    {wanted}\n" in said
+    assert subscribers.get(conn, "una@example.org").topic == wanted
     await bot.ask(command("topic subject:x86\n"))
-    assert "subject: is not a search prefix" in reply_text(sink.wait_for(3)[2])
-    assert subscribers.get(conn, "una@example.org").topic == 's:"vgic v5" OR dfn:arch/arm64/'
-    await bot.ask(command("topic none\n"))
-    assert "now receives the whole list in its digest." in reply_text(sink.wait_for(4)[3])
+    assert "subject: is not a search prefix" in reply_text(sink.wait_for(4)[3])
+    assert subscribers.get(conn, "una@example.org").topic == wanted
+    said = await confirmed("topic none", 5)
+    assert "now receives the whole list in its digest." in said
     assert subscribers.get(conn, "una@example.org").topic == ""
     await bot.ask(command("status\n"))
-    status = reply_text(sink.wait_for(5)[4])
+    status = reply_text(sink.wait_for(7)[6])
     assert "Topic: none, the whole list." in status
-    assert "(only matching series)" not in status
+    assert "only matching series" not in status
     await bot.ask(command("subscribe daily (s:x86\n"))
-    assert "a '(' is not closed by a ')'" in reply_text(sink.wait_for(6)[5])
+    assert "a '(' is not closed by a ')'" in reply_text(sink.wait_for(8)[7])
     assert conn.execute("SELECT COUNT(*) FROM tokens").fetchone() == (0,)
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from bot import config as configmod
+from bot import redact
 from bot.cli import admin, archive, checks, digest, service
 from bot.errors import DigestError
 
@@ -95,7 +96,7 @@ def _main(argv: list[str] | None) -> int:
         config = configmod.load(args.config, args.data_dir, args.archive)
         return args.func(args, config)
     except DigestError as err:
-        print(f"kvm-digest: error: {err}", file=sys.stderr)
+        print(f"kvm-digest: error: {redact.text(str(err))}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 0

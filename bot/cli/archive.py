@@ -7,6 +7,7 @@ import functools
 import sys
 from pathlib import Path
 
+from bot import redact
 from bot.cli.common import Subparsers, add_command, catch_up, open_archive, progress_bar, state
 from bot.config import Config
 from bot.errors import ConfigError, DigestError
@@ -73,9 +74,9 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
         finally:
             added = index.count() - before
             index.close()
-    print(f"{url}: {fetched}; {added} new messages indexed")
+    print(f"{redact.text(url)}: {fetched}; {added} new messages indexed")
     for problem in problems:
-        print(f"kvm-digest: error: {problem}", file=sys.stderr)
+        print(f"kvm-digest: error: {redact.text(problem)}", file=sys.stderr)
     return 1 if problems else 0
 
 

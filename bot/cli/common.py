@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from bot import redact
 from bot.config import Config
 from bot.errors import DigestError
 from bot.store import refs
@@ -44,7 +45,7 @@ def open_archive(config: Config) -> Archive | Inbox:
     path = config.archive_path
     if config.archive.follow and not is_inbox(path):
         raise DigestError(
-            f"nothing has been fetched from {config.archive.follow} yet; run "
+            f"nothing has been fetched from {redact.text(config.archive.follow)} yet; run "
             "`kvm-digest fetch` first"
         )
     if config.is_mirror:

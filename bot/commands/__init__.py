@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -25,8 +26,21 @@ if TYPE_CHECKING:
     from bot.delivery.subscribers import Pending
 
 
+MAX_ECHO = 80
+"""The most user text a reply quotes: one line of this many characters."""
+NOT_REPEATED = "[your words, not repeated]"
+"""What a reply says where it has already quoted its one line of user text."""
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
 class CommandError(DigestError):
     """A command could not be done; the message says why, for the reply."""
+
+
+def sanitise(text: str, limit: int = MAX_ECHO) -> str:
+    """User text made safe to quote: one line of printable ASCII, at most `limit`."""
+    line = " ".join(_UNPRINTABLE.sub(" ", text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass
@@ -47,6 +61,21 @@ class Context:
     """Set by a command whose result is a whole digest: the reply is that
     digest alone (with its footer), not a quoted command and its answer."""
     notes: list[str] = field(default_factory=list)
+    quoted: bool = False
+    """True once the reply has quoted its one line of the asker's words."""
+
+    def quote(self, text: str, limit: int = MAX_ECHO) -> str:
+        """The asker's words for the reply: the first time, sanitised to one line
+        of at most `limit` characters; after that, a placeholder.
+
+        The sender may be forged, so a reply must not carry someone else's
+        text to the victim: every reply quotes at most one short line, and
+        every command shows user words through here (README, "No echo").
+        """
+        if self.quoted:
+            return NOT_REPEATED
+        self.quoted = True
+        return sanitise(text, limit)
 
 
 class Command:

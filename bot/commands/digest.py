@@ -13,7 +13,7 @@ import re
 import time
 
 from bot.commands import Command, CommandError, Context
-from bot.commands.requests import confirmation, topic_of
+from bot.commands.requests import confirm_first, topic_of
 from bot.delivery import subscribers
 from bot.delivery.subscribers import Pending
 from bot.digest import build as digestmod
@@ -42,19 +42,14 @@ class Digest(Command):
         if current is not None and current.status == "active":
             return deliver(ctx, args)
         checked(ctx, args)  # a request that cannot work gets its error now
-        if subscribers.pending(ctx.conn, ctx.key, "digest"):
-            return None
         request = " ".join(args)
-        token = subscribers.request(
-            ctx.conn,
-            ctx.sender,
-            "",
-            ctx.config.commands.token_hours,
-            action="digest",
+        return confirm_first(
+            ctx,
+            self.name,
+            f"for this digest of the {ctx.me.list_title} list to be sent to {ctx.sender}:",
+            f"digest {request}",
             args=request,
-            key=ctx.key,
         )
-        return confirmation(ctx, f"to send 'digest {request}' to {ctx.sender}", token)
 
     def confirmed(self, ctx: Context, request: Pending) -> str:
         return deliver(ctx, request.args.split())

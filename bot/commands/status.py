@@ -31,7 +31,7 @@ class Status(Command):
             style, default = style_of(ctx, sub.style)
             lines.append(f"Style: {style}" + (" (the server's default)." if default else "."))
             if sub.topic:
-                lines.append(f"Topic: {sub.topic} (only matching series).")
+                lines.append(f"Topic, only matching series:\n    {ctx.quote(sub.topic, 72)}")
             else:
                 lines.append("Topic: none, the whole list.")
             schedule = sub.schedule

@@ -1,16 +1,18 @@
 """subscribe, confirm, unsubscribe: the digest subscription, double opt-in.
 
-Every change is confirmed by a token mailed to the address concerned, and at
-most one token per action is pending for a mailbox: a repeated request while
-one waits gets no new mail, so forged requests cannot flood a victim. The one
-exception is the subscriber's own secret unsubscribe address from the
-List-Unsubscribe header of its digests, which only that subscriber received.
+Every change is confirmed by a token mailed to the address concerned
+(requests.confirm_first), and at most one token per action is pending for a
+mailbox: a repeated request while one waits gets no new mail, so forged
+requests cannot flood a victim. The one exception is the subscriber's own
+secret unsubscribe address from the List-Unsubscribe header of its digests,
+which only that subscriber received (and which changes whenever the
+subscription is made again).
 """
 
 from __future__ import annotations
 
 from bot.commands import Command, CommandError, Context
-from bot.commands.requests import about, confirmation, topic_of
+from bot.commands.requests import about, confirm_first, topic_of
 from bot.commands.welcome import welcome
 from bot.config import STYLES
 from bot.delivery import subscribers
@@ -40,20 +42,13 @@ class Subscribe(Command):
             and current.style == style
         ):
             return f"{ctx.sender} already receives the {schedule} digest{about(topic)}."
-        if subscribers.pending(ctx.conn, ctx.key, "subscribe"):
-            return None  # the confirmation already sent still works
-        token = subscribers.request(
-            ctx.conn,
-            ctx.sender,
-            schedule,
-            ctx.config.commands.token_hours,
-            key=ctx.key,
-            topic=topic,
-            style=style,
-        )
         kind = " ".join(filter(None, (schedule, style)))
-        what = f"to send the {kind} {ctx.me.list_title} digest{about(topic)} to {ctx.sender}"
-        return confirmation(ctx, what, token)
+        what = f"to send the {kind} {ctx.me.list_title} digest to {ctx.sender}"
+        if topic:
+            what += ", with only the series matching this topic:"
+        return confirm_first(
+            ctx, self.name, what, topic, schedule=schedule, topic=topic, style=style
+        )
 
     def confirmed(self, ctx: Context, request: Pending) -> str:
         subscribers.subscribe(
@@ -109,18 +104,11 @@ class Unsubscribe(Command):
         current = subscribers.get(ctx.conn, ctx.sender)
         if current is None or current.status == "unsubscribed":
             raise CommandError(f"{ctx.sender} is not subscribed")
-        if subscribers.pending(ctx.conn, ctx.key, "unsubscribe"):
-            return None
-        token = subscribers.request(
-            ctx.conn,
-            ctx.sender,
-            current.schedule,
-            ctx.config.commands.token_hours,
-            action="unsubscribe",
-            key=ctx.key,
-        )
-        return confirmation(
-            ctx, f"to stop sending the {ctx.me.list_title} digest to {ctx.sender}", token
+        return confirm_first(
+            ctx,
+            self.name,
+            f"to stop sending the {ctx.me.list_title} digest to {ctx.sender}",
+            schedule=current.schedule,
         )
 
     def confirmed(self, ctx: Context, request: Pending) -> str:

@@ -9,7 +9,6 @@ command lives here.
 from __future__ import annotations
 
 from bot.commands import Context
-from bot.commands.requests import about
 from bot.delivery import subscribers
 from bot.delivery.cron import describe
 
@@ -46,8 +45,8 @@ def welcome(ctx: Context, address: str) -> str:
         me=ctx.me,
         address=address,
         schedule=sub.schedule,
-        about=about(sub.topic),
         when=when(ctx, sub.schedule),
         style=STYLE_WORDS[style] + (" (the server's default)" if default else ""),
-        topic=sub.topic,
+        # The one line of the asker's words a reply may quote (README, "No echo").
+        topic=ctx.quote(sub.topic, 72) if sub.topic else "",
     )

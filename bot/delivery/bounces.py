@@ -3,23 +3,31 @@
 Behind a local MTA the relay says 250 to almost everything; a dead address
 shows up later as a bounce mail. So each digest goes out with its own
 envelope sender (VERP, bot/delivery/verp.py): whatever comes back to that
-address names the subscriber it was for, whatever its format.
+address names the subscriber it was for.
 
-A bounce that is not VERP (a DSN to the bot's own address) is read with
-flufl.bounce, Mailman's own detectors: RFC 3464 DSNs and the common
-non-standard formats (qmail, Exim, Postfix, Exchange...).
+Anyone can send the bot a delivery report naming anyone, so only proof
+scores (README, "Bounces"): a report counts for a subscriber only when it
+arrives at that subscriber's own VERP address and it says that delivery to
+that subscriber failed for good: an RFC 3464 DSN's `Action: failed` with a
+5.x.x status for it, or, for the other formats (qmail, Exim, Exchange...),
+flufl.bounce, Mailman's own detectors, finding a permanent failure for it.
+Out-of-office and other automatic replies (RFC 3834), delay warnings,
+`delivered`/`relayed`/`expanded` DSNs, reports naming someone else and
+anything at the bot's plain address prove nothing: logged at DEBUG.
 
 Scoring follows Mailman 3: one point per day at most; a bounce more than
 `[bounces] stale_days` after the last one starts the score again at 1 (the
 decay); at `[bounces] threshold` points the subscriber is disabled and told
-so once, with how to come back. Warnings (delayed delivery) do not count.
+so once, with how to come back.
 """
 
 from __future__ import annotations
 
 import email
+import email.message
 import email.policy
 import logging
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -31,6 +39,7 @@ from bot.config import BouncesSection
 from bot.delivery.mail import compose
 from bot.delivery.outbox import Outbox
 from bot.delivery.verp import install_key, subscriber_for, verp_token
+from bot.desk import addresses
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,24 @@ SCAN_BYTES = 64 * 1024
 _DETECTOR_ERRORS = (AttributeError, IndexError, LookupError, TypeError, ValueError)
 """What flufl.bounce's detectors raise on mail they cannot read (8-bit
 headers come back as Header objects, a From without an address...)."""
+PERMANENT, TEMPORARY = "permanent", "temporary"
+_PERMANENT_STATUS = re.compile(r"^\s*5\.\d{1,3}\.\d{1,3}\b")
+_AUTO_REPLY_HEADERS = (
+    "x-autoreply",
+    "x-autorespond",
+    "x-autoreply-from",
+    "x-mail-autoreply",
+    "x-vacation",
+)
+_AUTO_REPLY_SUBJECT = re.compile(
+    r"^\s*(\[[^]]*\]\s*)?("
+    r"auto(matic|matische)?[ _-]?(reply|response|responder|antwort|answer)"
+    r"|autoreply|autorespon|out[ -]of[ -](the[ -])?office|ooo\b|away from|on leave"
+    r"|vacation|holiday|abwesen|absence|r[ée]ponse automatique|respuesta autom"
+    r"|risposta automatica|automatisch)",
+    re.IGNORECASE,
+)
+_REPORTERS = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mdaemon)$")
 
 
 def _ascii_headers(raw: bytes) -> bytes:
@@ -88,6 +115,134 @@ def failures(raw: bytes) -> tuple[frozenset[bytes], frozenset[bytes]]:
 
 
 @dataclass(frozen=True)
+class Recipient:
+    """One per-recipient block of an RFC 3464 delivery-status part."""
+
+    addresses: frozenset[str]
+    """Its Final-Recipient and Original-Recipient, normalised."""
+    action: str
+    status: str
+
+    @property
+    def permanent(self) -> bool:
+        """RFC 3464: `failed` is final; the 5.x.x status says it is permanent."""
+        return self.action.startswith("failed") and bool(_PERMANENT_STATUS.match(self.status))
+
+
+def _recipient_address(value: str) -> str | None:
+    """`rfc822; user@example.net` (or a bare or angle address) normalised."""
+    kind, semi, address = value.partition(";")
+    if semi and kind.strip().lower() != "rfc822":
+        return None
+    return addresses.normal((address if semi else kind).strip())
+
+
+def _fields(block: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in re.sub(r"\r?\n[ \t]+", " ", block).splitlines():
+        name, colon, value = line.partition(":")
+        if colon and name.strip():
+            fields.setdefault(name.strip().lower(), value.strip())
+    return fields
+
+
+def delivery_status(raw: bytes) -> list[Recipient] | None:
+    """The per-recipient blocks of the mail's RFC 3464 report; None if it has none.
+
+    Read from the delivery-status part's own text, whatever the MIME
+    library makes of it; only the start of the mail is read.
+    """
+    msg = email.message_from_bytes(_ascii_headers(raw[:SCAN_BYTES]), policy=email.policy.compat32)
+    found: list[Recipient] | None = None
+    try:
+        for part in msg.walk():
+            if part.get_content_type() != "message/delivery-status":
+                continue
+            found = found if found is not None else []
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                blocks = [_fields(p.as_string()) for p in payload]
+            else:
+                blocks = [_fields(b) for b in re.split(r"\r?\n\s*\r?\n", str(payload))]
+            for fields in blocks:
+                named = {
+                    a
+                    for key in ("final-recipient", "original-recipient", "x-actual-recipient")
+                    if (a := _recipient_address(fields.get(key, "")))
+                }
+                if named:
+                    found.append(
+                        Recipient(
+                            frozenset(named),
+                            fields.get("action", "").lower(),
+                            fields.get("status", ""),
+                        )
+                    )
+    except _DETECTOR_ERRORS as err:
+        log.debug("could not read a delivery-status part (%s: %s)", type(err).__name__, err)
+        return None
+    return found
+
+
+def verdict(raw: bytes, address: str) -> str | None:
+    """PERMANENT or TEMPORARY when the mail reports such a failure for `address`.
+
+    A DSN decides by its own fields for that recipient; any other format by
+    what flufl.bounce finds for it. A report that names only others, or
+    says the mail was delivered, relayed or expanded, is None.
+    """
+    blocks = delivery_status(raw)
+    if blocks is not None:
+        mine = [b for b in blocks if address in b.addresses]
+        if any(b.permanent for b in mine):
+            return PERMANENT
+        if any(b.action.startswith(("delayed", "failed")) for b in mine):
+            return TEMPORARY
+        return None
+    temporary, permanent = failures(raw)
+
+    def named(found: frozenset[bytes]) -> bool:
+        return address in {addresses.normal(a.decode("utf-8", "replace")) for a in found}
+
+    if named(permanent):
+        return PERMANENT
+    return TEMPORARY if named(temporary) else None
+
+
+def _first(msg: email.message.Message, name: str) -> str:
+    value = msg.get(name)
+    return str(value) if value is not None else ""
+
+
+def automatic_reply(raw: bytes, sender: str) -> bool:
+    """True for an out-of-office or other automatic reply that is no delivery report.
+
+    RFC 3834 replies go to the envelope sender, which for a digest is the
+    VERP address; delivery reports carry some of the same marks
+    (`Auto-Submitted: auto-replied`), so those are told apart first.
+    """
+    msg = email.message_from_bytes(_ascii_headers(raw[:SCAN_BYTES]), policy=email.policy.compat32)
+    content_type = _first(msg, "content-type").lower()
+    sender_local = addresses.limit_key(sender).partition("@")[0] if sender else ""
+    from_local = (addresses.from_header(_first(msg, "from")) or "").partition("@")[0]
+    if (
+        "delivery-status" in content_type
+        or "x-failed-recipients" in msg
+        or _REPORTERS.match(sender_local)
+        or _REPORTERS.match(from_local)
+    ):
+        return False
+    auto = _first(msg, "auto-submitted").split(";", 1)[0].strip().lower()
+    precedence = _first(msg, "precedence").strip().lower()
+    return (
+        auto.startswith("auto-replied")
+        or precedence in ("auto_reply", "auto-reply")
+        or any(name in msg for name in _AUTO_REPLY_HEADERS)
+        or bool(_AUTO_REPLY_SUBJECT.match(_first(msg, "subject")))
+    )
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What one bounce mail did, for logs and tests."""
 
@@ -109,37 +264,31 @@ class Bounces:
         self.me = outbox.me
 
     def handle(self, raw: bytes, rcpt: str, sender: str = "", now: float | None = None) -> Outcome:
-        """Count one bounce mail (in the caller's transaction)."""
+        """Count one bounce mail (in the caller's transaction), if it proves a failure."""
         now = time.time() if now is None else now
-        temporary, permanent = failures(raw)
         tok = verp_token(rcpt)
-        if tok is not None:
-            address = subscriber_for(self.conn, install_key(self.conn), tok)
-            if address is None:
-                log.info("bounce to %s matches no subscriber; ignored", rcpt)
-                return Outcome((), ())
-            if not permanent and not looks_like_bounce(raw, sender):
-                # Mailman counts anything sent to a VERP address; an
-                # out-of-office reply goes there too (RFC 3834 answers the
-                # envelope sender), and a holiday must not unsubscribe anyone.
-                log.info("mail to %s from %s is not a delivery report; ignored", rcpt, sender)
-                return Outcome((), ())
-            if temporary and not permanent:
-                log.info("delivery to %s is delayed (a warning); not counted", address)
-                return Outcome((), (), warning=True)
-            found = [address]
-        else:
-            found = sorted(
-                {a.decode("utf-8", "replace").lower() for a in permanent} & set(self._subscribed())
-            )
-            if not found:
-                log.info("bounce mail names no subscriber; ignored")
-                return Outcome((), (), warning=bool(temporary))
-        disabled = [a for a in found if self._score(a, now)]
-        return Outcome(tuple(found), tuple(disabled))
-
-    def _subscribed(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT address FROM subscribers")]
+        if tok is None:
+            # Digests always go out with VERP: a report at the plain address
+            # proves nothing about any subscriber it names.
+            log.debug("a report to %s (not a VERP address) proves nothing; not counted", rcpt)
+            return Outcome((), ())
+        address = subscriber_for(self.conn, install_key(self.conn), tok)
+        if address is None:
+            log.debug("mail to %s matches no subscriber; not counted", rcpt)
+            return Outcome((), ())
+        if automatic_reply(raw, sender):
+            # A holiday must not unsubscribe anyone (issue 21).
+            log.debug("an automatic reply to %s for %s is not a bounce; not counted", rcpt, address)
+            return Outcome((), ())
+        found = verdict(raw, address)
+        if found == TEMPORARY:
+            log.debug("delivery to %s is delayed (a warning); not counted", address)
+            return Outcome((), (), warning=True)
+        if found != PERMANENT:
+            log.debug("mail to %s reports no permanent failure for %s; not counted", rcpt, address)
+            return Outcome((), ())
+        disabled = (address,) if self._score(address, now) else ()
+        return Outcome((address,), disabled)
 
     def _score(self, address: str, now: float) -> bool:
         """Add today's point for `address`; True when this disabled it."""

@@ -149,13 +149,19 @@ def subscribe(
     topic: str = "",
     style: str = "",
 ) -> None:
-    """Make `address` an active subscriber (admin add, or a confirmed token)."""
+    """Make `address` an active subscriber (admin add, or a confirmed token).
+
+    A subscription created again (after an unsubscribe, or once disabled)
+    gets a new List-Unsubscribe secret: the address in its old digests, and
+    any old mail to it still in a mailbox, must not end the new one.
+    """
     now = int(time.time())
     conn.execute(
         "INSERT INTO subscribers (address, schedule, status, created, changed, unsub_secret,"
         " topic, style) VALUES (?, ?, 'active', ?, ?, ?, ?, ?) ON CONFLICT(address) DO UPDATE"
         " SET schedule = excluded.schedule, status = 'active', changed = excluded.changed,"
-        " hard_failures = 0, unsub_secret = COALESCE(unsub_secret, excluded.unsub_secret),"
+        " hard_failures = 0, unsub_secret = CASE WHEN status = 'active'"
+        " THEN COALESCE(unsub_secret, excluded.unsub_secret) ELSE excluded.unsub_secret END,"
         " topic = excluded.topic, style = excluded.style",
         (canonical(address), schedule, now, now, secrets.token_hex(12), topic, style),
     )

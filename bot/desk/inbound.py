@@ -13,11 +13,19 @@ reflector, an amplifier or a lever against whoever is named in From:
   (bot.desk.addresses.limit_key): replies per hour, reply bytes per day,
   and a fair share of the global hourly limit (queued mail is answered
   round-robin by mailbox, so a flood from one sender cannot lock others out);
-- mail over a limit is deferred (`deferred_until`) and answered later,
-  never dropped;
-- no user text is echoed but one sanitised line of at most 80 characters,
-  and command arguments must look like ranges, dates or tokens;
-- the subject of the reply is the bot's own, never the asker's.
+- mail over an hourly limit is deferred (`deferred_until`) and answered
+  later; past a daily cap (replies per mailbox, per domain) it is dropped,
+  as Mailman drops autoresponses past `max_autoresponses_per_day`;
+- mail with no command gets one short "not understood" per mailbox per day,
+  and nothing else (no backscatter);
+- no user text is echoed but one sanitised line of at most 80 characters
+  (Context.quote), and command arguments must look like ranges, dates or
+  tokens;
+- the subject of the reply is the bot's own, never the asker's;
+- a command mail is run at most once, ever: its Message-ID and content are
+  remembered (hashed, in `seen_mail`) after its row and raw bytes are gone;
+- command mail is bounded in bytes, waiting and per sender per day, and
+  once handled only what the limits count is kept, not the raw mail.
 """
 
 from __future__ import annotations
@@ -27,14 +35,14 @@ import hashlib
 import logging
 import re
 import sqlite3
+import textwrap
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
 import jinja2
 
-from bot.commands import CommandError, Context, registry
-from bot.commands.help import help_text
+from bot.commands import MAX_ECHO, CommandError, Context, registry, sanitise
 from bot.config import Config
 from bot.delivery import subscribers
 from bot.delivery.bounces import Bounces, looks_like_bounce
@@ -46,17 +54,21 @@ from bot.desk import addresses, digest_reply, notices, reading
 from bot.errors import MailError
 from bot.intake.routing import plus_base
 from bot.parse import mime
+from bot.parse.message import content_hash
 
 log = logging.getLogger(__name__)
 
 SHORTCUTS = {"subscribe": "subscribe", "unsubscribe": "unsubscribe", "help": "help"}
+NOT_UNDERSTOOD = "not-understood"
+"""The outcome of mail with no command that got its one short answer of the day."""
+DIGEST_REPLY = "digest-reply"
+"""The outcome of a reply to a digest that got its pointer to the list (one a day)."""
 OFF_LOOP_BYTES = 256 * 1024
 """Command mail larger than this is parsed in a thread, off the event loop."""
 MAX_COMMANDS = 10
-MAX_ECHO = 80
 MAX_ID = 250
 """The longest message id threaded under (RFC 5322 ids are short in practice)."""
-"""The most user text a reply quotes: one line of this many characters."""
+DAY = 86400
 _ARGUMENT = re.compile(
     r"^([0-9a-f]{1,40}(\.\.[0-9a-f]{1,40})?"  # a commit id, a range, a token, a number
     r"|\d{4}-\d\d-\d\d(t[\d:.]{2,15}([+-]\d\d:?\d\d|z)?)?"  # an ISO date (time)
@@ -68,10 +80,18 @@ _ARGUMENT = re.compile(
 back: no URL, address or sentence can be carried in a reply (a topic word
 holds no "@", ":" past its prefix, or space, and is at most 60 characters)."""
 MAX_TYPO = 24
-"""The longest lone word a "no command found" reply quotes back."""
+"""The longest lone word a "not understood" reply quotes back (a typo, never a sentence)."""
 MAX_ARGUMENTS = 12
 """Words after a command: a range (up to 4) and a short topic query."""
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+_PLAIN = re.compile(
+    r"^([0-9a-f]{4,40}(\.\.[0-9a-f]{4,40})?|\d{1,4}"
+    r"|\d{4}-\d\d-\d\d(t[\d:.]{2,15}([+-]\d\d:?\d\d|z)?)?"
+    r"|daily|weekly|full|classic|since|until|last|days?|hours?|none|on|off)$",
+    re.ASCII | re.IGNORECASE,
+)
+"""Arguments that carry no one's words (ids, ranges, dates, numbers, the
+commands' own keywords): a reply may show them as they are. Anything else
+(a topic query) is quoted through Context.quote, once per reply."""
 _COMMENT = re.compile(r"\([^()]*\)")
 _SECRET_TAG = re.compile(r"^unsubscribe-([0-9a-f]{8,64})$")
 
@@ -103,12 +123,6 @@ ROBOT_LOCALS = re.compile(
 def _robot_local(address: str) -> bool:
     """True for mailer-daemon@, list-bounces+x@, noreply@ and their kind."""
     return bool(ROBOT_LOCALS.match(addresses.limit_key(address).rpartition("@")[0]))
-
-
-def sanitise(text: str, limit: int = MAX_ECHO) -> str:
-    """User text made safe to quote: one line of printable ASCII, at most `limit`."""
-    line = " ".join(_UNPRINTABLE.sub(" ", text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _text(value: str | None) -> str:
@@ -282,6 +296,74 @@ def reply_subject(lines: list[str], me: Identity) -> str:
     return "Re: " + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
+def shown(ctx: Context, name: str, args: list[str]) -> str:
+    """The `> command args` line above a command's part of a reply.
+
+    Ids, ranges, dates and keywords are shown as written; anything else (a
+    topic query) is the reply's one quoted line, or not repeated.
+    """
+    plain = 0
+    while plain < len(args) and _PLAIN.match(args[plain]):
+        plain += 1
+    line = sanitise(" ".join([f"> {name}", *args[:plain]]))
+    if plain == len(args):
+        return line
+    if ctx.quoted:
+        return f"{line} ..."  # the words are quoted in the part below
+    return f"{line} {ctx.quote(' '.join(args[plain:]), max(MAX_ECHO - len(line) - 1, 20))}"
+
+
+def not_understood(ctx: Context, stray: str | None) -> str:
+    """The one short answer a mailbox gets in a day for mail with no command.
+
+    Short on purpose: spam with a forged From must not make the bot mail
+    its victim a help text (backscatter). `help` gets the whole list.
+    """
+    if stray and len(stray.split()) == 1 and len(stray) <= MAX_TYPO:
+        # Only a lone word (a typo such as 'subscirbe') is quoted back: a
+        # sentence never is, so the bot carries nobody's text.
+        first = ctx.quote(stray, MAX_ECHO - 8)
+        text = f"Your mail holds no command I know; its first line was:\n\n    {first}\n\n"
+    else:
+        text = "Your mail holds no command I know.\n\n"
+    return (
+        text
+        + textwrap.fill(
+            f"Send 'help' to {ctx.me.address} for the list of commands. This is the "
+            "only answer of this kind you get today.",
+            72,
+        )
+        + "\n"
+    )
+
+
+def seen_keys(raw: bytes) -> list[bytes]:
+    """What a command mail is remembered by, once handled: its Message-ID and content.
+
+    Hashed and short (16 bytes each): the record is kept for good, after the
+    mail itself is gone, so no copy of it is ever run again (fetched anew
+    after a UIDVALIDITY change or from a new [imap] host, or delivered both
+    over LMTP and to the mailbox). Transport headers (Received,
+    Return-Path) do not count: each copy carries its own.
+    """
+    headers, body = mime.split_message(raw)
+    keys = [hashlib.sha256(b"content\0" + content_hash(headers, body).encode()).digest()[:16]]
+    ids = mime.message_ids(mime.first(headers, "message-id"))
+    if ids:
+        key = b"id\0" + ids[0].encode("utf-8", "surrogateescape")
+        keys.append(hashlib.sha256(key).digest()[:16])
+    return keys
+
+
+def _safe_keys(raw: bytes) -> list[bytes]:
+    """seen_keys, or none for mail too broken to read (it is handled, and failed, once)."""
+    try:
+        return seen_keys(raw)
+    except Exception as err:  # a parser bug on hostile mail must not stop the desk
+        log.warning("cannot tell what command mail is (%s); not remembered", err)
+        return []
+
+
 class Busy(Exception):
     """Too much mail from one mailbox is waiting: refuse this one for now (4xx)."""
 
@@ -294,6 +376,10 @@ class Deferred(Exception):
         self.until = until
         self.everyone = everyone
         """True for the global limit: nobody's mail can be answered before `until`."""
+
+
+class Dropped(Exception):
+    """Past a daily cap: handled without a reply (rolls back its handling), never later."""
 
 
 class Desk:
@@ -320,34 +406,84 @@ class Desk:
         """True for the bot's address and its plus-addressed shortcuts."""
         return bool(self.me.address) and plus_base(rcpt) == plus_base(self.me.address)
 
+    def refusal(self, sender: str, size: int = 0) -> str | None:
+        """Why new mail from the envelope `sender` cannot be taken now (452), or None.
+
+        Command mail is bounded in bytes: what waits to be handled in all
+        (`max_pending_bytes`) and what one sender sent in the last day
+        (`sender_bytes_per_day`, counted from what handled mail leaves
+        behind). `size` is what the client declared (SIZE=), if anything.
+        Null-sender mail (bounces) counts only towards the total.
+        """
+        limits = self.config.commands
+        (waiting,) = self.conn.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM inbound WHERE NOT done"
+        ).fetchone()
+        if waiting + size > limits.max_pending_bytes:
+            return f"{waiting} bytes of command mail are waiting to be handled"
+        if not sender:
+            return None
+        (sent,) = self.conn.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM inbound WHERE sender_key = ? AND received > ?",
+            (addresses.limit_key(sender), int(time.time()) - DAY),
+        ).fetchone()
+        if sent + size > limits.sender_bytes_per_day:
+            return f"{sent} bytes came from {addresses.limit_key(sender)} in the last day"
+        return None
+
     def queue(self, raw: bytes, sender: str, rcpt: str, *, refuse: bool = True) -> None:
         """Store one command mail durably (commits); a copy already queued is dropped.
 
         A mail fetched again after a crash (IMAP), or delivered both to the
-        mailbox and over LMTP, is answered once. The mailbox it claims to
-        come from is stored with it, for fair ordering and limits. With
-        `refuse`, a mailbox that already has `max_waiting_per_address`
-        unanswered mails waiting gets Busy (the server says 451: its MTA keeps the mail
-        and tries later), so a flood waits at the sender, not here.
+        mailbox and over LMTP, is answered once; one already handled is not
+        stored at all. The mailbox it claims to come from is stored with it,
+        for fair ordering and limits. With `refuse`, a mailbox that already
+        has `max_waiting_per_address` unanswered mails waiting gets Busy (the
+        server says 451: its MTA keeps the mail and tries later), so a flood
+        waits at the sender, not here.
         """
         digest = hashlib.sha256(plus_base(rcpt).encode() + b"\0" + raw).hexdigest()
         headers, _ = mime.split_message(raw)
         froms = headers.get("from", [])
         asker = addresses.from_header(_text(froms[0])) if len(froms) == 1 else None
         key = addresses.limit_key(asker) if asker else ""
+        if self.conn.execute("SELECT 1 FROM inbound WHERE raw_hash = ?", (digest,)).fetchone():
+            return  # this very mail is queued already (for another of our addresses, say)
+        keys = _safe_keys(raw)
+        if self._seen(keys):
+            log.info("mail from %s was handled before; not run again", asker or sender or "?")
+            return
         if refuse and key:
             (waiting,) = self.conn.execute(
                 "SELECT COUNT(*) FROM inbound WHERE limit_key = ? AND NOT done", (key,)
             ).fetchone()
             if waiting >= self.config.commands.max_waiting_per_address:
                 raise Busy(f"{waiting} mails from {key} are waiting for an answer")
+        ids = _short_ids(mime.first(headers, "message-id"))
         with self.conn:
             self.conn.execute(
-                "INSERT OR IGNORE INTO inbound (received, sender, rcpt, raw, raw_hash, limit_key)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (int(time.time()), sender, rcpt, raw, digest, key),
+                "INSERT OR IGNORE INTO inbound (received, sender, rcpt, raw, raw_hash, limit_key,"
+                " sender_key, message_id, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    int(time.time()),
+                    sender,
+                    rcpt,
+                    raw,
+                    digest,
+                    key,
+                    addresses.limit_key(sender) if sender else "",
+                    ids[0] if ids else "",
+                    len(raw),
+                ),
             )
         self.pending.set()
+
+    def _seen(self, keys: list[bytes]) -> bool:
+        """True when a mail with one of these keys was handled before."""
+        return any(
+            self.conn.execute("SELECT 1 FROM seen_mail WHERE key = ?", (k,)).fetchone()
+            for k in keys
+        )
 
     def queue_fetched(self, raw: bytes, rcpt: str) -> None:
         """Queue a mail read from a mailbox (IMAP): its envelope sender is its Return-Path.
@@ -438,22 +574,22 @@ class Desk:
         is recorded as its `error` and logged with the traceback; the next
         mail is handled.
         """
+        keys = _safe_keys(raw)
         try:
             if isinstance(mail, Exception):
                 raise mail
             with self.conn:
+                if self._seen(keys):
+                    # Another copy (by LMTP and by IMAP, say) was handled first.
+                    log.info("mail from %s was handled before; not run again", mail.from_addr)
+                    size, outcome = 0, "repeat"
                 # Bounces first: the robot filter in _handle would drop them unread.
-                if verp_token(mail.rcpt) is not None or looks_like_bounce(raw, mail.sender):
+                elif verp_token(mail.rcpt) is not None or looks_like_bounce(raw, mail.sender):
                     self.bounces.handle(raw, mail.rcpt, mail.sender)
-                    size = 0
+                    size, outcome = 0, "bounce"
                 else:
-                    size = self._handle(mail)
-                now = int(time.time())
-                self.conn.execute(
-                    "UPDATE inbound SET done = 1, answered = ?, handled = ?, reply_bytes = ?,"
-                    " deferred_until = NULL WHERE id = ?",
-                    (now, now, size, row_id),
-                )
+                    size, outcome = self._handle(mail)
+                self._done(row_id, keys, size, outcome)
         except Deferred as deferred:
             # The handling was rolled back (no token, no reply): do it later.
             # Over the global limit, the rest of this round waits as well,
@@ -474,15 +610,27 @@ class Desk:
                 deferred,
             )
             return not deferred.everyone
+        except Dropped as dropped:
+            # Rolled back too, and never answered: a cap is not a queue.
+            log.info(
+                "not answering mail from %s: %s",
+                mail.from_addr if isinstance(mail, Mail) else "?",
+                dropped,
+            )
+            with self.conn:
+                self._done(row_id, keys, 0, "dropped")
         except Exception as err:
             log.error(
                 "command mail %d failed: %s: %s", row_id, type(err).__name__, err, exc_info=err
             )
             with self.conn:
+                # The raw mail stays, for `kvm-digest failed`, until failed_retention_days.
                 self.conn.execute(
-                    "UPDATE inbound SET done = 1, handled = ?, error = ? WHERE id = ?",
+                    "UPDATE inbound SET done = 1, handled = ?, error = ?, outcome = 'failed'"
+                    " WHERE id = ?",
                     (int(time.time()), f"{type(err).__name__}: {err}"[:500], row_id),
                 )
+                self._remember(keys)
         return True
 
     def _tell_deferred(self, mail: Mail, until: int) -> None:
@@ -514,6 +662,22 @@ class Desk:
         self.outbox.enqueue(mail.from_addr, message, message_id, kind="notice")
         log.info("told %s its answer waits until %s", mail.from_addr, notices.utc(until))
 
+    def _done(self, row_id: int, keys: list[bytes], size: int, outcome: str) -> None:
+        """Mark a mail handled: keep what the limits count, forget its bytes."""
+        now = int(time.time())
+        self.conn.execute(
+            "UPDATE inbound SET done = 1, answered = ?, handled = ?, reply_bytes = ?,"
+            " deferred_until = NULL, outcome = ?, raw = X'' WHERE id = ?",
+            (now, now, size, outcome, row_id),
+        )
+        self._remember(keys)
+
+    def _remember(self, keys: list[bytes]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO seen_mail (key, handled) VALUES (?, ?)",
+            [(k, int(time.time())) for k in keys],
+        )
+
     def deferred(self) -> list[tuple[int, str, int]]:
         """Mail waiting for a limit: (id, mailbox, due time), for the admin CLI."""
         return self.conn.execute(
@@ -521,25 +685,29 @@ class Desk:
             " WHERE NOT done AND deferred_until IS NOT NULL ORDER BY deferred_until, id"
         ).fetchall()
 
-    def _handle(self, mail: Mail) -> int:
-        """Answer one mail (in the caller's transaction); the reply's size in bytes."""
+    def _handle(self, mail: Mail) -> tuple[int, str]:
+        """Answer one mail (in the caller's transaction): the reply's size and the outcome."""
         reason = robot_reason(mail, self.me)
         if reason:
             log.info("not answering mail from %s: %s", mail.from_addr or mail.sender, reason)
-            return 0
+            return 0, "robot"
         key = addresses.limit_key(mail.from_addr)
-        self._check_limits(key)
         ctx = Context(self.conn, self.config, self.me, mail.from_addr, self.env, key=key)
         bare = {name for name, c in self.commands.items() if not c.arguments}
         lines, stray = command_lines(mail, set(self.commands), bare)
         asked = None if lines else self._digest_reply(mail)
+        outcome = "reply" if lines else DIGEST_REPLY if asked else NOT_UNDERSTOOD
+        if not lines:
+            self._check_once_a_day(key, outcome)
+        self._check_caps(key)
+        self._check_limits(key)
         if asked:
             subject, body = asked
         else:
-            body = self._run(ctx, lines, stray)
+            body = not_understood(ctx, stray) if not lines else self._run(ctx, lines)
             if body is None:
                 log.info("nothing new to tell %s: a confirmation is pending", mail.from_addr)
-                return 0
+                return 0, "pending"
             subject = ctx.reply_subject or reply_subject(lines, self.me)
         message_id = self.me.new_message_id()
         limit = self.config.commands.max_reply_bytes
@@ -564,7 +732,7 @@ class Desk:
         self._check_budget(key, len(message))
         self.outbox.enqueue(mail.from_addr, message, message_id)
         log.info("answered %d command(s) from %s", len(lines), mail.from_addr)
-        return len(message)
+        return len(message), outcome
 
     def _digest_reply(self, mail: Mail) -> tuple[str, str] | None:
         """A person answering a digest: the list and the series' link, not help."""
@@ -580,40 +748,71 @@ class Desk:
         secret = subscribers.unsubscribe_secret(self.conn, ctx.sender) if active else None
         return digest_footer(self.me, secret)
 
-    def _run(self, ctx: Context, lines: list[str], stray: str | None) -> str | None:
-        if not lines:
-            # Only a lone word (a typo such as 'subscirbe') is quoted back,
-            # sanitised: a sentence never is, so the bot carries nobody's text.
-            if not stray or len(stray.split()) > 1 or len(stray) > MAX_TYPO:
-                return "No command found in the mail.\n\n" + help_text(ctx)
-            return (
-                "No command found: the first line was not a command I know:\n\n"
-                f"    {sanitise(stray, MAX_ECHO - 8)}\n\n" + help_text(ctx)
-            )
+    def _run(self, ctx: Context, lines: list[str]) -> str | None:
         parts = []
         for line in lines:
             name, *args = line.split()
-            command = self.commands[name.lower()]
-            shown = f"> {name.lower()}"
+            name = name.lower()
+            command = self.commands[name]
             try:
                 if len(args) > MAX_ARGUMENTS or not all(_ARGUMENT.match(a) for a in args):
+                    args = []  # not shown: it may be anything
                     raise CommandError(
-                        f"{name.lower()} takes at most {MAX_ARGUMENTS} words: commit ids, "
+                        f"{name} takes at most {MAX_ARGUMENTS} words: commit ids, "
                         "ranges (A..B), dates (YYYY-MM-DD), numbers, keywords or a topic "
                         "(e.g. dfn:arch/arm64/kvm/); see 'help'"
                     )
-                shown = sanitise(f"> {name.lower()} {' '.join(args)}")
                 result = command.run(ctx, args)
             except CommandError as err:
                 result = f"Error: {err}."
                 if len(lines) == 1 and command.alone:
-                    return f"{shown}\n{result}\n"
+                    return f"{shown(ctx, name, args)}\n{result}\n"
             if result is None:
                 continue  # nothing new to say (a confirmation is pending)
             if len(lines) == 1 and (command.alone or ctx.digest_reply):
                 return result  # a digest, confirmed or not, is the whole reply
-            parts.append(f"{shown}\n{result}\n")
+            parts.append(f"{shown(ctx, name, args)}\n{result}\n")
         return "\n".join(parts) if parts else None
+
+    def _replies_since(self, since: int, key: str = "", domain: str = "", outcome: str = "") -> int:
+        """Replies queued since `since`, to one mailbox or one domain, of one outcome."""
+        sql = "SELECT COUNT(*) FROM inbound WHERE answered > ? AND reply_bytes > 0"
+        params: list[object] = [since]
+        if key:
+            sql += " AND limit_key = ?"
+            params.append(key)
+        if domain:
+            sql += " AND substr(limit_key, instr(limit_key, '@') + 1) = ?"
+            params.append(domain)
+        if outcome:
+            sql += " AND outcome = ?"
+            params.append(outcome)
+        return self.conn.execute(sql, params).fetchone()[0]
+
+    def _check_once_a_day(self, key: str, outcome: str) -> None:
+        """Raise Dropped when `key` already had today's answer to mail with no command.
+
+        That is one short "not understood" (or one pointer to the list for a
+        reply to a digest) a day: spam with a forged From gets its victim
+        one small mail at most, however much of it comes.
+        """
+        if self._replies_since(int(time.time()) - DAY, key=key, outcome=outcome):
+            raise Dropped("no command, and it was answered so less than a day ago")
+
+    def _check_caps(self, key: str) -> None:
+        """Raise Dropped when a reply to `key` would pass a daily cap.
+
+        Mailman caps autoresponses per address per day and drops the rest;
+        a cap per domain also bounds what forged senders at one domain
+        (a1@, a2@, ... a40@victim.example) can make the bot send there.
+        """
+        limits = self.config.commands
+        since = int(time.time()) - DAY
+        if self._replies_since(since, key=key) >= limits.per_address_per_day:
+            raise Dropped(f"{limits.per_address_per_day} replies went to it in the last day")
+        domain = key.rpartition("@")[2]
+        if self._replies_since(since, domain=domain) >= limits.per_domain_per_day:
+            raise Dropped(f"{limits.per_domain_per_day} replies went to {domain} in the last day")
 
     def _check_limits(self, key: str) -> None:
         """Raise Deferred when a reply to `key` now would break an hourly limit."""
@@ -641,9 +840,7 @@ class Desk:
         used, first = self.conn.execute(
             "SELECT SUM(reply_bytes), MIN(answered) FROM inbound"
             " WHERE limit_key = ? AND answered > ? AND reply_bytes > 0",
-            (key, now - 86400),
+            (key, now - DAY),
         ).fetchone()
         if used and used + size > budget:
-            raise Deferred(
-                first + 86400, f"{used} of its {budget} reply bytes for the day are used"
-            )
+            raise Deferred(first + DAY, f"{used} of its {budget} reply bytes for the day are used")

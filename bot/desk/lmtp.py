@@ -2,10 +2,17 @@
 
 A real MTA delivers the bot's addresses here (README: Postfix
 transport_maps). The handler has one coroutine per protocol step, as
-aiosmtpd intends: MAIL refuses with 452 while too much mail waits to be
-handled, RCPT accepts only the bot's own addresses (it is never a relay),
-the size limit gives 552, and DATA answers 250 only once the mail is durably
-queued in the index (or 451 when one mailbox already has too much waiting).
+aiosmtpd intends: MAIL refuses with 452 while too much mail (in number or
+in bytes) waits to be handled or the sender has sent too many bytes today,
+RCPT accepts only the bot's own addresses (it is never a relay), the size
+limit gives 552, and DATA answers 250 only once the mail is durably queued
+in the index (or 451 when one mailbox already has too much waiting).
+
+LMTP answers DATA once per accepted recipient, whatever the outcome (RFC
+2033, 4.2): a client that counts replies would otherwise wait out its
+timeout. The handler does so for its own answers; `Replies` does it for
+those aiosmtpd gives by itself (552 for too much data, a line too long, an
+error in a hook).
 
 The server is configured, not subclassed: each aiosmtpd protocol is wrapped
 by a `Guard` that counts sessions, refuses those over the caps with 421, and
@@ -57,6 +64,10 @@ class CommandIntake:
             return "451 4.3.0 cannot take mail now; try again later"
         if waiting >= self.limits.max_pending:
             return "452 4.3.1 too much mail is waiting to be handled; try again later"
+        refusal = self.desk.refusal("" if address == "<>" else address, declared_size(mail_options))
+        if refusal is not None:
+            log.warning("refusing command mail from %s for now: %s", address, refusal)
+            return "452 4.3.1 too much mail from this sender or in all; try again later"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -79,9 +90,18 @@ class CommandIntake:
         sender = envelope.mail_from or ""
         if sender == "<>":
             sender = ""
+        replies = [self.take(raw, sender, rcpt) for rcpt in envelope.rcpt_tos]
+        if self.lmtp:
+            # LMTP answers once per recipient (RFC 2033, 4.2), on every outcome.
+            return "\r\n".join(replies)
+        # SMTP has one answer: a refusal for any makes the MTA retry them all
+        # (the ones stored are then dropped as copies).
+        return next((r for r in replies if not r.startswith("250")), replies[0])
+
+    def take(self, raw: bytes, sender: str, rcpt: str) -> str:
+        """Queue the mail for one recipient; the reply line for it."""
         try:
-            for rcpt in envelope.rcpt_tos:
-                self.desk.queue(raw, sender, rcpt)
+            self.desk.queue(raw, sender, rcpt)
         except Busy as busy:
             # A flood from one mailbox waits at its MTA (issue 11), not in our queue.
             log.warning("refusing command mail for now: %s", busy)
@@ -90,9 +110,54 @@ class CommandIntake:
             # The mail is not stored: the MTA must keep it and retry.
             log.exception("could not queue command mail from %s", sender)
             return "451 4.3.0 cannot store the message now; try again later"
-        ok = "250 2.0.0 queued"
-        # LMTP answers once per recipient (RFC 2033, 4.2).
-        return "\r\n".join([ok] * len(envelope.rcpt_tos)) if self.lmtp else ok
+        except Exception:
+            # A bug must not leave the client waiting for its other replies.
+            log.exception("could not take command mail from %s", sender)
+            return "451 4.3.0 cannot take the message now; try again later"
+        return "250 2.0.0 queued"
+
+
+def declared_size(mail_options: list[str]) -> int:
+    """The SIZE= a client declared at MAIL (RFC 1870), else 0."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
+class Replies:
+    """The transport an LMTP session writes to: one DATA reply per recipient.
+
+    aiosmtpd answers some DATA outcomes itself with a single line (552 for
+    too much data, 500 for a line too long, 500 for an exception in a hook);
+    RFC 2033 wants one reply per accepted recipient. This wrapper repeats
+    such a single-line answer after a DATA, as many times as the session
+    has recipients; everything else passes through untouched.
+    """
+
+    def __init__(self, transport: asyncio.WriteTransport, protocol: Any) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._in_data = False
+
+    def write(self, data: bytes) -> None:
+        if data.startswith(b"354"):
+            self._in_data = True
+        elif self._in_data:
+            self._in_data = False
+            envelope = getattr(self._protocol, "envelope", None)
+            count = len(envelope.rcpt_tos) if envelope is not None else 1
+            lines = data.count(b"\r\n")
+            if count > 1 and lines == 1:
+                data = data * count
+        self._transport.write(data)
+
+    def writelines(self, items: Any) -> None:
+        self.write(b"".join(items))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 @dataclass
@@ -139,6 +204,8 @@ class Guard(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(
             self.sessions.limits.session_seconds, self._expire, transport
         )
+        if isinstance(self.inner, LMTP) and isinstance(transport, asyncio.WriteTransport):
+            transport = Replies(transport, self.inner)  # type: ignore[assignment]
         self.inner.connection_made(transport)
 
     def _expire(self, transport: asyncio.BaseTransport) -> None:

@@ -11,11 +11,17 @@ https and for a local or file:// inbox, with no manifest to parse. The index
 reads the result as one archive (bot/store/inbox.py), so digests carry the
 inbox's own commit ids.
 
-git runs as a subprocess (no shell), never prompting for credentials.
+git runs as a subprocess (no shell), never prompting for credentials. A URL
+with credentials (`https://user:token@host/...`, a private mirror) is split:
+git gets the bare URL in its argv, which any user can read in /proc, and
+the credentials as an `http.<url>.extraHeader` through its environment
+(GIT_CONFIG_COUNT/KEY/VALUE), so they are neither in argv nor stored in the
+mirror's config; every URL and git message shown is redacted (bot/redact.py).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -24,7 +30,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+from bot import redact
 from bot.config import ArchiveSection
 from bot.errors import DigestError
 from bot.store.inbox import epoch_paths
@@ -32,6 +40,36 @@ from bot.store.inbox import epoch_paths
 log = logging.getLogger(__name__)
 
 _ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+
+
+def split_credentials(url: str) -> tuple[str, str]:
+    """(the URL without its userinfo, "user:password" or "") for an http(s) URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, ""
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=hostport)), f"{unquote(user)}:{unquote(password)}"
+
+
+def git_env(url: str) -> dict[str, str]:
+    """The environment git runs in for `url`: its credentials, if any, as a header.
+
+    Scoped to the URL's host (`http.https://host/.extraHeader`), added after
+    any GIT_CONFIG_COUNT entries the environment already has.
+    """
+    bare, credentials = split_credentials(url)
+    if not credentials:
+        return _ENV
+    parts = urlsplit(bare)
+    count = int(_ENV.get("GIT_CONFIG_COUNT", "0") or 0)
+    token = base64.b64encode(credentials.encode()).decode()
+    return {
+        **_ENV,
+        "GIT_CONFIG_COUNT": str(count + 1),
+        f"GIT_CONFIG_KEY_{count}": f"http.{parts.scheme}://{parts.netloc}/.extraHeader",
+        f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {token}",
+    }
 
 
 POLL_SECONDS = 0.25
@@ -109,13 +147,17 @@ def fetch(url: str, inbox: Path, bounds: Bounds) -> Fetched:
     """
     done = Fetched()
     budget = Budget(bounds.max_bytes)
+    bare, _ = split_credentials(url)
+    env = git_env(url)
+    shown = redact.text(url)
     have = epoch_paths(inbox)
     for epoch in have:
         number = int(epoch.name.removesuffix(".git"))
         try:
-            _update(epoch, budget)
+            _forget_credentials(epoch, epoch_url(bare, number))
+            _update(epoch, budget, env)
         except OverBudget:
-            done.problems.append(_over_budget(url, bounds))
+            done.problems.append(_over_budget(shown, bounds))
             return done
         except DigestError as err:
             done.problems.append(str(err))
@@ -124,18 +166,19 @@ def fetch(url: str, inbox: Path, bounds: Bounds) -> Fetched:
     number = max((int(e.name.removesuffix(".git")) for e in have), default=-1) + 1
     while True:
         if number >= bounds.max_epochs:
-            if _exists(epoch_url(url, number)):
+            if _exists(epoch_url(bare, number), env):
                 done.problems.append(
-                    f"{url} offers more than [archive] max_epochs = {bounds.max_epochs} "
+                    f"{shown} offers more than [archive] max_epochs = {bounds.max_epochs} "
                     f"epochs; stopped at epoch {number - 1}. A real inbox gains an epoch per "
                     "gigabyte or so: raise max_epochs if this one is that large"
                 )
             return done
         try:
-            if not _clone(epoch_url(url, number), inbox / "git" / f"{number}.git", number, budget):
+            dest = inbox / "git" / f"{number}.git"
+            if not _clone(epoch_url(bare, number), dest, number, budget, env):
                 return done
         except OverBudget:
-            done.problems.append(_over_budget(url, bounds))
+            done.problems.append(_over_budget(shown, bounds))
             return done
         done.cloned.append(number)
         number += 1
@@ -149,8 +192,9 @@ def _over_budget(url: str, bounds: Bounds) -> str:
     )
 
 
-def _update(epoch: Path, budget: Budget) -> None:
-    result = _bounded(["-C", str(epoch), "fetch", "--quiet", "--prune", "origin"], epoch, budget)
+def _update(epoch: Path, budget: Budget, env: dict[str, str]) -> None:
+    args = ["-C", str(epoch), "fetch", "--quiet", "--prune", "origin"]
+    result = _bounded(args, epoch, budget, env)
     if result.returncode != 0:
         raise DigestError(
             f"git cannot fetch {epoch}: {_last_line(result.stderr)}; the other epochs are "
@@ -159,28 +203,41 @@ def _update(epoch: Path, budget: Budget) -> None:
         )
 
 
-def _exists(url: str) -> bool:
+def _exists(url: str, env: dict[str, str]) -> bool:
     """True when a repository answers at `url` (its refs only: no objects are fetched)."""
     result = subprocess.run(
-        ["git", "ls-remote", url], capture_output=True, text=True, env=_ENV, check=False
+        ["git", "ls-remote", url], capture_output=True, text=True, env=env, check=False
     )
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
-def _clone(url: str, dest: Path, number: int, budget: Budget) -> bool:
+def _forget_credentials(epoch: Path, bare: str) -> None:
+    """An epoch cloned with credentials in its URL (an older version did) loses them."""
+    result = subprocess.run(
+        ["git", "-C", str(epoch), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        env=_ENV,
+        check=False,
+    )
+    if split_credentials(result.stdout.strip())[1]:
+        _git("-C", str(epoch), "config", "remote.origin.url", bare, what=f"update {epoch}")
+
+
+def _clone(url: str, dest: Path, number: int, budget: Budget, env: dict[str, str]) -> bool:
     """Clone one epoch; False when the inbox has no such epoch (yet).
 
     The clone goes to a temporary name and is renamed when complete, so an
     interrupted clone is never mistaken for an epoch.
     """
-    if number > 0 and not _exists(url):
+    if number > 0 and not _exists(url, env):
         log.debug("no epoch at %s yet", url)
         return False
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     try:
-        result = _bounded(["clone", "--quiet", "--mirror", url, str(partial)], partial, budget)
+        result = _bounded(["clone", "--quiet", "--mirror", url, str(partial)], partial, budget, env)
     except OverBudget:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -200,11 +257,13 @@ def _clone(url: str, dest: Path, number: int, budget: Budget) -> bool:
     return True
 
 
-def _bounded(args: list[str], where: Path, budget: Budget) -> subprocess.CompletedProcess[str]:
+def _bounded(
+    args: list[str], where: Path, budget: Budget, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     """Run git, stopping it when `where` grows by more than the budget has left."""
     before = _size(where)
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(["git", *args], stdout=subprocess.DEVNULL, stderr=errors, env=_ENV)
+        proc = subprocess.Popen(["git", *args], stdout=subprocess.DEVNULL, stderr=errors, env=env)
         while True:
             try:
                 proc.wait(timeout=POLL_SECONDS)
@@ -241,6 +300,17 @@ def _drop_temporary_packs(repo: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+def _git(*args: str, what: str, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run(
+        ["git", *args], capture_output=True, text=True, env=env or _ENV, check=False
+    )
+    if result.returncode != 0:
+        raise DigestError(
+            f"git cannot {what}: {_last_line(result.stderr)}; check the network and "
+            "[archive] follow, then run `kvm-digest fetch` again"
+        )
+
+
 def _last_line(stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message from git"
+    return redact.text(lines[-1]) if lines else "no message from git"

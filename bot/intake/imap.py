@@ -9,7 +9,10 @@ The last UID is saved in the index in the same transaction that indexes the
 messages it brought, after the archive holds them: a restart resumes exactly
 there, losing nothing and storing nothing twice. A new UIDVALIDITY means the
 UIDs were renumbered: everything is fetched again and deduplicated by
-Message-ID and content.
+Message-ID and content (command mail by the desk's permanent record).
+
+List mail must prove it came through the list (bot/intake/provenance.py)
+before it is archived; mail that does not is kept in `failures` with why.
 
 Every network wait has a timeout and also ends when the connection drops
 (aioimaplib only reports a drop through a callback); any failure ends the
@@ -32,9 +35,10 @@ from typing import Any, TypeVar
 
 import aioimaplib
 
-from bot.config import ImapSection
+from bot.config import ImapSection, ListSection
 from bot.errors import DigestError
 from bot.intake.importer import Importer
+from bot.intake.provenance import Proof
 from bot.intake.routing import COMMAND, LIST, route
 from bot.parse.message import ParsedMessage
 
@@ -265,11 +269,16 @@ class Listener:
         importer: Importer,
         routes: Route,
         on_command: CommandSink | None = None,
+        proof: Proof | None = None,
     ) -> None:
         self.s = settings
         self.importer = importer
         self.routes = routes
         self.on_command = on_command
+        self.proof = proof or Proof.of(
+            settings, ListSection(address=routes.list_address, id=routes.list_id)
+        )
+        """What list mail must show before it is archived ([imap] require)."""
         account = f"{settings.user}@{settings.host}/{settings.folder}"
         self.state = ImapState(importer, account)
         self.stored = asyncio.Event()
@@ -433,7 +442,13 @@ class Listener:
                 else self.importer.parse(raw)
                 for _uid, raw in messages
             ]
-            self.take(messages, uidvalidity, chunk[-1], parsed)
+            # DKIM and ARC look keys up in DNS: not on the event loop.
+            verdicts = (
+                [await asyncio.to_thread(self.proof.failure, raw) for _uid, raw in messages]
+                if self.proof.slow
+                else None
+            )
+            self.take(messages, uidvalidity, chunk[-1], parsed, verdicts)
             last_uid = chunk[-1]
             await self.after_stored(session, [uid for uid, _ in messages])
         return last_uid
@@ -444,17 +459,19 @@ class Listener:
         uidvalidity: int,
         last_uid: int,
         results: list[ParsedMessage | Exception] | None = None,
+        verdicts: list[str | None] | None = None,
     ) -> None:
         """Route and store one fetched batch, then record its last UID.
 
         `results` are the messages already parsed (large mail is parsed in a
         thread, off the event loop); without them each is parsed here.
+        `verdicts`, likewise, are the provenance checks already made.
         """
         batch: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
         if results is None:
             results = [self.importer.parse(raw) for _uid, raw in messages]
-        for (uid, raw), result in zip(messages, results, strict=True):
+        for n, ((uid, raw), result) in enumerate(zip(messages, results, strict=True)):
             parsed = self.importer.judge(raw, f"{self.s.folder} UID {uid}", result)
             if parsed is None:
                 continue
@@ -465,7 +482,10 @@ class Listener:
                 self.routes.bot_address,
             )
             if where == LIST:
-                if self.importer.is_new(parsed, seen):
+                why = verdicts[n] if verdicts is not None else self.proof.failure(raw)
+                if why is not None:
+                    self.importer.refuse(raw, f"{self.s.folder} UID {uid}", f"not list mail: {why}")
+                elif self.importer.is_new(parsed, seen):
                     batch.append((raw, parsed))
             elif where == COMMAND and self.on_command is not None:
                 try:

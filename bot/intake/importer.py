@@ -137,6 +137,19 @@ class Importer:
         self.failed.append((int(time.time()), where, reason, raw, hashlib.sha256(raw).hexdigest()))
         self._write_failures()
 
+    def refuse(self, raw: bytes, where: str, reason: str) -> None:
+        """Keep a message that must not be archived in `failures`, with why.
+
+        Not an error of ours (forged list mail, say): one WARNING line, no
+        traceback, and the admin finds it with `kvm-digest failed`.
+        """
+        self.counts.rejected += 1
+        log.warning("did not archive %s: %s (kept for `kvm-digest failed`)", where, reason)
+        self.failed.append(
+            (int(time.time()), where, reason[:500], raw, hashlib.sha256(raw).hexdigest())
+        )
+        self._write_failures()
+
     def _write_failures(self) -> None:
         """(Re)write the failures not yet committed, in the open transaction."""
         self.index.conn.executemany(

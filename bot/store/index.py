@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from bot.digest import series, versions
 from bot.errors import ArchiveError, DigestError
 from bot.store.gitread import Unread
+from bot.text import visible
 
 if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
     from bot.parse.message import ParsedMessage
@@ -28,8 +29,9 @@ if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-RULES_VERSION = 2
-"""Bump when parsing or threading rules change: derived rows are rebuilt."""
+RULES_VERSION = 3
+"""Bump when parsing or threading rules change: derived rows are rebuilt.
+3: control characters are kept out of every stored text (bot/text.py)."""
 DERIVED_TABLES = ("trailers", "applied", "works", "paths", "refs", "messages")
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
@@ -207,7 +209,7 @@ class Index:
             and self.conn.execute(
                 "SELECT 1 FROM messages WHERE is_entry AND subject = ? AND from_key = ?"
                 " AND text_hash = ?",
-                (s.full, from_key, p.text_hash),
+                (visible(s.full), from_key, p.text_hash),
             ).fetchone()
             is not None
         )
@@ -216,18 +218,19 @@ class Index:
             "commit_id": commit_id,
             "message_id": p.message_id,
             "content_hash": p.content_hash,
-            "subject": s.full,
-            "base_subject": s.base,
-            "title": s.title,
+            # Everything a digest shows is stored without control characters.
+            "subject": visible(s.full),
+            "base_subject": visible(s.base),
+            "title": visible(s.title),
             "tags": " ".join(s.tags),
             "version": s.version,
             "counter": s.counter,
             "total": s.total,
-            "from_name": p.from_name,
-            "from_addr": p.from_addr,
+            "from_name": visible(p.from_name),
+            "from_addr": visible(p.from_addr),
             "from_key": from_key,
-            "author_name": p.author_name,
-            "author_addr": p.author_addr,
+            "author_name": visible(p.author_name),
+            "author_addr": visible(p.author_addr),
             "date": p.date,
             "received": self._arrival(p.received),
             "list_id": p.list_id,
@@ -241,7 +244,7 @@ class Index:
             "thread_id": p.references[0]
             if p.references
             else (parents[0] if parents else p.message_id),
-            "body": p.commit_message,
+            "body": visible(p.commit_message),
         }
         columns = ", ".join(row)
         values = ", ".join(f":{name}" for name in row)
@@ -263,7 +266,7 @@ class Index:
         if notes.trailers:
             self.conn.executemany(
                 "INSERT OR IGNORE INTO trailers (seq, kind, who_key, who_name) VALUES (?, ?, ?, ?)",
-                [(seq, kind, key, name) for kind, name, key in notes.trailers],
+                [(seq, kind, key, visible(name)) for kind, name, key in notes.trailers],
             )
         if notes.applied:
             self.conn.execute("INSERT INTO applied (seq) VALUES (?)", (seq,))

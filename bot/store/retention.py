@@ -3,7 +3,10 @@
 Command mail (`inbound`) and sent mail (`outbox`, rendered `digests`) are
 working state: once handled they are kept `[data] retention_days` for the
 admin to look at, then deleted, so a stream of mail to the bot cannot grow
-the index without bound. Failed mail is kept `failed_retention_days`.
+the index without bound (handled command mail keeps no raw bytes even
+before). Failed mail is kept `failed_retention_days`. What command mail was
+ever handled (`seen_mail`, two 16-byte hashes a mail) is never purged: an
+old command fetched again must not run again.
 """
 
 from __future__ import annotations

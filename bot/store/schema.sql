@@ -225,13 +225,15 @@ CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox(recipient, created);
 -- Which digest a reader's reply answers (bot/desk/digest_reply.py).
 CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox(message_id);
 
--- State: command mail, queued durably before the server says 250.
+-- State: command mail, queued durably before the server says 250. Once
+-- handled, only what the limits count is kept: the raw mail is emptied
+-- (but for mail whose handling failed, kept for `kvm-digest failed`).
 CREATE TABLE IF NOT EXISTS inbound (
     id       INTEGER PRIMARY KEY,
     received INTEGER NOT NULL,
     sender   TEXT NOT NULL,              -- envelope sender ('' for bounces)
     rcpt     TEXT NOT NULL,              -- the bot address it came to
-    raw      BLOB NOT NULL,
+    raw      BLOB NOT NULL,              -- X'' once handled
     raw_hash TEXT NOT NULL UNIQUE,       -- the same mail fetched twice is one
     done     INTEGER NOT NULL DEFAULT 0, -- 1 once handled (answered, or not)
     handled  INTEGER,                    -- when it was handled (for retention)
@@ -239,10 +241,25 @@ CREATE TABLE IF NOT EXISTS inbound (
     limit_key      TEXT NOT NULL DEFAULT '',  -- canonical From (addresses.limit_key)
     deferred_until INTEGER,              -- over a limit: answered at this time
     answered       INTEGER,              -- when the reply was queued
-    reply_bytes    INTEGER NOT NULL DEFAULT 0  -- its size; limits count these
+    reply_bytes    INTEGER NOT NULL DEFAULT 0, -- its size; limits count these
+    sender_key     TEXT NOT NULL DEFAULT '',  -- the envelope sender's limit_key
+    message_id     TEXT NOT NULL DEFAULT '',
+    size           INTEGER NOT NULL DEFAULT 0, -- bytes of the raw mail as it came
+    outcome        TEXT NOT NULL DEFAULT ''   -- reply, not-understood, robot, bounce,
+                                              -- pending, dropped, repeat, failed
 );
 CREATE INDEX IF NOT EXISTS inbound_pending ON inbound(done, sender);
 CREATE INDEX IF NOT EXISTS inbound_answered ON inbound(answered, limit_key);
+CREATE INDEX IF NOT EXISTS inbound_sender ON inbound(sender_key, received);
+
+-- State: every command mail ever handled, by hashes of its Message-ID and
+-- of its content (16 bytes each), kept for good after its inbound row is
+-- purged: no command mail is run twice, whether fetched again (a new
+-- UIDVALIDITY, a new [imap] host) or delivered twice (bot/desk/inbound.py).
+CREATE TABLE IF NOT EXISTS seen_mail (
+    key     BLOB PRIMARY KEY,
+    handled INTEGER NOT NULL
+) WITHOUT ROWID;
 
 -- State: list mail that could not be parsed or stored, kept with its
 -- reason for the admin (`kvm-digest failed`), so nothing is lost silently.
