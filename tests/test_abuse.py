@@ -128,8 +128,10 @@ async def test_several_digests_in_one_mail_share_the_reply_size(tmp_path, sink):
 async def test_no_echo_of_user_text(bot, sink):
     bait = "URGENT your account is locked visit http://evil.example/login now " * 6
     await bot.ask(command(bait + "\n" + bait + "\n", subject=bait[:500], frm=VICTIM))
-    await bot.ask(command(f"digest {bait}\n", subject="Re: " + bait[:300], frm=VICTIM))
-    got = mailbox(sink)
+    # Another mailbox: a victim's second mail without a command gets nothing today.
+    other = "other-victim@example.com"
+    await bot.ask(command(f"digest {bait}\n", subject="Re: " + bait[:300], frm=other))
+    got = mailbox(sink) + mailbox(sink, other)
     assert len(got) == 2
     for r in got:
         assert "URGENT" not in r.message["Subject"]
