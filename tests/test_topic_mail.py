@@ -37,9 +37,10 @@ async def test_subscriber_round_trip_receives_only_matching_series(bot, sink):  
     assert f"\n    {VGIC}\n" in text and text.count(VGIC) == 1  # quoted once
     token = confirmation.message["Subject"].split()[1]
     await bot.ask(command(f"confirm {token}\n"))
-    assert f"now receives the daily digest on a topic.\n\n    {VGIC}\n" in reply_text(
-        sink.wait_for(2)[1]
-    )
+    welcome = reply_text(sink.wait_for(2)[1])
+    assert "now receives the daily digest." in welcome
+    assert f"Topic:  only the series matching\n        {VGIC}\n" in welcome
+    assert welcome.count(VGIC) == 1  # quoted once
     await bot.ask(command("status\n"))
     assert f"Topic, only matching series:\n    {VGIC}\n" in reply_text(sink.wait_for(3)[2])
     with conn:
