@@ -34,15 +34,23 @@ RANGE = re.compile(r"update from ([0-9a-f]+) to ([0-9a-f]+)")
 class DaemonProcess:
     """`kvm-digest run` in a subprocess; its log lines are collected."""
 
-    def __init__(self, config: Path, max_files: int | None = None) -> None:
-        """`max_files` lowers the daemon's RLIMIT_NOFILE (soft and hard)."""
+    def __init__(
+        self,
+        config: Path,
+        max_files: int | None = None,
+        prefix: tuple[str, ...] = (),
+        verbose: bool = False,
+    ) -> None:
+        """`max_files` lowers the daemon's RLIMIT_NOFILE (soft and hard);
+        `prefix` runs it under another command (strace); `verbose` logs DEBUG."""
 
         def limit() -> None:
             if max_files is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
 
+        command = [sys.executable, "-m", "bot.cli", "--config", str(config)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "--config", str(config), "run"],
+            [*prefix, *command, *(["-v"] if verbose else []), "run"],
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=limit,

@@ -43,6 +43,7 @@ from bot.desk import addresses
 from bot.errors import MailError
 from bot.intake.routing import plus_base
 from bot.parse import mime
+from bot.store.durable import durable
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,9 @@ class Desk:
             ).fetchone()
             if waiting >= self.config.commands.max_waiting_per_address:
                 raise Busy(f"{waiting} mails from {key} are waiting for an answer")
-        with self.conn:
+        # On disk, not only committed, before the server says 250: the MTA
+        # deletes its copy then (a power cut must not lose it).
+        with durable(self.conn):
             self.conn.execute(
                 "INSERT OR IGNORE INTO inbound (received, sender, rcpt, raw, raw_hash, limit_key)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
