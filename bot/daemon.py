@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import sqlite3
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ from bot.desk.inbound import Desk
 from bot.desk.lmtp import serve
 from bot.digest.build import environment
 from bot.errors import DigestError
+from bot.health import Problems
 from bot.intake.imap import Listener, Route
 from bot.intake.importer import Importer
 from bot.parse.message import ParsedMessage
@@ -60,6 +62,8 @@ class Daemon:
             config.list.archive_url,
         )
         self.health = Health()
+        self.problems = Problems(config.index_path)
+        """Lasting problems (relay, outbox, digest), said once and kept for `health`."""
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
@@ -82,6 +86,7 @@ class Daemon:
                 index.catch_up(archive)
                 await self._serve(archive, index, stop)
             finally:
+                self.problems.close()
                 index.close()
 
     async def _fetch(self) -> None:
@@ -227,9 +232,23 @@ class Daemon:
         return scheduler
 
     async def _digest_job(self, index: Index, outbox: Outbox, name: str) -> None:
-        # A coroutine, so APScheduler runs it on the event loop, where the
-        # index connection lives, not in its thread pool.
-        periodic.run(index.conn, self.config, outbox, self.env, name)
+        """One periodic run: rendered in a worker thread, stored on the loop.
+
+        A coroutine, so APScheduler runs it on the event loop, where the
+        index connection lives. A run that fails (the index cannot be
+        written, a bug) is said once while it lasts; the schedule stays
+        where it was, and the next run covers the range.
+        """
+        try:
+            await periodic.run_off_loop(index.path, index.conn, self.config, outbox, self.env, name)
+        except (sqlite3.Error, OSError) as err:
+            self.problems.failing("digest", f"the {name} digest could not be made: {err}")
+            return
+        except Exception as err:
+            log.exception("the %s digest could not be made", name)
+            self.problems.failing("digest", f"the {name} digest could not be made: {err!r}")
+            return
+        self.problems.working("digest")
 
     async def _desk_worker(self, desk: Desk, stop: asyncio.Event) -> None:
         while not stop.is_set():

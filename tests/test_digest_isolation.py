@@ -169,3 +169,31 @@ async def test_a_series_whose_facts_break_is_left_out_and_the_rest_goes(
     discussion = text.split("===== Discussion on earlier series =====")[1]
     assert "[PATCH v1 0/1] good" in discussion and "bad" not in discussion
     assert any("year 10000" in (r.exc_text or "") for r in caplog.records)
+
+
+async def test_a_topic_that_cannot_be_built_costs_only_its_readers(
+    setup, sink, monkeypatch, caplog
+):
+    from bot.delivery import subscribers
+
+    with setup.conn:
+        subscribers.subscribe(setup.conn, "all@example.org")
+        subscribers.subscribe(setup.conn, "boom@example.org", topic="s:boom")
+    setup.post(2)
+    real = build.build
+
+    def flaky(conn, rng, *args, query=None, **kwargs):
+        if query == "s:boom":
+            raise RuntimeError("a bug meeting this topic")
+        return real(conn, rng, *args, query=query, **kwargs)
+
+    monkeypatch.setattr(build, "build", flaky)
+    with caplog.at_level(logging.ERROR):
+        result = setup.run()
+    assert result.recipients == 1
+    (end,) = setup.conn.execute("SELECT end_id FROM schedules WHERE name = 'daily'").fetchone()
+    (head,) = setup.conn.execute("SELECT commit_id FROM messages ORDER BY seq DESC").fetchone()
+    assert end == head  # the schedule moved on
+    await setup.sender.flush()
+    assert [r.recipients for r in sink.wait_for(1)] == [["all@example.org"]]
+    assert any("topic 's:boom'" in r.getMessage() for r in caplog.records)

@@ -22,8 +22,9 @@ from tests.test_daemon import BOT, DaemonProcess
 SYSCALL = re.compile(r"^(\d+) +(\w+)\((.*)$")
 
 
-def mirror_config(tmp_path: Path, sink_port: int, extra: str = "") -> Path:
-    """A daemon with an empty mirror as its intake, LMTP on a free port."""
+def mirror_config(tmp_path: Path, sink_port: int, daily: str = "0 6 1 1 *") -> Path:
+    """A daemon with an empty mirror as its intake (re-read every second), LMTP
+    on a free port; `daily` has a seconds field."""
     mirror = tmp_path / "mirror.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(mirror)], check=True)
     config = tmp_path / "kvm-digest.toml"
@@ -33,6 +34,7 @@ def mirror_config(tmp_path: Path, sink_port: int, extra: str = "") -> Path:
 dir = "{tmp_path / "var"}"
 [archive]
 path = "{mirror}"
+fetch_interval = 1
 [commands]
 address = "{BOT}"
 listen = "127.0.0.1:{free_port()}"
@@ -41,9 +43,9 @@ host = "127.0.0.1"
 port = {sink_port}
 security = "none"
 [schedule]
-daily = "0 6 1 1 *"
+daily = "{daily if len(daily.split()) == 6 else "0 " + daily}"
 weekly = ""
-{extra}
+seconds = true
 """
     )
     return config

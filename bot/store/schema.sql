@@ -183,12 +183,17 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_pending ON tokens(limit_key, action);
 
--- State: where each periodic schedule's last digest ended.
+-- State: where each periodic schedule's last digest ended. Positions are
+-- renumbered by a rebuild, so the place is its commit, the message it holds
+-- and its arrival, found again at every run (bot/digest/ranges.py, locate).
 CREATE TABLE IF NOT EXISTS schedules (
     name     TEXT PRIMARY KEY,
-    end_seq  INTEGER NOT NULL,
-    end_id   TEXT NOT NULL,
-    last_run INTEGER NOT NULL
+    end_seq  INTEGER NOT NULL,          -- the position as last known (a hint)
+    end_id   TEXT NOT NULL,             -- the commit
+    last_run INTEGER NOT NULL,
+    end_message_id TEXT NOT NULL DEFAULT '', -- its Message-ID and content_hash
+    end_hash       TEXT NOT NULL DEFAULT '',
+    end_received   INTEGER                   -- its arrival time
 );
 
 -- State: each digest rendered once, whatever the number of subscribers.
