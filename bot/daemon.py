@@ -27,7 +27,8 @@ from bot import systemd
 from bot.config import Config
 from bot.delivery import cron, periodic
 from bot.delivery.mail import Identity
-from bot.delivery.outbox import Outbox, Sender
+from bot.delivery.outbox import Outbox
+from bot.delivery.sender import Sender
 from bot.desk.inbound import Desk
 from bot.desk.lmtp import serve
 from bot.digest.build import environment
@@ -127,7 +128,7 @@ class Daemon:
         raise_fd_limit()
         outbox = Outbox(index.conn, self.me)
         desk = Desk(index.conn, config, outbox, self.env)
-        sender = Sender(outbox, config.smtp)
+        sender = Sender(outbox, config.smtp, self.problems)
         intake_stop = asyncio.Event()  # set first on shutdown: no new work
         health = self.health
 

@@ -23,7 +23,8 @@ import pytest
 from bot.config import from_table
 from bot.delivery import periodic, subscribers
 from bot.delivery.mail import Identity
-from bot.delivery.outbox import Outbox, Sender
+from bot.delivery.outbox import Outbox
+from bot.delivery.sender import Sender
 from bot.digest.build import environment
 from bot.parse.message import parse_lenient
 from bot.store.archive import Archive

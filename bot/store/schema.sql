@@ -222,7 +222,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt INTEGER NOT NULL,
     last_error   TEXT NOT NULL DEFAULT '',
     created      INTEGER NOT NULL,
-    sent_at      INTEGER
+    sent_at      INTEGER,
+    attempted    INTEGER                 -- an attempt began then and has no outcome yet
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt);
 CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox(recipient, created);
