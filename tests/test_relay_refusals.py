@@ -97,6 +97,15 @@ async def test_a_content_filter_fails_the_digest_not_its_readers(setup, sink, ca
     assert sorted(r.recipients[0] for r in sink.received) == READERS
 
 
+async def test_a_digest_too_big_for_the_relay_fails_its_copies_uncounted(setup, sink):
+    """RFC 3463's 5.3.4 (or 552 at MAIL FROM, with SIZE): this message, never the reader."""
+    sink.handler.refuse_mail = "552 5.3.4 Message size exceeds fixed maximum message size"
+    await digests(setup, 1)
+    assert sink.handler.refused["mail"] == 2
+    assert setup.outbox.counts() == {"failed": 20}
+    assert nobody_counted(setup)
+
+
 async def test_a_refused_sender_keeps_the_mail_queued(setup, sink, caplog):
     sink.handler.refuse_mail = "553 5.7.1 <kvm-digest+bounce@example.org>: sender rejected"
     with caplog.at_level(logging.INFO):

@@ -14,6 +14,7 @@ The outbox worker (bot/delivery/sender.py) decides what each one does.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -34,6 +35,8 @@ STEPS = {
     "session": "during the session",
 }
 CLOSING = 421
+_ENHANCED = re.compile(r"^[45]\.(3\.4|6)\.?\d*\b")
+"""An RFC 3463 status code whose subject is the message itself (too big, content)."""
 """RFC 5321: the service is closing the session; about the session, whatever the step."""
 
 
@@ -56,6 +59,21 @@ class Refusal:
     def of_recipient(self) -> bool:
         """True when the refusal names the recipient: RCPT, unless the session ends."""
         return self.stage == "rcpt" and self.code != CLOSING
+
+    @property
+    def of_content(self) -> bool:
+        """True when the relay will never take this message: a 5xx to the whole
+        message (DATA), or a refusal that says the message is too big or its
+        content is refused (RFC 3463: X.3.4, X.6.x; 552 at MAIL FROM, with SIZE)."""
+        if not self.permanent:
+            return False
+        enhanced = _ENHANCED.match(self.text)
+        subject = enhanced.group(1) if enhanced else ""
+        return (
+            self.stage == "data"
+            or subject in ("3.4", "6")
+            or (self.stage == "mail" and self.code == 552)
+        )
 
     @property
     def of_session(self) -> bool:

@@ -320,7 +320,7 @@ class Sender:
 
     def _stop(self, item: Queued, r: Refusal, began: bool) -> None:
         """The relay cannot or will not take mail from us now: stop, back off, say so once."""
-        if r.stage == "data" and r.permanent:
+        if r.of_content:
             self._content_refused(item, r)
         elif began:
             self._record(self.outbox.retry, item, str(r), self.s)
@@ -335,7 +335,8 @@ class Sender:
         )
 
     def _content_refused(self, item: Queued, r: Refusal) -> None:
-        """A 5xx at DATA: this copy failed; a digest refused twice, all its copies."""
+        """The relay never takes this message (a 5xx at DATA, too big): this copy
+        failed; a digest refused twice, all its copies."""
         self._record(self.outbox.failed, item, str(r))
         if item.kind != "digest" or item.digest_id is None:
             return
