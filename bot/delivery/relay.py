@@ -80,9 +80,20 @@ class Refusal:
         """True when no mail can go through this relay now: no reply, or 421."""
         return self.code is None or self.code == CLOSING
 
+    @property
+    def reply(self) -> str:
+        """What the relay said: `550 5.1.1 no such user` (or what failed instead)."""
+        return f"{self.code} {self.text}" if self.code is not None else self.text
+
+    @property
+    def kept(self) -> str:
+        """As the outbox keeps it (`kvm-digest outbox`): the reply first, then the step."""
+        if self.stage == "rcpt":
+            return self.reply
+        return f"{self.reply} ({STEPS.get(self.stage, self.stage)})"
+
     def __str__(self) -> str:
-        said = f"{self.code} {self.text}" if self.code is not None else self.text
-        return f"{STEPS.get(self.stage, self.stage)}: {said}"
+        return f"{STEPS.get(self.stage, self.stage)}: {self.reply}"
 
 
 def refusal(err: BaseException, stage: str = "connect") -> Refusal:

@@ -265,9 +265,9 @@ class Sender:
 
     def _recipient_refused(self, item: Queued, r: Refusal) -> None:
         if r.permanent:
-            self._record(self.outbox.failed, item, str(r))
+            self._record(self.outbox.failed, item, r.kept)
         else:
-            self._record(self.outbox.retry, item, str(r), self.s)
+            self._record(self.outbox.retry, item, r.kept, self.s)
         if item.recipient in self.suspects and self.accepted_since_streak:
             # Refused again after others got through: this one's own refusal.
             self.suspects.discard(item.recipient)
@@ -323,9 +323,9 @@ class Sender:
         if r.of_content:
             self._content_refused(item, r)
         elif began:
-            self._record(self.outbox.retry, item, str(r), self.s)
+            self._record(self.outbox.retry, item, r.kept, self.s)
         else:
-            self._record(self.outbox.hold, item, str(r), keep=False)
+            self._record(self.outbox.hold, item, r.kept, keep=False)
         delay = self.relay_backoff.failed()
         log.debug("mail %d to %s: %s; sending again in %.0f s", item.id, item.recipient, r, delay)
         self.problems.failing(
@@ -337,7 +337,7 @@ class Sender:
     def _content_refused(self, item: Queued, r: Refusal) -> None:
         """The relay never takes this message (a 5xx at DATA, too big): this copy
         failed; a digest refused twice, all its copies."""
-        self._record(self.outbox.failed, item, str(r))
+        self._record(self.outbox.failed, item, r.kept)
         if item.kind != "digest" or item.digest_id is None:
             return
         times = self.content_refused.get(item.digest_id, 0) + 1
