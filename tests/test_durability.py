@@ -91,14 +91,18 @@ def test_lmtp_250_comes_after_the_wal_is_synced(tmp_path, sink):
     finally:
         daemon.proc.send_signal(signal.SIGKILL)
     calls = [m.groups() for m in map(SYSCALL.match, trace.read_text().splitlines()) if m]
-    ok = [i for i, (_, name, args) in enumerate(calls) if name == "sendto" and "250 2.0.0" in args]
-    assert ok, "no 250 for the DATA in the trace"
-    tid = calls[ok[0]][0]
-    mine = [(name, args) for t, name, args in calls[: ok[0]] if t == tid]
-    asked = max(i for i, (name, args) in enumerate(mine) if name == "sendto" and "354" in args)
+
+    def said(args: str, code: str) -> bool:  # a reply written to the LMTP socket
+        return args.split(", ", 1)[1].startswith(f'"{code}')
+
+    asked = [i for i, (_, name, args) in enumerate(calls) if name == "sendto" and said(args, "354")]
+    assert asked, "no 354 for the DATA in the trace"
+    tid = calls[asked[-1]][0]
+    after = [(name, args) for t, name, args in calls[asked[-1] :] if t == tid]
+    ok = next(i for i, (name, args) in enumerate(after) if name == "sendto" and said(args, "250"))
     synced = [
         args
-        for name, args in mine[asked:]
+        for name, args in after[:ok]
         if name in ("fsync", "fdatasync") and "index.sqlite3-wal" in args
     ]
     assert synced, "the 250 was sent before the command mail's WAL was synced"

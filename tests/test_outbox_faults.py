@@ -100,6 +100,10 @@ def test_a_full_disk_stops_sending_and_it_resumes_by_itself(tmp_path, sink):
     assert stalled <= 3 + CONNECTIONS - 1
     assert copies(sink) == Counter(READERS)  # exactly once each
     assert daemon.log.count(FULL_LINE) == 1
+    # The schedule's runs meanwhile could not record theirs either: said once too.
+    digest_failed = daemon.log.count("ERROR kvm-digest.health: digest:")
+    assert digest_failed <= 1
+    assert digest_failed == daemon.log.count("digest works again")
 
 
 def test_across_daemon_lives_duplicates_stay_within_the_bound(tmp_path, sink):
