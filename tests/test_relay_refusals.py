@@ -246,6 +246,25 @@ async def test_a_refused_reply_to_a_forged_sender_is_no_operator_error(tmp_path,
     assert max(r.levelno for r in refused) == logging.INFO
 
 
+async def test_replies_to_forged_senders_never_pass_for_a_relay_refusing_everyone(
+    setup, sink, caplog
+):
+    """A flood of commands from addresses that do not exist: their replies fail, alone."""
+    forged = [f"nobody{i}@example.net" for i in range(3 * RELAY_REFUSES_ALL)]
+    sink.handler.refuse = {a: "550 5.1.1 no such user" for a in forged}
+    with setup.conn:
+        for a in forged:
+            mid = setup.outbox.me.new_message_id()
+            setup.outbox.enqueue(a, b"Subject: Re: help\r\n\r\nhelp\r\n", mid)
+    setup.post(1)
+    setup.run()
+    with caplog.at_level(logging.INFO):
+        await setup.sender.flush()
+    assert sorted(r.recipients[0] for r in sink.received) == READERS
+    assert relay_errors(caplog) == []
+    assert max(r.levelno for r in caplog.records if "nobody" in r.getMessage()) == logging.INFO
+
+
 # -- through the daemon ---------------------------------------------------
 
 

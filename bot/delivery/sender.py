@@ -7,11 +7,12 @@ What each answer of the relay does (bot/delivery/relay.py reads them):
   against a subscriber (`[smtp] hard_failures` of them disable it); a 4xx
   tries that mail again later, on its own backoff, and after
   `max_attempts` fails it without counting. But a relay that refuses
-  `RELAY_REFUSES_ALL` different recipients in a row and accepts none is
+  `RELAY_REFUSES_ALL` different subscribers in a row and accepts none is
   refusing everyone (relaying denied, a quota): so a 5xx at RCPT is only
   counted once the relay has accepted someone after it (or the queue ran
   dry), and such a streak counts nobody, puts the mails back and stops
-  the worker as below.
+  the worker as below. A reply's recipient is whoever wrote to the bot
+  (perhaps a forged address): its refusal only fails the reply, at INFO.
 - Anything else is about the relay, our sender, our content or our
   password, never the recipient: no connection, a 421, a 4xx at MAIL or
   DATA, a 5xx at MAIL FROM, AUTH refused, or a 5xx at DATA (a content
@@ -55,7 +56,7 @@ from bot.health import Problems
 log = logging.getLogger(__name__)
 
 RELAY_REFUSES_ALL = 5
-"""Different recipients refused at RCPT in a row, none accepted: the relay refuses us."""
+"""Different subscribers refused at RCPT in a row, none accepted: the relay refuses us."""
 CONTENT_REFUSED = 2
 """Copies of one digest refused at DATA with a 5xx: the relay refuses its content."""
 STATE_BACKOFF_MAX = 60.0
@@ -108,7 +109,7 @@ class Sender:
         self.doubtful: list[tuple[Queued, Refusal]] = []
         """Refusals at RCPT not yet counted: the relay may be refusing everyone."""
         self.streak: set[str] = set()
-        """Recipients refused at RCPT since the relay last accepted one."""
+        """Subscribers refused at RCPT since the relay last accepted anyone."""
         self.suspects: set[str] = set()
         """Recipients of the last streak: refused again once others get through, counted."""
         self.accepted_since_streak = False
@@ -268,6 +269,13 @@ class Sender:
             self._record(self.outbox.failed, item, r.kept)
         else:
             self._record(self.outbox.retry, item, r.kept, self.s)
+        if item.kind != "digest":
+            # Replies go to whoever wrote to the bot, perhaps a forged
+            # address: its refusal is no concern of the operator's, and a
+            # flood of them must not pass for a relay that refuses everyone.
+            level = logging.INFO if r.permanent else logging.DEBUG
+            log.log(level, "the reply %d to %s was refused %s", item.id, item.recipient, r)
+            return
         if item.recipient in self.suspects and self.accepted_since_streak:
             # Refused again after others got through: this one's own refusal.
             self.suspects.discard(item.recipient)
@@ -304,12 +312,7 @@ class Sender:
             self._judged(item, r)
 
     def _judged(self, item: Queued, r: Refusal) -> None:
-        """A recipient's own refusal: said, and counted against a subscriber."""
-        if item.kind != "digest":
-            # Replies go to whoever wrote to the bot, perhaps a forged
-            # address: its refusal is no concern of the operator's.
-            log.info("the reply %d to %s was refused %s", item.id, item.recipient, r)
-            return
+        """A subscriber's own refusal: said, and counted against it."""
         log.warning("mail %d to %s was refused %s", item.id, item.recipient, r)
         if self._record(self.outbox.score, item, self.s) is True:
             log.warning(
