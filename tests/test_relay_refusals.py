@@ -265,6 +265,34 @@ async def test_replies_to_forged_senders_never_pass_for_a_relay_refusing_everyon
     assert max(r.levelno for r in caplog.records if "nobody" in r.getMessage()) == logging.INFO
 
 
+async def test_replies_a_content_filter_refuses_fail_alone(setup, sink, caplog):
+    """A reply quotes a line of its asker: filtered, it must not stop the digests."""
+    with setup.conn:
+        for i in range(10):
+            mid = setup.outbox.me.new_message_id()
+            setup.outbox.enqueue(f"asker{i}@example.net", b"Subject: Re: x\r\n\r\nspam\r\n", mid)
+    setup.post(1)
+    setup.run()
+    sink.handler.refuse_data = "554 5.7.1 message content rejected"
+    real = sink.handler.handle_DATA
+
+    async def only_replies(server, session, envelope):  # the filter hates the replies
+        if b"spam" in envelope.original_content:
+            return await real(server, session, envelope)
+        saved, sink.handler.refuse_data = sink.handler.refuse_data, ""
+        try:
+            return await real(server, session, envelope)
+        finally:
+            sink.handler.refuse_data = saved
+
+    sink.handler.handle_DATA = only_replies
+    with caplog.at_level(logging.INFO):
+        await setup.sender.flush()
+    assert sorted(r.recipients[0] for r in sink.received) == READERS
+    assert relay_errors(caplog) == []
+    assert setup.outbox.counts() == {"failed": 10, "sent": 20}
+
+
 # -- through the daemon ---------------------------------------------------
 
 

@@ -323,6 +323,13 @@ class Sender:
 
     def _stop(self, item: Queued, r: Refusal, began: bool) -> None:
         """The relay cannot or will not take mail from us now: stop, back off, say so once."""
+        if r.of_content and item.kind != "digest":
+            # A reply may quote one sanitised line of its asker: a content
+            # filter refusing it is that reply's fate, not a reason to stop
+            # everyone's mail (a flood of such commands would).
+            self._record(self.outbox.failed, item, r.kept)
+            log.warning("the reply %d to %s was refused %s", item.id, item.recipient, r)
+            return
         if r.of_content:
             self._content_refused(item, r)
         elif began:
@@ -331,17 +338,23 @@ class Sender:
             self._record(self.outbox.hold, item, r.kept, keep=False)
         delay = self.relay_backoff.failed()
         log.debug("mail %d to %s: %s; sending again in %.0f s", item.id, item.recipient, r, delay)
-        self.problems.failing(
-            "relay",
-            f"the relay takes no mail ({r}); it waits in the outbox, counted against "
-            f"nobody (next try in {delay:.0f} s, then with backoff)",
-        )
+        if r.of_content:
+            detail = (
+                f"the relay refuses the content of digest {item.digest_id} ({r}); that copy "
+                f"failed, counted against nobody (next try in {delay:.0f} s)"
+            )
+        else:
+            detail = (
+                f"the relay takes no mail ({r}); it waits in the outbox, counted against "
+                f"nobody (next try in {delay:.0f} s, then with backoff)"
+            )
+        self.problems.failing("relay", detail)
 
     def _content_refused(self, item: Queued, r: Refusal) -> None:
-        """The relay never takes this message (a 5xx at DATA, too big): this copy
-        failed; a digest refused twice, all its copies."""
+        """The relay never takes this digest (a 5xx at DATA, too big): this copy
+        failed; refused twice, all its copies."""
         self._record(self.outbox.failed, item, r.kept)
-        if item.kind != "digest" or item.digest_id is None:
+        if item.digest_id is None:
             return
         times = self.content_refused.get(item.digest_id, 0) + 1
         self.content_refused[item.digest_id] = times
