@@ -122,6 +122,15 @@ def place(conn: sqlite3.Connection, name: str) -> Place:
     return Place(*row)
 
 
+def move(conn: sqlite3.Connection, name: str, seq: int) -> None:
+    """Put a schedule's place at the message at position `seq` (0: before the first).
+
+    Its next digest starts after that message (`send-now` then sends it);
+    in the caller's transaction.
+    """
+    _move(conn, name, ranges.place_at(conn, seq))
+
+
 def _move(conn: sqlite3.Connection, name: str, to: Place) -> None:
     conn.execute(
         "UPDATE schedules SET end_seq = ?, end_id = ?, end_message_id = ?, end_hash = ?,"
