@@ -608,7 +608,8 @@ async def fan_out(count: int) -> tuple[float, int, float, float]:
     from bot.config import from_table
     from bot.delivery import periodic, subscribers
     from bot.delivery.mail import Identity
-    from bot.delivery.outbox import Outbox, Queued, Sender
+    from bot.delivery.outbox import Outbox, Queued
+    from bot.delivery.sender import Sender
     from tests.dovecot import free_port
     from tests.mailfactory import DATA, Store
     from tests.smtpsink import relay_process

@@ -259,7 +259,8 @@ class SmtpSection(ServerSection):
     backoff_max: int = 3600
     max_attempts: int = 50
     hard_failures: int = 3
-    """5xx answers after which a subscriber is disabled."""
+    """5xx answers at RCPT (the recipient itself refused) after which a subscriber
+    is disabled; no other refusal counts (bot/delivery/sender.py)."""
     poll_interval: int = 2
     """Seconds between looks at the outbox for mail other processes queued
     (`kvm-digest send-now`): the daemon sends it within this time."""

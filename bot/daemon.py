@@ -28,7 +28,8 @@ from bot import redact, systemd
 from bot.config import Config
 from bot.delivery import cron, periodic
 from bot.delivery.mail import Identity
-from bot.delivery.outbox import Outbox, Sender
+from bot.delivery.outbox import Outbox
+from bot.delivery.sender import Sender
 from bot.desk.inbound import Desk
 from bot.desk.lmtp import serve
 from bot.digest.build import environment
@@ -219,7 +220,7 @@ class Daemon:
         raise_fd_limit()
         outbox = Outbox(index.conn, self.me)
         desk = Desk(index.conn, config, outbox, self.env)
-        sender = Sender(outbox, config.smtp)
+        sender = Sender(outbox, config.smtp, self.problems)
         intake_stop = asyncio.Event()  # set first on shutdown: no new work
         health = self.health
 
@@ -328,10 +329,25 @@ class Daemon:
         return scheduler
 
     async def _digest_job(self, index: Index, outbox: Outbox, name: str) -> None:
-        # A coroutine, so APScheduler runs it on the event loop, where the
-        # index connection lives, not in its thread pool.
-        await self.indexed.wait()  # not a digest of an index half rebuilt
-        periodic.run(index.conn, self.config, outbox, self.env, name)
+        """One periodic run: rendered in a worker thread, stored on the loop.
+
+        A coroutine, so APScheduler runs it on the event loop, where the
+        index connection lives. It waits for intake's first catch-up (not a
+        digest of an index half rebuilt). A run that fails (the index cannot
+        be written, a bug) is said once while it lasts; the schedule stays
+        where it was, and the next run covers the range.
+        """
+        await self.indexed.wait()
+        try:
+            await periodic.run_off_loop(index.path, index.conn, self.config, outbox, self.env, name)
+        except (sqlite3.Error, OSError) as err:
+            self.problems.failing("digest", f"the {name} digest could not be made: {err}")
+            return
+        except Exception as err:
+            log.exception("the %s digest could not be made", name)
+            self.problems.failing("digest", f"the {name} digest could not be made: {err!r}")
+            return
+        self.problems.working("digest")
 
     async def _desk_worker(self, desk: Desk, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -1,8 +1,11 @@
 """A real SMTP relay for the tests: aiosmtpd on 127.0.0.1, in its own thread.
 
-It records every message it accepts, can refuse chosen recipients with a
-given reply (4xx or 5xx), and can be stopped and started again on the same
-port to play a relay outage. `wait_for(n)` blocks on a condition variable.
+It records every message it accepts, can refuse at each step of the
+session (chosen recipients or all of them at RCPT, our sender at MAIL FROM,
+the content at the end of DATA, a login at AUTH), counts what it refused,
+runs a hook just before it says 250, and can be stopped and started again on
+the same port to play a relay outage. `wait_for(n)` blocks on a condition
+variable.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import ssl
 import subprocess
 import sys
 import threading
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -42,15 +47,31 @@ class SinkHandler:
     """recipient -> SMTP reply, e.g. "550 5.1.1 no such user"."""
     refuse_all: str = ""
     """An answer to every RCPT, e.g. "421 4.3.2 going down", while set."""
+    refuse_mail: str = ""
+    """An answer to MAIL FROM (our sender), e.g. "553 5.7.1 sender rejected", while set."""
+    refuse_data: str = ""
+    """An answer to the whole message (a content filter), e.g. "554 5.7.1 spam", while set."""
     drop_after_data: bool = False
     """Take the whole message, then hang up without answering."""
+    before_250: Callable[[], None] | None = None
+    """Called (in the relay's thread) when a message is taken, just before the 250."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Refusals by step: mail, rcpt, data."""
     cond: threading.Condition = field(default_factory=threading.Condition)
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.refuse_mail:
+            self.refused["mail"] += 1
+            return self.refuse_mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if self.refuse_all:
-            return self.refuse_all
-        if address.lower() in self.refuse:
-            return self.refuse[address.lower()]
+        answer = self.refuse_all or self.refuse.get(address.lower(), "")
+        if answer:
+            self.refused["rcpt"] += 1
+            return answer
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -58,6 +79,11 @@ class SinkHandler:
         if self.drop_after_data:
             server.transport.close()
             return "421 4.4.2 connection dropped"
+        if self.refuse_data:
+            self.refused["data"] += 1
+            return self.refuse_data
+        if self.before_250 is not None:
+            self.before_250()
         with self.cond:
             self.received.append(
                 Received(

@@ -15,7 +15,7 @@ import aiosmtplib
 import pytest
 
 from bot.config import ConfigError, SmtpSection, from_table, load
-from bot.delivery.outbox import Relay
+from bot.delivery.relay import Relay
 from bot.desk import addresses
 from tests.conftest import archive_ids
 from tests.test_commands import BOT, Bot, command, reply_text

@@ -150,7 +150,7 @@ class BounceBot(Bot):
 
     async def digest(self) -> None:
         """A digest run over the whole slice, sent to the relay."""
-        self.conn.execute("UPDATE schedules SET end_seq = 0, end_id = ''")
+        periodic.move(self.conn, "daily", 0)  # back to "before the first message"
         periodic.run(self.conn, self.config, self.outbox, environment(), "daily")
         await self.sender.flush()
 

@@ -157,7 +157,7 @@ def test_admin_commands(cli, data_dir):
         from bot.delivery import periodic
 
         periodic.ensure(index.conn, "weekly")
-        index.conn.execute("UPDATE schedules SET end_seq = 20")
+        periodic.move(index.conn, "weekly", 20)
     index.close()
     sent = cli("send-now", "--schedule", "weekly")
     assert sent.out == "weekly digest: 7 messages, queued for 1 subscribers\n"

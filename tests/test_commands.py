@@ -13,7 +13,8 @@ import pytest
 from bot.config import from_table
 from bot.delivery import subscribers
 from bot.delivery.mail import Identity
-from bot.delivery.outbox import Outbox, Sender
+from bot.delivery.outbox import Outbox
+from bot.delivery.sender import Sender
 from bot.desk import lmtp
 from bot.desk.inbound import Desk
 from bot.digest.build import environment

@@ -34,15 +34,29 @@ RANGE = re.compile(r"update from ([0-9a-f]+) to ([0-9a-f]+)")
 class DaemonProcess:
     """`kvm-digest run` in a subprocess; its log lines are collected."""
 
-    def __init__(self, config: Path, max_files: int | None = None) -> None:
-        """`max_files` lowers the daemon's RLIMIT_NOFILE (soft and hard)."""
+    def __init__(
+        self,
+        config: Path,
+        max_files: int | None = None,
+        prefix: tuple[str, ...] = (),
+        verbose: bool = False,
+        max_file_size: int | None = None,
+    ) -> None:
+        """`max_files` lowers the daemon's RLIMIT_NOFILE (soft and hard);
+        `prefix` runs it under another command (strace); `verbose` logs DEBUG;
+        `max_file_size` is its RLIMIT_FSIZE (a full disk: a write past it
+        fails with EFBIG, as SIGXFSZ is ignored, also for a limit set later)."""
 
         def limit() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             if max_files is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+            if max_file_size is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, resource.RLIM_INFINITY))
 
+        command = [sys.executable, "-m", "bot.cli", "--config", str(config)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "--config", str(config), "run"],
+            [*prefix, *command, *(["-v"] if verbose else []), "run"],
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=limit,
@@ -57,6 +71,9 @@ class DaemonProcess:
             with self.cond:
                 self.lines.append(line)
                 self.cond.notify_all()
+        self.proc.wait()
+        with self.cond:  # the end of the log: whoever waits sees the exit too
+            self.cond.notify_all()
 
     def wait_log(self, text: str, count: int = 1, timeout: float = 30) -> None:
         with self.cond:
@@ -70,6 +87,15 @@ class DaemonProcess:
             assert ok and self.proc.poll() is None, f"no {text!r} in the daemon's log:\n" + "".join(
                 self.lines
             )
+
+    def wait_log_or_exit(self, text: str, timeout: float = 60) -> bool:
+        """Wait for `text` in the log or for the daemon to end; True if it still runs."""
+        with self.cond:
+            self.cond.wait_for(
+                lambda: any(text in line for line in self.lines) or self.proc.poll() is not None,
+                timeout,
+            )
+        return self.proc.poll() is None
 
     def expect(self, wait, *args, **kwargs):
         """Run a sink wait; on failure, show the daemon's log too."""
@@ -182,20 +208,27 @@ def test_schedule_commands_adjacent_digests_and_sigterm(config, dovecot, sink):
 
 
 def test_relay_outage_the_digest_arrives_once_when_it_returns(config, dovecot, sink):
-    subscribe(config, "reader@example.org")
+    readers = [f"reader{i}@example.org" for i in range(6)]
+    subscribe(config, *readers)
     sink.stop()
     daemon = DaemonProcess(config)
     try:
         daemon.wait_log("kvm-digest is running")
         dovecot.append(SLICE[0])
-        daemon.wait_log("will retry mail 1 to reader@example.org")
+        daemon.wait_log("ERROR kvm-digest.health: relay: the relay takes no mail")
         sink.start()
-        daemon.expect(sink.wait_for, 1)
+        daemon.expect(sink.wait_for, 6)
+        daemon.wait_log("relay works again")
         daemon.wait_log("daily digest: 0 messages")  # later runs find nothing new
         assert daemon.stop() == 0
     finally:
         daemon.proc.kill()
-    assert len(sink.to("reader@example.org")) == 1
+    assert all(len(sink.to(reader)) == 1 for reader in readers)
+    # A lasting outage is two lines, however many mails and retries it meets.
+    relay = [line for line in daemon.log.splitlines() if " relay" in line]
+    assert len(relay) == 2, relay
+    assert "will retry" not in daemon.log
+    assert "disabled" not in daemon.log
 
 
 def test_sigkill_mid_send_then_restart(config, dovecot, sink):

@@ -577,7 +577,7 @@ async def test_control_characters_never_reach_a_digest(tmp_path, sink, cli):
         b.subscribe()
         with b.store.index.conn:
             periodic.ensure(b.store.index.conn, "daily")
-            b.store.index.conn.execute("UPDATE schedules SET end_seq = ?", (len(ids) - 2,))
+            periodic.move(b.store.index.conn, "daily", len(ids) - 2)
         periodic.run(b.store.index.conn, b.config, b.outbox, environment(), "daily")
         await b.ask(command(f"digest {ids[-3][:9]}..{ids[-1][:9]}\n"))
     finally:

@@ -260,7 +260,7 @@ def test_loopback_postfix_needs_security_none(postfix_ready, bot, tmp_path, caps
 async def test_a_real_postfix_bounce_comes_back_by_verp_and_disables(postfix_ready, tmp_path):
     """The whole loop: digest out through Postfix, its DSN back over LMTP."""
     from bot.delivery import periodic, subscribers, verp
-    from bot.delivery.outbox import Sender
+    from bot.delivery.sender import Sender
 
     port = free_port()
     postfix = Postfix(port)

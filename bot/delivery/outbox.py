@@ -1,36 +1,36 @@
 """The outbox: every outgoing mail is written here first, then sent.
 
 Queueing is part of the transaction that decided to send (a digest run, a
-command reply), so nothing is lost in a crash; a row is marked sent right
-after the relay's 250, so a restart sends nothing twice (but for the instant
-between the 250 and the commit, where SMTP itself offers no better). A digest
-is rendered once into `digests`; each subscriber's copy only adds its own
-To and Message-ID when sent.
+command reply), so nothing is lost in a crash. A digest is rendered once
+into `digests`; each subscriber's copy only adds its own To and Message-ID
+when sent.
 
-The worker sends over a few persistent connections to the relay
-(aiosmtplib). 4xx answers and connection errors retry with capped exponential
-backoff; a 5xx fails that recipient only, and after `[smtp] hard_failures`
-of them a subscriber is disabled.
+Each attempt is marked (durably) before the relay sees the mail and
+resolved right after its answer: sent, tried again later, or failed. The
+worker (bot/delivery/sender.py) sends nothing while these marks cannot be
+written. The duplicate bound: a mail is sent twice only when the process
+stops between the relay's 250 and the record of it (a kill, a crash, a
+power cut, or a stop while the disk is full); it is then still marked as
+attempted, and sent again (with the same Message-ID) at the next start. At
+most one mail per relay connection is in that state at any moment, so each
+such stop duplicates at most `[smtp] connections` mails, each once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import sqlite3
 import time
 from dataclasses import dataclass
 
-import aiosmtplib
-
 from bot.config import SmtpSection
 from bot.delivery import verp
 from bot.delivery.footer import digest_footer
-from bot.delivery.mail import Identity, Prepared, address, prepare_digest, wire_address
+from bot.delivery.mail import Identity, Prepared, address, prepare_digest
 from bot.delivery.subscribers import unsubscribe_secret
-from bot.errors import MailError
+from bot.store.durable import durable
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,39 @@ class Outbox:
             self._verp_key = verp.install_key(self.conn)
         return verp.verp_sender(self.me, self._verp_key, item.recipient)
 
+    # -- one attempt: marked before, resolved after (each commits) ------
+
+    def begin(self, item: Queued) -> None:
+        """Mark an attempt, on disk, before the relay sees the mail.
+
+        Durable (the WAL is synced), so that even a power cut leaves the
+        mark, and with it every earlier outcome: a mail in flight is found
+        again by `interrupted()`, never silently lost or sent twice more.
+        """
+        with durable(self.conn):
+            self.conn.execute(
+                "UPDATE outbox SET attempted = ? WHERE id = ?", (int(time.time()), item.id)
+            )
+
+    def interrupted(self) -> int:
+        """Attempts an earlier process began and never resolved: counted, sent again.
+
+        The relay may or may not have taken them (the duplicate bound in
+        the module docstring); sending again is the only way not to lose one.
+        """
+        with self.conn:
+            cur = self.conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, attempted = NULL,"
+                " last_error = 'interrupted: the daemon stopped while sending it'"
+                " WHERE status = 'queued' AND attempted IS NOT NULL"
+            )
+        return cur.rowcount
+
     def sent(self, item: Queued) -> None:
         with self.conn:
             self.conn.execute(
-                "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1"
-                " WHERE id = ?",
+                "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1,"
+                " attempted = NULL WHERE id = ?",
                 (int(time.time()), item.id),
             )
             if item.kind == "digest":
@@ -139,210 +167,87 @@ class Outbox:
                 )
         log.info("sent %s %d to %s", item.kind, item.id, item.recipient)
 
-    def retry(self, item: Queued, error: str, settings: SmtpSection) -> None:
+    def retry(self, item: Queued, error: str, settings: SmtpSection) -> bool:
+        """Try the mail again later (with backoff); False when it gave up instead.
+
+        Giving up after `max_attempts` fails the mail without scoring
+        anyone: a temporary refusal is never the recipient's fault.
+        """
         attempts = item.attempts + 1
         if attempts >= settings.max_attempts:
-            self.failed(item, f"gave up after {attempts} attempts: {error}", settings)
-            return
+            self.failed(item, f"gave up after {attempts} attempts: {error}")
+            log.warning(
+                "gave up on mail %d to %s after %d attempts: %s",
+                item.id,
+                item.recipient,
+                attempts,
+                error,
+            )
+            return False
         delay = min(2**attempts, settings.backoff_max) * random.uniform(0.8, 1.2)
         with self.conn:
             self.conn.execute(
-                "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
+                "UPDATE outbox SET attempts = ?, next_attempt = ?, last_error = ?,"
+                " attempted = NULL WHERE id = ?",
                 (attempts, int(time.time() + delay), error, item.id),
             )
-        log.warning(
-            "will retry mail %d to %s in %.0fs: %s",
-            item.id,
-            item.recipient,
-            delay,
-            error,
-        )
+        log.debug("will retry mail %d to %s in %.0fs: %s", item.id, item.recipient, delay, error)
+        return True
 
-    def failed(self, item: Queued, error: str, settings: SmtpSection) -> None:
+    def hold(self, item: Queued, error: str) -> None:
+        """The relay could not take the mail, through no fault of the mail's:
+        it stays queued, the attempt is not counted, the reason is kept."""
+        with self.conn:
+            self.conn.execute(
+                "UPDATE outbox SET last_error = ?, attempted = NULL WHERE id = ?",
+                (error, item.id),
+            )
+
+    def failed(self, item: Queued, error: str) -> None:
+        """The mail will not be sent (nobody is scored for it here)."""
         with self.conn:
             self.conn.execute(
                 "UPDATE outbox SET status = 'failed', attempts = attempts + 1,"
-                " last_error = ? WHERE id = ?",
+                " last_error = ?, attempted = NULL WHERE id = ?",
                 (error, item.id),
             )
-            if item.kind == "digest":
-                self.conn.execute(
-                    "UPDATE subscribers SET hard_failures = hard_failures + 1 WHERE address = ?",
-                    (item.recipient,),
-                )
-                self.conn.execute(
-                    "UPDATE subscribers SET status = 'disabled', changed = ?"
-                    " WHERE address = ? AND hard_failures >= ? AND status = 'active'",
-                    (int(time.time()), item.recipient, settings.hard_failures),
-                )
-        log.error("mail %d to %s failed: %s", item.id, item.recipient, error)
+
+    def score(self, item: Queued, settings: SmtpSection) -> bool:
+        """Count a refusal against a digest's subscriber; True when it is now disabled."""
+        if item.kind != "digest":
+            return False
+        with self.conn:
+            self.conn.execute(
+                "UPDATE subscribers SET hard_failures = hard_failures + 1 WHERE address = ?",
+                (item.recipient,),
+            )
+            cur = self.conn.execute(
+                "UPDATE subscribers SET status = 'disabled', changed = ?"
+                " WHERE address = ? AND hard_failures >= ? AND status = 'active'",
+                (int(time.time()), item.recipient, settings.hard_failures),
+            )
+        return cur.rowcount > 0
+
+    def requeue(self, items: list[Queued], error: str, delay: float) -> None:
+        """Failed mails back in the queue, uncounted: the relay, not they, was refused."""
+        with self.conn:
+            self.conn.executemany(
+                "UPDATE outbox SET status = 'queued', attempts = MAX(attempts - 1, 0),"
+                " next_attempt = ?, last_error = ? WHERE id = ?",
+                [(int(time.time() + delay), error, item.id) for item in items],
+            )
+
+    def fail_copies(self, digest_id: int, error: str) -> int:
+        """Every queued copy of one digest failed (the relay refuses its content)."""
+        with self.conn:
+            cur = self.conn.execute(
+                "UPDATE outbox SET status = 'failed', last_error = ?, attempted = NULL"
+                " WHERE digest_id = ? AND status = 'queued'",
+                (error, digest_id),
+            )
+        return cur.rowcount
 
     def counts(self) -> dict[str, int]:
         return dict(
             self.conn.execute("SELECT status, COUNT(*) FROM outbox GROUP BY status").fetchall()
         )
-
-
-class Relay:
-    """Connections to the relay, opened on demand and reused."""
-
-    def __init__(self, settings: SmtpSection) -> None:
-        self.s = settings
-        self.idle: list[aiosmtplib.SMTP] = []
-
-    async def _connect(self) -> aiosmtplib.SMTP:
-        s = self.s
-        password = s.secret()
-        client = aiosmtplib.SMTP(
-            hostname=s.host,
-            port=s.port,
-            timeout=s.timeout,
-            use_tls=s.security == "tls",
-            # None: STARTTLS when offered; True: required (always with AUTH).
-            start_tls=False if s.security != "starttls" else (True if s.user else None),
-            validate_certs=s.verify,
-            cert_bundle=s.cafile or None,
-        )
-        await client.connect()
-        if s.user:
-            if client.get_transport_info("sslcontext") is None:
-                # A password must never cross the network in clear text,
-                # whatever the config says (check-config refuses it too).
-                client.close()
-                raise aiosmtplib.SMTPException(
-                    f"{s.host}:{s.port} offers no TLS; not sending the password in clear text"
-                )
-            await client.login(s.user, password)
-        return client
-
-    async def send(self, sender: str, recipient: str, message: bytes) -> None:
-        """Send one message; raise aiosmtplib errors or OSError on failure.
-
-        MailError means this recipient can never be reached through this
-        relay (an address that needs SMTPUTF8, which the relay lacks).
-        """
-        address, utf8 = wire_address(recipient)
-        client = self.idle.pop() if self.idle else await self._connect()
-        try:
-            options = []
-            if utf8:
-                if client.is_ehlo_or_helo_needed:
-                    await client.ehlo()
-                if not client.supports_extension("smtputf8"):
-                    self.idle.append(client)
-                    raise MailError(
-                        f"the relay {self.s.host} does not offer SMTPUTF8, which the "
-                        f"address {recipient} needs"
-                    )
-                options = ["SMTPUTF8"]
-            await client.sendmail(sender, [address], message, mail_options=options)
-        except MailError:
-            raise
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.close()
-            raise
-        self.idle.append(client)
-
-    async def close(self) -> None:
-        while self.idle:
-            client = self.idle.pop()
-            with contextlib.suppress(Exception):
-                await client.quit()
-
-
-class Sender:
-    """The outbox worker: sends due mail until told to stop."""
-
-    def __init__(self, outbox: Outbox, settings: SmtpSection) -> None:
-        self.outbox = outbox
-        self.s = settings
-        self.relay = Relay(settings)
-        self.sent = asyncio.Event()
-        """Set after each mail is marked sent (for tests and metrics)."""
-
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            while not stop.is_set():
-                batch = self.outbox.due(self.s.connections * 25)
-                if not batch:
-                    # Idle connections go stale (relays time them out): close them.
-                    await self.relay.close()
-                    await self._sleep(stop)
-                    continue
-                queue: asyncio.Queue[Queued] = asyncio.Queue()
-                for item in batch:
-                    queue.put_nowait(item)
-                workers = min(self.s.connections, len(batch))
-                await asyncio.gather(*(self._work(queue, stop) for _ in range(workers)))
-        finally:
-            await self.relay.close()
-
-    async def flush(self, limit: int = 100_000) -> int:
-        """Try every mail that is due now, once; return how many were tried."""
-        items = self.outbox.due(limit)
-        for item in items:
-            await self._send(item)
-        await self.relay.close()
-        return len(items)
-
-    async def _sleep(self, stop: asyncio.Event) -> None:
-        """Wait for new mail, the next retry, or stop."""
-        self.outbox.wakeup.clear()
-        next_due = self.outbox.next_due()
-        # Other processes (`kvm-digest send-now`) queue mail too, and cannot
-        # set our event: look at the table again every poll_interval seconds.
-        timeout = float(self.s.poll_interval)
-        if next_due:
-            timeout = min(timeout, max(0.0, next_due - time.time()) + 0.01)
-        waiters = {
-            asyncio.ensure_future(self.outbox.wakeup.wait()),
-            asyncio.ensure_future(stop.wait()),
-        }
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-
-    async def _work(self, queue: asyncio.Queue[Queued], stop: asyncio.Event) -> None:
-        # A stop lets the message being sent finish, then leaves the rest queued.
-        while not stop.is_set() and not queue.empty():
-            await self._send(queue.get_nowait())
-
-    async def _send(self, item: Queued) -> None:
-        try:
-            await self._try(item)
-        except Exception as err:
-            # One mail must never stop the worker: whatever went wrong with
-            # it (a bug included) fails that mail alone, with the reason kept.
-            log.exception("sending mail %d to %s failed unexpectedly", item.id, item.recipient)
-            self.outbox.failed(item, f"internal error: {type(err).__name__}: {err}", self.s)
-
-    async def _try(self, item: Queued) -> None:
-        try:
-            message = self.outbox.render(item)
-            await self.relay.send(self.outbox.envelope_sender(item), item.recipient, message)
-        except MailError as err:
-            self.outbox.failed(item, str(err), self.s)
-            return
-        except aiosmtplib.SMTPRecipientsRefused as err:
-            # One recipient per message, so the one refusal is ours.
-            refusal = err.recipients[0]
-            self._refused(item, refusal.code, f"{refusal.code} {refusal.message}")
-            return
-        except aiosmtplib.SMTPResponseException as err:
-            self._refused(item, err.code, f"{err.code} {err.message}")
-            return
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
-            self.outbox.retry(item, f"{type(err).__name__}: {err}", self.s)
-            return
-        self.outbox.sent(item)
-        self.sent.set()
-
-    def _refused(self, item: Queued, code: int, error: str) -> None:
-        """5xx fails this recipient for good; anything else is tried again."""
-        if 500 <= code < 600:
-            self.outbox.failed(item, error, self.s)
-        else:
-            self.outbox.retry(item, error, self.s)

@@ -6,20 +6,35 @@ the schedule's end, all in one transaction: consecutive digests never overlap
 and never leave a gap, across restarts too, because the state is in the
 index. A new schedule starts at the archive head when it is first seen.
 
+The end is held as a place that survives a rebuild of the index
+(`ranges.Place`: the commit, its message, its arrival), found again at
+every run, so a reindex or a rewritten followed inbox neither skips mail
+nor sends it twice (at worst, a place whose message was purged makes the
+next digest repeat a message or two).
+
 Subscribers with a topic get the digest filtered by it; subscribers of one
 schedule with the same topic share one rendering, and a topic that matched
 nothing in the range sends nothing (unless `send_empty`). With a web
 endpoint, the whole list's digest in the configured style is rendered even
 when nobody reads it by mail: it is an entry of the Atom feed.
+
+Rendering is the slow part (2,000 topics are 2,000 digests), so the daemon
+does it in a worker thread, on a connection of its own whose read
+transaction is one consistent snapshot (`prepare`); what it made is then
+written in one short transaction on the event loop (`commit`). One group
+(topic and style) that cannot be rendered is logged and skipped; the
+others go out and the schedule moves on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import jinja2
 
@@ -30,8 +45,12 @@ from bot.delivery.outbox import Outbox
 from bot.digest import build as digestmod
 from bot.digest import ranges
 from bot.digest.query import QueryError
+from bot.digest.ranges import Place, Range
 
 log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 5
+"""Seconds the worker's read connection may wait for a lock (WAL readers rarely do)."""
 
 
 @dataclass(frozen=True)
@@ -46,16 +65,44 @@ class Run:
     """Every digest queued, one per (topic, style) group (digest_id is the first)."""
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """One group's digest, ready to store."""
+
+    topic: str
+    style: str
+    subject: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will write, made from one snapshot of the index."""
+
+    schedule: str
+    since: Place
+    """The schedule's place when the plan was made (nobody may move it meanwhile)."""
+    rng: Range
+    end: Place
+    digests: tuple[Rendered, ...]
+    default_style: str
+    """`[digest] style`, for readers who chose none."""
+    feed: bool = False
+    """The whole list's digest is kept even without readers (the web feed's entry)."""
+
+
 def ensure(conn: sqlite3.Connection, name: str) -> bool:
     """Start a schedule at the archive head if it has no state yet.
 
     Returns True when the schedule was new (it cannot have missed a run).
     """
-    rng = ranges.everything(conn)
+    head = ranges.place_at(conn, ranges.everything(conn).end_seq)
     cur = conn.execute(
         "INSERT OR IGNORE INTO schedules (name, end_seq, end_id, last_run) VALUES (?, ?, ?, ?)",
-        (name, rng.end_seq, rng.end_id, int(time.time())),
+        (name, head.seq, head.commit_id, int(time.time())),
     )
+    if cur.rowcount > 0:
+        _move(conn, name, head)
     return cur.rowcount > 0
 
 
@@ -69,6 +116,33 @@ def missed(conn: sqlite3.Connection, name: str, expression: str, seconds: bool =
     return due is not None and due <= datetime.now(UTC)
 
 
+def place(conn: sqlite3.Connection, name: str) -> Place:
+    """Where the schedule's last digest ended, as stored."""
+    row = conn.execute(
+        "SELECT end_id, end_message_id, end_hash, end_received, end_seq FROM schedules"
+        " WHERE name = ?",
+        (name,),
+    ).fetchone()
+    return Place(*row)
+
+
+def move(conn: sqlite3.Connection, name: str, seq: int) -> None:
+    """Put a schedule's place at the message at position `seq` (0: before the first).
+
+    Its next digest starts after that message (`send-now` then sends it);
+    in the caller's transaction.
+    """
+    _move(conn, name, ranges.place_at(conn, seq))
+
+
+def _move(conn: sqlite3.Connection, name: str, to: Place) -> None:
+    conn.execute(
+        "UPDATE schedules SET end_seq = ?, end_id = ?, end_message_id = ?, end_hash = ?,"
+        " end_received = ? WHERE name = ?",
+        (to.seq, to.commit_id, to.message_id, to.content_hash, to.received, name),
+    )
+
+
 def run(
     conn: sqlite3.Connection,
     config: Config,
@@ -76,56 +150,137 @@ def run(
     env: jinja2.Environment,
     name: str,
 ) -> Run:
-    """Render and queue the next digest of schedule `name`."""
+    """Render and queue the next digest of schedule `name`, on one connection."""
     with conn:
         ensure(conn, name)
-        start_seq = conn.execute(
-            "SELECT end_seq FROM schedules WHERE name = ?", (name,)
-        ).fetchone()[0]
-        rng = ranges.after(conn, start_seq)
-        count = rng.end_seq - rng.start_seq
-        queued: list[int] = []
-        recipients = 0
-        send_empty = config.schedule.send_empty
+    return commit(conn, prepare(conn, config, env, name), outbox)
+
+
+async def run_off_loop(
+    index_path: Path,
+    conn: sqlite3.Connection,
+    config: Config,
+    outbox: Outbox,
+    env: jinja2.Environment,
+    name: str,
+) -> Run:
+    """As run(), with the rendering in a worker thread: the event loop goes on.
+
+    `conn` is the loop's connection: it only makes the two short writes
+    before and after, never a transaction held across the wait.
+    """
+    with conn:
+        ensure(conn, name)
+    plan = await asyncio.to_thread(prepare_at, index_path, config, env, name)
+    return commit(conn, plan, outbox)
+
+
+def prepare_at(index_path: Path, config: Config, env: jinja2.Environment, name: str) -> Plan:
+    """prepare() on a read-only connection of its own, in one read transaction."""
+    conn = sqlite3.connect(index_path, timeout=READ_TIMEOUT, isolation_level=None)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("BEGIN")  # one snapshot: the range and every group agree
+        return prepare(conn, config, env, name)
+    finally:
+        conn.close()
+
+
+def prepare(conn: sqlite3.Connection, config: Config, env: jinja2.Environment, name: str) -> Plan:
+    """Every digest the next run of `name` sends, rendered; reads only."""
+    since = place(conn, name)
+    rng = ranges.after(conn, ranges.locate(conn, since))
+    end = ranges.place_at(conn, rng.end_seq)
+    made: list[Rendered] = []
+    if not rng.empty or config.schedule.send_empty:
         # Rendered once per (topic, style), however many subscribers read it.
         groups = subscribers.groups(conn, name, config.digest.style)
         if config.web.url:
             # The web feed shows every digest of the whole list, read or not.
             groups.setdefault(("", config.digest.style), [])
-        for (topic, style), readers in groups.items():
-            if rng.empty and not send_empty:
-                break
+        log.debug("%s digest: rendering %d digests of %s", name, len(groups), rng)
+        for topic, style in groups:
             try:
-                d = digestmod.build(
-                    conn,
-                    rng,
-                    config.list.title,
-                    config.digest.top,
-                    config.digest.abbrev,
-                    query=topic or None,
-                    style=style,
-                    archive_url=config.list.archive_url,
-                )
+                rendered = _render(conn, config, env, rng, topic, style)
             except QueryError as err:
                 # Stored topics were checked when set; one that no longer
                 # parses must not stop everyone else's digest.
                 log.warning("%s digest: skipping topic %r: %s", name, topic, err)
                 continue
-            if topic and d.messages == 0 and not send_empty:
+            except Exception:
+                log.exception(
+                    "%s digest: could not make the %s digest of topic %r; its readers"
+                    " get the next one",
+                    name,
+                    style,
+                    topic,
+                )
                 continue
-            body = digestmod.render(d, env)
+            if rendered is not None:
+                made.append(rendered)
+    return Plan(name, since, rng, end, tuple(made), config.digest.style, bool(config.web.url))
+
+
+def _render(
+    conn: sqlite3.Connection,
+    config: Config,
+    env: jinja2.Environment,
+    rng: Range,
+    topic: str,
+    style: str,
+) -> Rendered | None:
+    """One group's digest (None: a topic that matched nothing, not sent)."""
+    d = digestmod.build(
+        conn,
+        rng,
+        config.list.title,
+        config.digest.top,
+        config.digest.abbrev,
+        query=topic or None,
+        style=style,
+        archive_url=config.list.archive_url,
+    )
+    if topic and d.messages == 0 and not config.schedule.send_empty:
+        return None
+    return Rendered(topic, style, d.subject, digestmod.render(d, env))
+
+
+def commit(conn: sqlite3.Connection, plan: Plan, outbox: Outbox) -> Run:
+    """Store a plan's digests, queue them and move the schedule, in one transaction.
+
+    Readers are read again here: who unsubscribed while the plan was made
+    gets nothing. A place moved meanwhile (`send-now` in another process)
+    means the range was sent already: the plan is dropped.
+    """
+    name, rng = plan.schedule, plan.rng
+    queued: list[int] = []
+    recipients = 0
+    with conn:
+        if place(conn, name).commit_id != plan.since.commit_id:
+            log.info("%s digest: another run moved the schedule meanwhile; not sending", name)
+            return Run(name, None, 0, 0)
+        readers = subscribers.groups(conn, name, plan.default_style)
+        now = int(time.time())
+        for r in plan.digests:
+            group = readers.get((r.topic, r.style), [])
+            if not group and not (plan.feed and (r.topic, r.style) == ("", plan.default_style)):
+                continue
             digest_id = conn.execute(
                 "INSERT INTO digests (schedule, start_id, end_id, subject, body, created,"
                 " topic, style) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, rng.start_id, rng.end_id, d.subject, body, int(time.time()), topic, style),
+                (name, rng.start_id, rng.end_id, r.subject, r.body, now, r.topic, r.style),
             ).lastrowid
-            outbox.enqueue_digest(digest_id, readers)
+            outbox.enqueue_digest(digest_id, group)
             queued.append(digest_id)
-            recipients += len(readers)
-        conn.execute(
-            "UPDATE schedules SET end_seq = ?, end_id = ?, last_run = ? WHERE name = ?",
-            (rng.end_seq, rng.end_id, int(time.time()), name),
-        )
+            recipients += len(group)
+        if not rng.empty or not plan.since.message_id:
+            # An empty range keeps the place as it was stored: found again
+            # later (after a rebuild still in progress, say), it may be
+            # more exact than this snapshot's head. Only a place that names
+            # no message (one stored by an older version) is replaced.
+            _move(conn, name, plan.end)
+        conn.execute("UPDATE schedules SET last_run = ? WHERE name = ?", (now, name))
+    count = rng.end_seq - rng.start_seq
     log.info(
         "%s digest: %d messages, %s",
         name,

@@ -55,6 +55,7 @@ from bot.errors import MailError
 from bot.intake.routing import plus_base
 from bot.parse import mime
 from bot.parse.message import content_hash
+from bot.store.durable import durable
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +461,9 @@ class Desk:
             if waiting >= self.config.commands.max_waiting_per_address:
                 raise Busy(f"{waiting} mails from {key} are waiting for an answer")
         ids = _short_ids(mime.first(headers, "message-id"))
-        with self.conn:
+        # On disk, not only committed, before the server says 250: the MTA
+        # deletes its copy then (a power cut must not lose it).
+        with durable(self.conn):
             self.conn.execute(
                 "INSERT OR IGNORE INTO inbound (received, sender, rcpt, raw, raw_hash, limit_key,"
                 " sender_key, message_id, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -17,11 +17,13 @@ indexed look-ups per series more than a classic one.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import jinja2
@@ -30,6 +32,10 @@ from bot.config import STYLES
 from bot.digest import query as querymod
 from bot.digest import versions
 from bot.digest.ranges import Range
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 TEMPLATE = "digest.txt.j2"
 TRAILER_ORDER = ("Reviewed-by", "Acked-by", "Tested-by")
@@ -96,6 +102,25 @@ def person(name: str, addr: str) -> str:
     return f"{name} <{addr}>" if name else addr
 
 
+def each(items: Iterable[T], make: Callable[[T], R | None], name: Callable[[T], str]) -> list[R]:
+    """`make(item)` for every item, Nones dropped; an item that breaks it is left out.
+
+    One series or message whose data no line can be made of (a bug meeting
+    data it did not foresee) must not stop the digest: it is logged with
+    its traceback and the rest goes out. The schedule moves on as usual.
+    """
+    out = []
+    for item in items:
+        try:
+            made = make(item)
+        except Exception:
+            log.exception("left %s out of the digest: it could not be shown", name(item))
+            continue
+        if made is not None:
+            out.append(made)
+    return out
+
+
 def _ranked(counts: Counter[str], shown: dict[str, str], top: int) -> list[tuple[int, str]]:
     """Count descending, ties by the shown text, case-insensitively."""
     order = sorted(counts, key=lambda k: (-counts[k], shown[k].casefold(), shown[k]))
@@ -159,33 +184,39 @@ def patch_list(
         rows = [row for row in rows if row[-1] in only]
     for row in rows:
         grouped.setdefault(row[0], []).append(row)
-    lines = []
-    for series_id, members in grouped.items():
-        if _resent(conn, series_id):
-            continue  # a duplicate adds nothing to the patch list
-        # A copy of a cover letter (sent twice) still is the series' cover
-        # letter when it is the one in the range.
-        covers = [m for m in members if m[2] == 0 and not m[7]] or [m for m in members if m[2] == 0]
-        patches = [m for m in members if m[2] != 0]
-        shown = covers[0] if covers else min(patches, key=lambda m: m[2] or 1)
-        numbers = {m[2] or 1 for m in patches}
-        total = max((m[3] or 1 for m in members), default=1)
-        summary = f"{len(numbers)}/{total} patches"
-        if covers:
-            summary += ", cover letter"
-        if counts.get(series_id):
-            summary += f", {replies(counts[series_id])}"
-        lines.append(
-            SeriesLine(
-                shown[4],
-                person(shown[5], shown[6]),
-                summary,
-                series_id=series_id,
-                message_id=shown[8],
-                submitter_key=shown[6].lower(),
-            )
-        )
-    return lines
+    return each(
+        grouped.items(),
+        lambda item: _series_line(conn, item[0], item[1], counts.get(item[0], 0)),
+        lambda item: f"series {item[0]}",
+    )
+
+
+def _series_line(
+    conn: sqlite3.Connection, series_id: str, members: list[tuple], count: int
+) -> SeriesLine | None:
+    """The patch list's line of one series (None for a resend, which adds nothing)."""
+    if _resent(conn, series_id):
+        return None
+    # A copy of a cover letter (sent twice) still is the series' cover
+    # letter when it is the one in the range.
+    covers = [m for m in members if m[2] == 0 and not m[7]] or [m for m in members if m[2] == 0]
+    patches = [m for m in members if m[2] != 0]
+    shown = covers[0] if covers else min(patches, key=lambda m: m[2] or 1)
+    numbers = {m[2] or 1 for m in patches}
+    total = max((m[3] or 1 for m in members), default=1)
+    summary = f"{len(numbers)}/{total} patches"
+    if covers:
+        summary += ", cover letter"
+    if count:
+        summary += f", {replies(count)}"
+    return SeriesLine(
+        shown[4],
+        person(shown[5], shown[6]),
+        summary,
+        series_id=series_id,
+        message_id=shown[8],
+        submitter_key=shown[6].lower(),
+    )
 
 
 def _resent(conn: sqlite3.Connection, series_id: str) -> bool:
@@ -202,43 +233,32 @@ def entries(
     conn: sqlite3.Connection, rng: Range, only: Collection[int] | None = None
 ) -> list[Entry]:
     """Cover letters, first patches, single patches and pulls, in archive order."""
-    out = []
-    for (
-        seq,
-        subject,
-        title,
-        is_dup,
-        from_name,
-        from_addr,
-        author_name,
-        author_addr,
-        body,
-        message_id,
-    ) in conn.execute(
+    rows = conn.execute(
         """SELECT seq, subject, title, is_dup, from_name, from_addr, author_name,
                   author_addr, body, message_id
              FROM messages WHERE seq > ? AND seq <= ? AND is_entry ORDER BY seq""",
         (rng.start_seq, rng.end_seq),
-    ):
-        if only is not None and seq not in only:
-            continue
-        if is_dup:
-            out.append(Entry(subject=subject, duplicate=True))
-            continue
-        author = person(author_name, author_addr)
-        if author_addr.lower() != from_addr.lower():
-            author += f" (sent by {person(from_name, from_addr)})"
-        out.append(
-            Entry(
-                subject=subject,
-                duplicate=False,
-                title=title,
-                author=author,
-                body=body,
-                message_id=message_id,
-            )
-        )
-    return out
+    )
+    if only is not None:
+        rows = (row for row in rows if row[0] in only)
+    return each(rows, _entry, lambda row: f"message {row[9]}")
+
+
+def _entry(row: tuple) -> Entry:
+    _seq, subject, title, is_dup, from_name, from_addr, author_name, author_addr, body, mid = row
+    if is_dup:
+        return Entry(subject=subject, duplicate=True)
+    author = person(author_name, author_addr)
+    if author_addr.lower() != from_addr.lower():
+        author += f" (sent by {person(from_name, from_addr)})"
+    return Entry(
+        subject=subject,
+        duplicate=False,
+        title=title,
+        author=author,
+        body=body,
+        message_id=mid,
+    )
 
 
 def link(archive_url: str, message_id: str) -> str:
@@ -326,13 +346,14 @@ def with_facts(
         s.series_id: s.message_id for s in lines if versioned is None or s.series_id in versioned
     }
     versioned_text = versions.relations(conn, shown, end_seq) if shown else {}
-    out = []
-    for s in lines:
+
+    def full(s: SeriesLine) -> SeriesLine:
         parts = [reviews.get(s.series_id, ""), versioned_text.get(s.series_id, "")]
         parts.append(applied.get(s.series_id, ""))
         facts = "; ".join(p for p in parts if p)
-        out.append(replace(s, facts=facts, link=link(archive_url, s.message_id)))
-    return out
+        return replace(s, facts=facts, link=link(archive_url, s.message_id))
+
+    return each(lines, full, lambda s: f"series {s.series_id}")
 
 
 def discussion(conn: sqlite3.Connection, rng: Range, listed: set[str]) -> list[SeriesLine]:
@@ -366,22 +387,22 @@ def discussion(conn: sqlite3.Connection, rng: Range, listed: set[str]) -> list[S
             posted[series_id] = min(when, posted.get(series_id, when))
         if series_id not in shown or key < shown[series_id][0]:
             shown[series_id] = (key, subject, name, addr, message_id)
-    out = []
-    for series_id, count in replied:
+
+    def line(item: tuple[str, int]) -> SeriesLine | None:
+        series_id, count = item
         if series_id not in shown:
-            continue
+            return None
         _, subject, name, addr, message_id = shown[series_id]
-        out.append(
-            SeriesLine(
-                subject,
-                person(name, addr),
-                f"posted {versions.day(posted.get(series_id))}, {replies(count)}",
-                series_id=series_id,
-                message_id=message_id,
-                submitter_key=addr.lower(),
-            )
+        return SeriesLine(
+            subject,
+            person(name, addr),
+            f"posted {versions.day(posted.get(series_id))}, {replies(count)}",
+            series_id=series_id,
+            message_id=message_id,
+            submitter_key=addr.lower(),
         )
-    return out
+
+    return each(replied, line, lambda item: f"series {item[0]}")
 
 
 def build(
@@ -460,5 +481,35 @@ def environment(extra_dir: str | Path | None = None) -> jinja2.Environment:
 
 
 def render(digest: Digest, env: jinja2.Environment) -> str:
-    """The digest's plain-text body."""
-    return env.get_template(TEMPLATE).render(d=digest)
+    """The digest's plain-text body.
+
+    A series or entry the template cannot render (a custom template's
+    filter on data it did not expect) is left out and logged, so the rest
+    of the digest still goes out; only a template that cannot render the
+    digest's frame at all raises.
+    """
+    template = env.get_template(TEMPLATE)
+    try:
+        return template.render(d=digest)
+    except Exception:
+        log.warning("the digest does not render whole; leaving out what breaks it")
+    frame = replace(digest, series=[], discussion=[], entries=[])
+    template.render(d=frame)  # raises when the frame itself is broken
+
+    def alone(part: str) -> Callable[[object], object]:
+        def check(item: object) -> object:
+            template.render(d=replace(frame, **{part: [item]}))
+            return item
+
+        return check
+
+    def named(item: object) -> str:
+        return f"{getattr(item, 'subject', '?')!r} ({getattr(item, 'message_id', '')})"
+
+    kept = replace(
+        digest,
+        series=each(digest.series, alone("series"), named),
+        discussion=each(digest.discussion, alone("discussion"), named),
+        entries=each(digest.entries, alone("entries"), named),
+    )
+    return template.render(d=kept)

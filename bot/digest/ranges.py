@@ -104,10 +104,13 @@ def parse_when(text: str) -> int:
 
 
 def _id_at(conn: sqlite3.Connection, seq: int) -> str:
+    """The commit at a position, or at the nearest one before it."""
     if seq <= 0:
         return NULL_ID
-    row = conn.execute("SELECT commit_id FROM messages WHERE seq = ?", (seq,)).fetchone()
-    return row[0]
+    row = conn.execute(
+        "SELECT commit_id FROM messages WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (seq,)
+    ).fetchone()
+    return row[0] if row else NULL_ID
 
 
 def by_time(conn: sqlite3.Connection, since: int, until: int | None = None) -> Range:
@@ -137,8 +140,75 @@ def by_time(conn: sqlite3.Connection, since: int, until: int | None = None) -> R
 def after(conn: sqlite3.Connection, start_seq: int) -> Range:
     """From just after `start_seq` to the newest message (periodic digests)."""
     end = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
-    end = max(end, start_seq)
+    start_seq = min(max(start_seq, 0), end)
     return Range(start_seq, end, _id_at(conn, start_seq), _id_at(conn, end))
+
+
+@dataclass(frozen=True)
+class Place:
+    """A place in the archive, held so that it survives any rewrite.
+
+    Positions (`seq`) are renumbered whenever the index is rebuilt: by
+    `reindex`, or after a followed inbox rewrote its history
+    (public-inbox-purge, -edit). The commit id survives a reindex; the
+    message it holds (Message-ID and content) survives a re-made commit;
+    its arrival time is the best clue left when the message itself was
+    purged. `seq` is the position as last known, for places stored by
+    versions that kept nothing else.
+    """
+
+    commit_id: str
+    message_id: str = ""
+    content_hash: str = ""
+    received: int | None = None
+    seq: int = 0
+
+
+def place_at(conn: sqlite3.Connection, seq: int) -> Place:
+    """The place of the message at a position (0: before the first message)."""
+    row = conn.execute(
+        "SELECT seq, commit_id, message_id, content_hash, received FROM messages"
+        " WHERE seq <= ? ORDER BY seq DESC LIMIT 1",
+        (seq,),
+    ).fetchone()
+    if seq <= 0 or row is None:
+        return Place(NULL_ID)
+    found, commit_id, message_id, content_hash, received = row
+    return Place(commit_id, message_id, content_hash, received, found)
+
+
+def locate(conn: sqlite3.Connection, place: Place) -> int:
+    """The position of a place in the index as it is now; never fails.
+
+    The commit, else the same message (its first copy), else the message
+    before the first one that arrived at or after the place's arrival time:
+    nearer the start rather than past it, so a place found again this way
+    can make a digest repeat a message, never skip one.
+    """
+    if place.commit_id == NULL_ID:
+        return 0
+    row = conn.execute("SELECT seq FROM messages WHERE commit_id = ?", (place.commit_id,))
+    if (found := row.fetchone()) is not None:
+        return found[0]
+    if place.message_id:
+        (seq,) = conn.execute(
+            "SELECT MIN(seq) FROM messages WHERE message_id = ? AND content_hash = ?",
+            (place.message_id, place.content_hash),
+        ).fetchone()
+        if seq is not None:
+            return seq
+    (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()
+    if place.received is None:
+        return min(max(place.seq, 0), head)
+    (later,) = conn.execute(
+        "SELECT MIN(seq) FROM messages WHERE received >= ?", (place.received,)
+    ).fetchone()
+    if later is None:
+        return head  # everything there is arrived before the place
+    (before,) = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE seq < ?", (later,)
+    ).fetchone()
+    return before
 
 
 def everything(conn: sqlite3.Connection) -> Range:

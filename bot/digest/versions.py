@@ -21,10 +21,17 @@ def title_key(title: str) -> str:
 
 
 def day(when: int | None) -> str:
-    """An epoch time as its UTC date, YYYY-MM-DD."""
+    """An epoch time as its UTC date, YYYY-MM-DD; never raises.
+
+    The index only keeps plausible times, but an index written by an older
+    version may hold any: a date no calendar can show is an unknown one.
+    """
     if when is None:
         return "unknown date"
-    return datetime.fromtimestamp(when, UTC).date().isoformat()
+    try:
+        return datetime.fromtimestamp(when, UTC).date().isoformat()
+    except (OverflowError, OSError, ValueError):
+        return "unknown date"
 
 
 def first_date(conn: sqlite3.Connection, series_id: str) -> int | None:

@@ -31,12 +31,24 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 RULES_VERSION = 3
 """Bump when parsing or threading rules change: derived rows are rebuilt.
-3: control characters are kept out of every stored text (bot/text.py)."""
+3: control characters are kept out of every stored text (bot/text.py), and
+a Date outside the arrival window is stored as unknown."""
 DERIVED_TABLES = ("trailers", "applied", "works", "paths", "refs", "messages")
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
 EARLIEST = 631152000
 """1990-01-01 UTC: no list mail is older; an earlier Date is a broken clock."""
+AHEAD = 86400
+"""A time more than this far ahead of now is a broken clock too."""
+
+
+def plausible(when: int | None) -> bool:
+    """True for a time list mail can have: from 1990 to a day ahead of now.
+
+    Every time the index keeps (arrival, Date) passes this, so nothing a
+    digest shows can be a year 10000 or a 1970 that no date format handles.
+    """
+    return when is not None and EARLIEST <= when <= time.time() + AHEAD
 
 
 class Index:
@@ -231,7 +243,9 @@ class Index:
             "from_key": from_key,
             "author_name": visible(p.author_name),
             "author_addr": visible(p.author_addr),
-            "date": p.date,
+            # A Date outside the window is a broken clock (or a hostile
+            # one): unknown, so the arrival time stands in wherever it is used.
+            "date": p.date if plausible(p.date) else None,
             "received": self._arrival(p.received),
             "list_id": p.list_id,
             "kind": p.kind,
@@ -284,7 +298,7 @@ class Index:
         message takes the time of the one before it in the archive, so it
         can never widen a time range or fall outside every one.
         """
-        if when is not None and EARLIEST <= when <= time.time() + 86400:
+        if plausible(when):
             return when
         row = self.conn.execute(
             "SELECT received FROM messages WHERE received IS NOT NULL ORDER BY seq DESC LIMIT 1"

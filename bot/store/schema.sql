@@ -183,12 +183,17 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_pending ON tokens(limit_key, action);
 
--- State: where each periodic schedule's last digest ended.
+-- State: where each periodic schedule's last digest ended. Positions are
+-- renumbered by a rebuild, so the place is its commit, the message it holds
+-- and its arrival, found again at every run (bot/digest/ranges.py, locate).
 CREATE TABLE IF NOT EXISTS schedules (
     name     TEXT PRIMARY KEY,
-    end_seq  INTEGER NOT NULL,
-    end_id   TEXT NOT NULL,
-    last_run INTEGER NOT NULL
+    end_seq  INTEGER NOT NULL,          -- the position as last known (a hint)
+    end_id   TEXT NOT NULL,             -- the commit
+    last_run INTEGER NOT NULL,
+    end_message_id TEXT NOT NULL DEFAULT '', -- its Message-ID and content_hash
+    end_hash       TEXT NOT NULL DEFAULT '',
+    end_received   INTEGER                   -- its arrival time
 );
 
 -- State: each digest rendered once, whatever the number of subscribers.
@@ -218,7 +223,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt INTEGER NOT NULL,
     last_error   TEXT NOT NULL DEFAULT '',
     created      INTEGER NOT NULL,
-    sent_at      INTEGER
+    sent_at      INTEGER,
+    attempted    INTEGER                 -- an attempt began then and has no outcome yet
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt);
 CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox(recipient, created);
