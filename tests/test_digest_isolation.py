@@ -73,7 +73,7 @@ async def test_a_year_10000_post_and_its_replies_never_stop_the_digests(setup, s
     text = bodies(sink)[1]
     assert "===== Discussion on earlier series =====" in text
     # Its Date is a broken clock: the arrival time of the message before it stands in.
-    assert "posted 2021-03-01, 1 replies" in text
+    assert "posted 2021-03-01, 1 reply" in text
     assert "supersedes v1 (2021-03-01)" in text
     assert "9999" not in text and "10000" not in text
 
@@ -99,7 +99,7 @@ async def test_an_index_that_holds_an_impossible_date_still_renders(setup, sink)
     setup.run()
     await setup.sender.flush()
     text = bodies(sink)[-1]
-    assert "posted unknown date, 1 replies" in text
+    assert "posted unknown date, 1 reply" in text
     assert "[PATCH v2 0/1] thing" in text
 
 

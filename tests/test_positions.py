@@ -112,11 +112,11 @@ class Mirror:
 
     def grow(self, *numbers: int) -> None:
         self.archive.append((raw, parse_lenient(raw)) for raw in map(post, numbers))
-        self.index.catch_up(open_mirror(self.epoch))
+        self.index.catch_up(open_mirror(self.epoch), max_size=None)
 
     def purge(self, *numbers: int) -> None:
         purge(self.epoch, *(f"m{i}@x" for i in numbers))
-        self.index.catch_up(open_mirror(self.epoch))
+        self.index.catch_up(open_mirror(self.epoch), max_size=None)
 
     async def digest(self) -> periodic.Run:
         result = periodic.run(self.conn, self.config, self.outbox, environment(), "daily")
@@ -160,7 +160,7 @@ async def test_a_reindex_keeps_every_place(mirror, sink):
     mirror.grow(*range(5))
     await mirror.digest()
     mirror.index.clear()  # what `kvm-digest reindex` does before reading git again
-    mirror.index.catch_up(open_mirror(mirror.epoch))
+    mirror.index.catch_up(open_mirror(mirror.epoch), max_size=None)
     mirror.grow(5, 6)
     await mirror.digest()
     assert titles(sink, "reader@example.org") == changes(*range(7))
