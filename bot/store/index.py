@@ -8,7 +8,9 @@ archive and updating the index heals itself; `reindex` rebuilds it whole.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import sqlite3
 import time
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bot.desk.addresses import limit_key
 from bot.digest import series, versions
 from bot.errors import DigestError
 
@@ -26,9 +29,18 @@ if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-RULES_VERSION = 2
+RULES_VERSION = 3
 """Bump when parsing or threading rules change: derived rows are rebuilt."""
-DERIVED_TABLES = ("trailers", "applied", "works", "paths", "refs", "messages")
+DERIVED_TABLES = (
+    "recipients",
+    "mailboxes",
+    "trailers",
+    "applied",
+    "works",
+    "paths",
+    "refs",
+    "messages",
+)
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
 EARLIEST = 631152000
@@ -226,6 +238,21 @@ class Index:
         )
         series.place(self.conn, seq)
         self._insert_notes(seq, p)
+        self._insert_recipients(seq, p)
+
+    def _insert_recipients(self, seq: int, p: ParsedMessage) -> None:
+        """Whom a patch or cover letter went to, canonical (see schema.sql)."""
+        if not p.addressees:
+            return
+        keys = json.dumps(sorted({_canonical(a) for a in p.addressees}))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO mailboxes (key) SELECT value FROM json_each(?)", (keys,)
+        )
+        self.conn.execute(
+            "INSERT INTO recipients (seq, mailbox) SELECT ?, id FROM mailboxes"
+            " WHERE key IN (SELECT value FROM json_each(?))",
+            (seq, keys),
+        )
 
     def _insert_notes(self, seq: int, p: ParsedMessage) -> None:
         """Keep the message's review, applied and version facts (see schema.sql)."""
@@ -323,6 +350,12 @@ class Index:
             "ON CONFLICT(source) DO UPDATE SET position = excluded.position",
             (key, position),
         )
+
+
+@functools.lru_cache(maxsize=8192)
+def _canonical(address: str) -> str:
+    """limit_key, remembered: a list's Cc lines name the same few hundred people."""
+    return limit_key(address)
 
 
 def _tables_of(schema: str) -> dict[str, tuple[str, dict[str, str]]]:
