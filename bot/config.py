@@ -82,10 +82,21 @@ class DigestSection:
     max_messages: int = 5000
     style: str = "full"
     """"full" (links, reviews, versions, applied, earlier series) or "classic"."""
+    review_wait_days: int = 7
+    """Full digests list a series under "Waiting for review" once it is this many
+    days old with no reply from anyone but its submitter; 0: no such section."""
+    personal: bool = False
+    """Subscribers get "For you" atop their digests unless they say otherwise
+    (`personal on|off` by mail)."""
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ConfigError(f"[digest] style must be full or classic, not {self.style!r}")
+        if self.review_wait_days > 365:
+            raise ConfigError(
+                f"[digest] review_wait_days = {self.review_wait_days} is more than a year;"
+                " use a number of days such as 7, or 0 for no waiting section"
+            )
 
 
 @dataclass(frozen=True)
