@@ -28,6 +28,8 @@ class Status(Command):
                 )
             if sub.topic:
                 lines.append(f"Topic: {sub.topic} (only matching series).")
+            personal = sub.is_personal(ctx.config.digest.personal)
+            lines.append(f"For you: {'on' if personal else 'off'} ('personal on|off' to change).")
             schedule = sub.schedule
         row = ctx.conn.execute(
             "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"

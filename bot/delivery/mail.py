@@ -132,10 +132,17 @@ class Prepared:
     """The shared header lines, each ending in CRLF."""
     body: bytes
     """The blank line and the encoded body."""
+    top: int | None = None
+    """Where in `body` a reader's own section may go (see with_section), if anywhere."""
+    cte: str = "8bit"
 
 
-def prepare_digest(me: Identity, subject: str, body: str) -> Prepared:
-    """The parts of a digest mail that are the same for every reader."""
+def prepare_digest(me: Identity, subject: str, body: str, split: int | None = None) -> Prepared:
+    """The parts of a digest mail that are the same for every reader.
+
+    `split` is a position in `body` (at a line start) where a reader's own
+    section may later be inserted, already encoded (with_section).
+    """
     msg = EmailMessage(policy=SMTP)
     msg["From"] = formataddr((me.name, me.address))
     msg["Subject"] = header_safe(subject)
@@ -148,10 +155,50 @@ def prepare_digest(me: Identity, subject: str, body: str) -> Prepared:
     msg["List-Post"] = "NO"
     msg["Auto-Submitted"] = "auto-generated"
     msg["Precedence"] = "bulk"
-    _set_body(msg, body)
+    cte = _set_body(msg, body)
     data = msg.as_bytes()
     end = data.index(b"\r\n\r\n") + 2
-    return Prepared(head=data[:end], body=data[end:])
+    encoded = data[end:]
+    return Prepared(head=data[:end], body=encoded, top=_top(encoded, body, split, cte), cte=cte)
+
+
+# -- a reader's own section inside a shared digest ("For you") ---------------
+
+
+def _encoded(text: str, cte: str) -> bytes:
+    """`text` as a body of this encoding, as the stdlib writes it (CRLF lines)."""
+    msg = EmailMessage(policy=SMTP)
+    msg.set_content(text, charset="utf-8", cte=cte)
+    data = msg.as_bytes()
+    return data[data.index(b"\r\n\r\n") + 4 :]
+
+
+def _top(encoded: bytes, body: str, split: int | None, cte: str) -> int | None:
+    """Where the encoded text of `body[:split]` ends in `encoded` (the blank
+    line and the body). Both encodings work line by line, so whole lines
+    encode alike alone and in the body; the check makes sure of it."""
+    if split is None or not 0 < split <= len(body) or body[split - 1] != "\n":
+        return None
+    head = b"\r\n" + _encoded(body[:split], cte)
+    return len(head) if encoded.startswith(head) else None
+
+
+def with_section(prepared: Prepared, section: str) -> Prepared | None:
+    """The prepared digest with one reader's section at its `top`, encoded
+    like the rest: a few hundred bytes encoded per reader, not the digest.
+
+    None when it cannot be done so (no place for it, or a line too long for
+    an 8bit body): the caller prepares that reader's copy whole.
+    """
+    if prepared.top is None or not section.endswith("\n"):
+        return None
+    if prepared.cte == "8bit" and any(
+        len(line.encode()) > MAX_LINE for line in section.split("\n")
+    ):
+        return None
+    at = prepared.top
+    body = prepared.body[:at] + _encoded(section, prepared.cte) + prepared.body[at:]
+    return Prepared(head=prepared.head, body=body, cte=prepared.cte)
 
 
 def address(
@@ -179,7 +226,11 @@ def address(
     return headers[: headers.index(b"\r\n\r\n") + 2] + prepared.head + prepared.body
 
 
-def _set_body(msg: EmailMessage, body: str) -> None:
-    """UTF-8 text, 8bit, or quoted-printable when a line is too long for SMTP."""
+def _set_body(msg: EmailMessage, body: str) -> str:
+    """UTF-8 text, 8bit, or quoted-printable when a line is too long for SMTP.
+
+    Returns the transfer encoding used."""
     too_long = any(len(line.encode()) > MAX_LINE for line in body.splitlines())
-    msg.set_content(body, charset="utf-8", cte="quoted-printable" if too_long else "8bit")
+    cte = "quoted-printable" if too_long else "8bit"
+    msg.set_content(body, charset="utf-8", cte=cte)
+    return cte

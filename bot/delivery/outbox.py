@@ -21,14 +21,23 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiosmtplib
 
 from bot.config import SmtpSection
 from bot.delivery import verp
-from bot.delivery.mail import Identity, Prepared, address, prepare_digest, wire_address
+from bot.delivery.mail import (
+    Identity,
+    Prepared,
+    address,
+    prepare_digest,
+    wire_address,
+    with_section,
+)
 from bot.delivery.subscribers import unsubscribe_secret
+from bot.digest import layout
 from bot.errors import MailError
 
 log = logging.getLogger(__name__)
@@ -69,13 +78,26 @@ class Outbox:
         )
         self.wakeup.set()
 
-    def enqueue_digest(self, digest_id: int, recipients: list[str]) -> None:
-        """Queue one digest for many subscribers (in the caller's transaction)."""
+    def enqueue_digest(
+        self,
+        digest_id: int,
+        recipients: list[str],
+        personal: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue one digest for many subscribers (in the caller's transaction).
+
+        `personal` holds the readers' own "For you" sections, by address:
+        stored with each one's row and put in its copy when it is sent.
+        """
         now = int(time.time())
+        personal = personal or {}
         self.conn.executemany(
             "INSERT INTO outbox (kind, recipient, message_id, digest_id, next_attempt,"
-            " created) VALUES ('digest', ?, ?, ?, ?, ?)",
-            [(r, self.me.new_message_id(), digest_id, now, now) for r in recipients],
+            " created, personal) VALUES ('digest', ?, ?, ?, ?, ?, ?)",
+            [
+                (r, self.me.new_message_id(), digest_id, now, now, personal.get(r, ""))
+                for r in recipients
+            ],
         )
         self.wakeup.set()
 
@@ -103,14 +125,31 @@ class Outbox:
             subject, body = self.conn.execute(
                 "SELECT subject, body FROM digests WHERE id = ?", (item.digest_id,)
             ).fetchone()
-            prepared = prepare_digest(self.me, subject, body)
+            prepared = prepare_digest(self.me, subject, body, layout.split_point(body))
             if len(self._prepared) >= PREPARED_KEPT:
                 self._prepared.pop(next(iter(self._prepared)))
             self._prepared[item.digest_id] = prepared
+        prepared = self._with_personal(item, prepared)
         # Only this reader gets its secret unsubscribe address (bot+unsubscribe-<secret>@).
         secret = unsubscribe_secret(self.conn, item.recipient)
         unsubscribe = self.me.plus(f"unsubscribe-{secret}") if secret else None
         return address(prepared, self.me, item.recipient, item.message_id, unsubscribe)
+
+    def _with_personal(self, item: Queued, prepared: Prepared) -> Prepared:
+        """The reader's copy with its "For you" section, if it has one: only
+        the section is encoded here (the rare section that cannot be spliced
+        in, a line too long for 8bit, gets the whole digest encoded again)."""
+        row = self.conn.execute("SELECT personal FROM outbox WHERE id = ?", (item.id,)).fetchone()
+        section = row[0] if row else ""
+        if not section:
+            return prepared
+        found = with_section(prepared, section)
+        if found is not None:
+            return found
+        subject, body = self.conn.execute(
+            "SELECT subject, body FROM digests WHERE id = ?", (item.digest_id,)
+        ).fetchone()
+        return prepare_digest(self.me, subject, layout.insert(body, section))
 
     def envelope_sender(self, item: Queued) -> str:
         """Digests go out with a VERP sender, so a bounce names its subscriber."""

@@ -26,7 +26,7 @@ from bot.delivery import subscribers
 from bot.delivery.cron import trigger
 from bot.delivery.outbox import Outbox
 from bot.digest import build as digestmod
-from bot.digest import ranges
+from bot.digest import personal, ranges
 from bot.digest.query import QueryError
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,35 @@ def missed(conn: sqlite3.Connection, name: str, expression: str, seconds: bool =
     return due is not None and due <= datetime.now(UTC)
 
 
+class ForYou:
+    """The "For you" sections of one run: the range's pool of candidates is
+    computed once, the first time a reader needs it (reusing the unfiltered
+    full digest when the run builds one), then each personal reader's section
+    is a few look-ups and a small template (bot/digest/personal.py)."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        config: Config,
+        env: jinja2.Environment,
+        rng: ranges.Range,
+        schedule: str,
+    ) -> None:
+        self.conn, self.config, self.env, self.rng = conn, config, env, rng
+        self.readers = subscribers.personal_readers(conn, schedule, config.digest.personal)
+        self.pool: personal.Pool | None = None
+
+    def sections(self, readers: list[str], full: digestmod.Digest | None) -> dict[str, str]:
+        """Address -> section, for those of `readers` who have one. `full` is
+        the range's unfiltered full digest, if the caller has it."""
+        wanted = [r for r in readers if r in self.readers]
+        if not wanted or self.rng.empty:
+            return {}
+        if self.pool is None:
+            self.pool = personal.pool(self.conn, self.rng, self.config.list.archive_url, full)
+        return personal.sections(self.pool, wanted, self.env)
+
+
 def run(
     conn: sqlite3.Connection,
     config: Config,
@@ -87,6 +116,7 @@ def run(
         send_empty = config.schedule.send_empty
         # Rendered once per (topic, style), however many subscribers read it.
         groups = subscribers.groups(conn, name, config.digest.style)
+        for_you = ForYou(conn, config, env, rng, name)
         for (topic, style), readers in groups.items():
             if rng.empty and not send_empty:
                 break
@@ -100,21 +130,26 @@ def run(
                     query=topic or None,
                     style=style,
                     archive_url=config.list.archive_url,
+                    review_wait_days=config.digest.review_wait_days,
                 )
             except QueryError as err:
                 # Stored topics were checked when set; one that no longer
                 # parses must not stop everyone else's digest.
                 log.warning("%s digest: skipping topic %r: %s", name, topic, err)
                 continue
-            if topic and d.messages == 0 and not send_empty:
-                continue
+            own = for_you.sections(readers, d if not topic and style == "full" else None)
+            if topic and d.messages == 0 and not d.waiting and not send_empty:
+                # Nothing on the topic: only readers with something for them.
+                readers = [r for r in readers if r in own]
+                if not readers:
+                    continue
             body = digestmod.render(d, env)
             digest_id = conn.execute(
                 "INSERT INTO digests (schedule, start_id, end_id, subject, body, created,"
                 " topic) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (name, rng.start_id, rng.end_id, d.subject, body, int(time.time()), topic),
             ).lastrowid
-            outbox.enqueue_digest(digest_id, readers)
+            outbox.enqueue_digest(digest_id, readers, own)
             queued.append(digest_id)
             recipients += len(readers)
         conn.execute(
