@@ -486,3 +486,51 @@ def test_recipients_are_derived_and_rebuilt_with_the_index(store, tmp_path):
     store.index.catch_up(store.archive)
     again = Index(store.root / "index.sqlite3").conn
     assert again.execute("SELECT COUNT(*) FROM recipients").fetchone()[0] == 3 * 3
+
+
+# -- personal on|off by mail, confirmed like every change ----------------------
+
+
+async def test_personal_on_by_mail_is_confirmed_by_a_token_from_its_owner(tmp_path, sink):
+    from tests.test_commands import Bot, command, reply_text
+
+    bot = await Bot(tmp_path / "var", sink).start()
+    try:
+        conn = bot.store.index.conn
+        await bot.ask(command("personal on\n"))
+        assert "una@example.org is not subscribed; send 'subscribe' first" in reply_text(
+            sink.wait_for(1)[0]
+        )
+        with conn:
+            subscribers.subscribe(conn, "una@example.org")
+        await bot.ask(command("personal on\n"))
+        asked = sink.wait_for(2)[1]
+        assert asked.message["Subject"].startswith("confirm ")
+        assert "turn 'For you' on" in " ".join(reply_text(asked).split())
+        # While it waits, the same request (another spelling) sends nothing new,
+        # and nothing has changed yet.
+        await bot.ask(command("personal on\n", frm="Una <UNA@Example.ORG>"))
+        await bot.ask(command("status\n"))
+        status = reply_text(sink.wait_for(3)[2])
+        assert "For you: off ('personal on|off' to change)." in status
+        assert len(sink.received) == 3
+        # Someone else cannot use Una's token.
+        token = asked.message["Subject"].split()[1]
+        await bot.ask(
+            command(f"confirm {token}\n", frm="eve@example.org"), sender="eve@example.org"
+        )
+        assert "token is unknown" in reply_text(sink.wait_for(4)[3])
+        await bot.ask(command(f"confirm {token}\n"))
+        assert "'For you' is now on for una@example.org" in reply_text(sink.wait_for(5)[4])
+        assert subscribers.get(conn, "una@example.org").personal == "on"
+        await bot.ask(command("personal on\n"))
+        assert "'For you' is already on for una@example.org." in reply_text(sink.wait_for(6)[5])
+        await bot.ask(command("personal maybe\n"))
+        assert "personal takes on or off" in reply_text(sink.wait_for(7)[6])
+        await bot.ask(command("personal off\n"))
+        off = sink.wait_for(8)[7].message["Subject"].split()[1]
+        await bot.ask(command(f"confirm {off}\n"))
+        assert "'For you' is now off for una@example.org." in reply_text(sink.wait_for(9)[8])
+        assert not subscribers.get(conn, "una@example.org").is_personal(True)
+    finally:
+        await bot.close()
