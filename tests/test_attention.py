@@ -534,3 +534,25 @@ async def test_personal_on_by_mail_is_confirmed_by_a_token_from_its_owner(tmp_pa
         assert not subscribers.get(conn, "una@example.org").is_personal(True)
     finally:
         await bot.close()
+
+
+def test_for_a_subscriber_uses_its_topic_and_style_unless_told_otherwise(cli, data_dir):
+    raws = [
+        *series("KVM: arm64: Cc Jane", "cc", 0, cc=CC_JANE),
+        *series("KVM: x86: Not Jane's topic", "x86", 10, frm=BOB, cc=CC_JANE),
+    ]
+    for i, raw in enumerate(raws):
+        (data_dir.parent / f"{i}.eml").write_bytes(raw)
+    assert cli("import", *sorted(data_dir.parent.glob("*.eml"))).code == 0
+    added = cli("subscribers", "add", JANE, "--topic", "s:arm64", "--personal", "on")
+    assert added.code == 0
+    assert "\tfor you on" in cli("subscribers", "list").out
+    out = cli("digest", "--all", "--for", JANE).out
+    assert out.split("\n")[1].endswith("[s:arm64]")
+    # "For you" is not filtered by the topic: what is sent to Jane is for Jane.
+    assert section(out, "For you").count("\n[PATCH 0/2]") == 2
+    patch_list = section(out, "Patch list")
+    assert "Cc Jane" in patch_list and "Not Jane's topic" not in patch_list
+    told = cli("digest", "--all", "--for", JANE, "--query", "s:x86", "--style", "classic").out
+    assert told.split("\n")[1].endswith("[s:x86]")
+    assert "https://" not in told.split("Top 15")[1]  # classic: no links outside "For you"

@@ -34,12 +34,13 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
     if args.until and not args.since:
         raise DigestError("--until needs --since; give both dates")
     env = digestmod.environment(config.digest.templates or None)
+    found = for_reader(args.for_) if args.for_ else None
     index = reader(config)
     try:
         rng = select_range(args, index)
         query, style = args.query, args.style or config.digest.style
-        if args.for_:
-            query, style = reader_choices(args, config, index)
+        if found:
+            query, style = reader_choices(args, config, index, found[0])
         d = digestmod.build(
             index.conn,
             rng,
@@ -52,8 +53,8 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
             review_wait_days=config.digest.review_wait_days,
         )
         text = digestmod.render(d, env)
-        if args.for_:
-            text = with_for_you(args.for_, config, index, rng, d, env, text)
+        if found:
+            text = with_for_you(found, config, index, rng, d, env, text)
     finally:
         index.close()
     sys.stdout.write(text)
@@ -63,14 +64,24 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
 # -- --for ADDRESS: the digest as that reader gets it ------------------------
 
 
+def for_reader(address: str) -> tuple[str, str]:
+    """(address, canonical key) of the --for reader; an error if it is none."""
+    from bot.digest import personal
+
+    found = personal.reader(address)
+    if found is None:
+        raise DigestError(f"--for needs an address, e.g. --for jane@example.org, not {address!r}")
+    return found
+
+
 def reader_choices(
-    args: argparse.Namespace, config: Config, index: Index
+    args: argparse.Namespace, config: Config, index: Index, address: str
 ) -> tuple[str | None, str]:
     """The topic and style of the --for reader: theirs when subscribed, unless
     --query or --style say otherwise."""
     from bot.delivery import subscribers
 
-    sub = subscribers.get(index.conn, args.for_)
+    sub = subscribers.get(index.conn, address)
     active = sub is not None and sub.status == "active"
     query = args.query or (sub.topic if active and sub.topic else None)
     style = args.style or (sub.style if active and sub.style else "") or config.digest.style
@@ -78,7 +89,7 @@ def reader_choices(
 
 
 def with_for_you(
-    address: str,
+    found: tuple[str, str],
     config: Config,
     index: Index,
     rng: ranges.Range,
@@ -86,12 +97,9 @@ def with_for_you(
     env: jinja2.Environment,
     text: str,
 ) -> str:
-    """`text` with the "For you" section of `address` in its place."""
+    """`text` with the "For you" section of the reader `found` in its place."""
     from bot.digest import layout, personal
 
-    found = personal.reader(address)
-    if found is None:
-        raise DigestError(f"--for needs an address, e.g. --for jane@example.org, not {address!r}")
     shown, key = found
     # The range's unfiltered full digest already holds the lines "For you" picks from.
     full = d if not d.query and d.style == "full" else None
