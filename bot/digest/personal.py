@@ -127,7 +127,7 @@ def _own(
     out.lines.update((s.series_id, s) for s in superseded)
     news += [s.series_id for s in superseded]
     for series_id in news:
-        key = limit_key(out.lines[series_id].submitter_key)
+        key = waiting.canonical(out.lines[series_id].submitter_key)
         out.own.setdefault(key, []).append(series_id)
 
 
@@ -157,7 +157,7 @@ def senders(conn: sqlite3.Connection, series_ids: list[str], end_seq: int) -> di
               AND kind = 'reply' AND seq <= ?""",
         (json.dumps(sorted(set(series_ids))), end_seq),
     ):
-        out.setdefault(series_id, set()).add(limit_key(addr))
+        out.setdefault(series_id, set()).add(waiting.canonical(addr))
     return out
 
 

@@ -25,6 +25,7 @@ them into patch-list lines with their facts (and drops the applied ones).
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -34,6 +35,14 @@ from bot.digest import versions
 from bot.digest.ranges import Range
 
 DAY = 86400
+
+
+@functools.lru_cache(maxsize=8192)
+def canonical(address: str) -> str:
+    """limit_key, remembered: a list's mail comes from and goes to the same few
+    hundred people, and IDNA-encoding their domains each time is most of the
+    cost of comparing them."""
+    return limit_key(address)
 
 
 @dataclass(frozen=True)
@@ -80,9 +89,9 @@ def window(conn: sqlite3.Connection, rng: Range) -> tuple[int | None, int | None
     return lo, hi
 
 
-def turned(conn: sqlite3.Connection, rng: Range, wait_days: int) -> list[tuple[str, int]]:
-    """(series id, first position) of the series that turned `wait_days` old in
-    the range's window, by that moment; open or not."""
+def turned(conn: sqlite3.Connection, rng: Range, wait_days: int) -> list[tuple[str, str]]:
+    """(series id, submitter's address) of the series that turned `wait_days`
+    old in the range's window, by that moment; open or not."""
     lo, hi = window(conn, rng)
     if hi is None or wait_days <= 0:
         return []
@@ -102,8 +111,8 @@ def turned(conn: sqlite3.Connection, rng: Range, wait_days: int) -> list[tuple[s
     # A candidate's first message may be earlier still (it did not turn old
     # in this window then); the first one by archive position decides.
     found = []
-    for series_id, seq, received in conn.execute(
-        """SELECT f.series_id, f.first, m.received
+    for series_id, seq, received, addr in conn.execute(
+        """SELECT f.series_id, f.first, m.received, m.from_addr
              FROM (SELECT series_id, MIN(seq) AS first FROM messages
                     WHERE series_id IN (SELECT value FROM json_each(?))
                       AND kind IN ('patch', 'cover') GROUP BY series_id) f
@@ -111,8 +120,8 @@ def turned(conn: sqlite3.Connection, rng: Range, wait_days: int) -> list[tuple[s
         (json.dumps(candidates),),
     ):
         if received is not None and low < received <= hi - wait:
-            found.append((received, seq, series_id))
-    return [(series_id, seq) for _, seq, series_id in sorted(found)]
+            found.append((received, seq, series_id, addr))
+    return [(series_id, addr) for _, _, series_id, addr in sorted(found)]
 
 
 def posted(conn: sqlite3.Connection, series_ids: list[str], end_seq: int) -> dict[str, Posted]:
@@ -167,7 +176,7 @@ def answered_by_others(
               AND kind = 'reply' AND seq <= ?""",
         (json.dumps(sorted(submitters)), end_seq),
     ):
-        if series_id not in out and limit_key(addr) != submitters[series_id]:
+        if series_id not in out and canonical(addr) != submitters[series_id]:
             out.add(series_id)
     return out
 
@@ -190,14 +199,15 @@ def open_series(conn: sqlite3.Connection, rng: Range, wait_days: int) -> list[Po
     """The series that turned `wait_days` old in the range and are still open
     at its end but for "applied", which build.py decides (its rule is the
     patch list's); in the order they turned old."""
-    order = [series_id for series_id, _ in turned(conn, rng, wait_days)]
+    # The cheap tests first: most series are answered within the week.
+    submitters = {series_id: canonical(addr) for series_id, addr in turned(conn, rng, wait_days)}
+    others = answered_by_others(conn, submitters, rng.end_seq) if submitters else set()
+    order = [s for s in submitters if s not in others]
     if not order:
         return []
-    shown = posted(conn, order, rng.end_seq)
     resent = _resent(conn, order, rng.end_seq)
-    order = [s for s in order if s in shown and s not in resent]
-    others = answered_by_others(conn, {s: limit_key(shown[s].addr) for s in order}, rng.end_seq)
-    order = [s for s in order if s not in others]
+    shown = posted(conn, [s for s in order if s not in resent], rng.end_seq)
+    order = [s for s in order if s in shown]
     if not order:
         return []
     relation = versions.relations(conn, {s: shown[s].message_id for s in order}, rng.end_seq)

@@ -8,7 +8,6 @@ archive and updating the index heals itself; `reindex` rebuilds it whole.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -18,8 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.desk.addresses import limit_key
-from bot.digest import series, versions
+from bot.digest import series, versions, waiting
 from bot.errors import DigestError
 
 if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
@@ -244,7 +242,7 @@ class Index:
         """Whom a patch or cover letter went to, canonical (see schema.sql)."""
         if not p.addressees:
             return
-        keys = json.dumps(sorted({_canonical(a) for a in p.addressees}))
+        keys = json.dumps(sorted({waiting.canonical(a) for a in p.addressees}))
         self.conn.execute(
             "INSERT OR IGNORE INTO mailboxes (key) SELECT value FROM json_each(?)", (keys,)
         )
@@ -350,12 +348,6 @@ class Index:
             "ON CONFLICT(source) DO UPDATE SET position = excluded.position",
             (key, position),
         )
-
-
-@functools.lru_cache(maxsize=8192)
-def _canonical(address: str) -> str:
-    """limit_key, remembered: a list's Cc lines name the same few hundred people."""
-    return limit_key(address)
 
 
 def _tables_of(schema: str) -> dict[str, tuple[str, dict[str, str]]]:
