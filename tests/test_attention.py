@@ -13,6 +13,8 @@ import itertools
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.config import from_table
 from bot.delivery import periodic, subscribers
@@ -309,6 +311,13 @@ def test_mailboxes_read_where_mail_is_delivered():
     assert mailboxes('"jane doe"@example.org') == ['"jane doe"@example.org']
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='ab@.<>"(),;:\\ +\u00e9\n', max_size=200))
+def test_mailboxes_never_raise_and_only_give_addresses(value):
+    for found in mailboxes(value):
+        assert "@" in found and len(found) <= 254 and "<" not in found and ">" not in found
+
+
 def test_a_reader_cc_d_through_a_display_name_or_a_plus_address_is_recognised(store):
     store.add(
         *series("KVM: arm64: Cc Jane with a plus address", "plus", 0, cc=CC_JANE),
@@ -470,6 +479,10 @@ def test_periodic_renders_once_and_only_personal_readers_get_a_section(store, tm
         section(body(jane).replace("\r\n", "\n"), "For you").replace("\n", "\r\n") + "\r\n", ""
     ) == body(john)
     assert set(rows) == {JANE, "john@example.org"}
+    # Once sent, the section is not kept (the copy was rendered from it).
+    outbox.sent(by_id[JANE])
+    kept = conn.execute("SELECT personal FROM outbox WHERE recipient = ?", (JANE,)).fetchone()
+    assert kept == ("",)
 
 
 def test_recipients_are_derived_and_rebuilt_with_the_index(store, tmp_path):

@@ -162,8 +162,10 @@ class Outbox:
     def sent(self, item: Queued) -> None:
         with self.conn:
             self.conn.execute(
-                "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1"
-                " WHERE id = ?",
+                # A sent reader's "For you" is not needed again (it is
+                # most of a personal row's size).
+                "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1,"
+                " personal = '' WHERE id = ?",
                 (int(time.time()), item.id),
             )
             if item.kind == "digest":
