@@ -96,12 +96,23 @@ class DigestSection:
     style: str = "full"
     """"full" (links, reviews, versions, applied, earlier series), "classic" or
     "brief" (full without the commit messages)."""
+    review_wait_days: int = 7
+    """Full digests list a series under "Waiting for review" once it is this many
+    days old with no reply from anyone but its submitter; 0: no such section."""
+    personal: bool = False
+    """Subscribers get "For you" atop their digests unless they say otherwise
+    (`personal on|off` by mail)."""
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ConfigError(
                 f"[digest] style must be {', '.join(STYLES[:-1])} or {STYLES[-1]}, "
                 f"not {self.style!r}"
+            )
+        if self.review_wait_days > 365:
+            raise ConfigError(
+                f"[digest] review_wait_days = {self.review_wait_days} is more than a year;"
+                " use a number of days such as 7, or 0 for no waiting section"
             )
 
 

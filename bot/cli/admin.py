@@ -22,6 +22,7 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
                         f"{sub.address}\t{sub.schedule}\t{sub.status}\t"
                         f"{sub.hard_failures} hard failures"
                         + (f"\ttopic {sub.topic}" if sub.topic else "")
+                        + (f"\tfor you {sub.personal}" if sub.personal else "")
                     )
             elif args.action == "add":
                 from bot.delivery.address import problem
@@ -36,6 +37,8 @@ def cmd_subscribers(args: argparse.Namespace, config: Config) -> int:
                 topic = normal(args.topic) if args.topic else ""
                 for address in args.addresses:
                     subscribers.subscribe(index.conn, address, args.schedule, topic)
+                    if args.personal:
+                        subscribers.set_personal(index.conn, address, args.personal == "on")
                     print(f"added {subscribers.canonical(address)} ({args.schedule})")
             else:
                 for address in args.addresses:
@@ -115,6 +118,11 @@ def register(sub: Subparsers) -> None:
     p.add_argument("addresses", nargs="*", metavar="ADDRESS")
     p.add_argument("--schedule", choices=["daily", "weekly"], default="daily")
     p.add_argument("--topic", metavar="QUERY", help="only series matching it (see --query)")
+    p.add_argument(
+        "--personal",
+        choices=["on", "off"],
+        help="'For you' atop their digests, or not (default [digest] personal)",
+    )
     p.set_defaults(func=cmd_subscribers)
 
     p = add_command(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from bot import config as configmod
 from bot.cli.common import Subparsers, add_command, reader
@@ -11,6 +12,11 @@ from bot.config import Config
 from bot.digest import ranges
 from bot.errors import DigestError
 from bot.store.index import Index
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from bot.digest.build import Digest
 
 
 def select_range(args: argparse.Namespace, index: Index) -> ranges.Range:
@@ -27,24 +33,79 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
 
     if args.until and not args.since:
         raise DigestError("--until needs --since; give both dates")
+    env = digestmod.environment(config.digest.templates or None)
+    found = for_reader(args.for_) if args.for_ else None
     index = reader(config)
     try:
         rng = select_range(args, index)
+        query, style = args.query, args.style or config.digest.style
+        if found:
+            query, style = reader_choices(args, config, index, found[0])
         d = digestmod.build(
             index.conn,
             rng,
             config.list.title,
             config.digest.top,
             config.digest.abbrev,
-            query=args.query,
-            style=args.style or config.digest.style,
+            query=query,
+            style=style,
             archive_url=config.list.archive_url,
+            review_wait_days=config.digest.review_wait_days,
         )
+        text = digestmod.render(d, env)
+        if found:
+            text = with_for_you(found, config, index, rng, d, env, text)
     finally:
         index.close()
-    text = digestmod.render(d, digestmod.environment(config.digest.templates or None))
     sys.stdout.write(text)
     return 0
+
+
+# -- --for ADDRESS: the digest as that reader gets it ------------------------
+
+
+def for_reader(address: str) -> tuple[str, str]:
+    """(address, canonical key) of the --for reader; an error if it is none."""
+    from bot.digest import personal
+
+    found = personal.reader(address)
+    if found is None:
+        raise DigestError(f"--for needs an address, e.g. --for jane@example.org, not {address!r}")
+    return found
+
+
+def reader_choices(
+    args: argparse.Namespace, config: Config, index: Index, address: str
+) -> tuple[str | None, str]:
+    """The topic and style of the --for reader: theirs when subscribed, unless
+    --query or --style say otherwise."""
+    from bot.delivery import subscribers
+
+    sub = subscribers.get(index.conn, address)
+    active = sub is not None and sub.status == "active"
+    query = args.query or (sub.topic if active and sub.topic else None)
+    style = args.style or (sub.style if active and sub.style else "") or config.digest.style
+    return query, style
+
+
+def with_for_you(
+    found: tuple[str, str],
+    config: Config,
+    index: Index,
+    rng: ranges.Range,
+    d: Digest,
+    env: jinja2.Environment,
+    text: str,
+) -> str:
+    """`text` with the "For you" section of the reader `found` in its place."""
+    from bot.digest import layout, personal
+
+    shown, key = found
+    # The range's unfiltered full digest already holds the lines "For you" picks from.
+    full = d if not d.query and d.style == "full" else None
+    pool = personal.pool(index.conn, rng, config.list.archive_url, full)
+    section = personal.render(pool.groups(key), shown, env)
+    return layout.insert(text, section) if section else text
 
 
 def register(sub: Subparsers) -> None:
@@ -75,5 +136,12 @@ def register(sub: Subparsers) -> None:
         choices=configmod.STYLES,
         help="full (links, reviews, versions, applied, earlier series) or classic "
         "(the documented layout only); default [digest] style",
+    )
+    p.add_argument(
+        "--for",
+        dest="for_",
+        metavar="ADDRESS",
+        help="the digest as ADDRESS gets it: its 'For you' section at the top (subscribed "
+        "or not), and its topic and style when subscribed unless --query or --style",
     )
     p.set_defaults(func=cmd_digest)

@@ -17,7 +17,7 @@ from bot.commands.requests import confirm_first, topic_of
 from bot.delivery import subscribers
 from bot.delivery.subscribers import Pending
 from bot.digest import build as digestmod
-from bot.digest import ranges
+from bot.digest import layout, personal, ranges
 from bot.errors import RangeError
 
 _LAST = re.compile(r"^(\d{1,4})$")
@@ -79,8 +79,9 @@ def deliver(ctx: Context, args: list[str]) -> str:
         query=topic or None,
         style=style_for(ctx),
         archive_url=ctx.config.list.archive_url,
+        review_wait_days=ctx.config.digest.review_wait_days,
     )
-    text = digestmod.render(d, ctx.env)
+    text = with_for_you(ctx, rng, d, digestmod.render(d, ctx.env))
     limit = ctx.config.commands.max_reply_bytes
     if len(text.encode()) > limit:
         digits = ctx.config.digest.abbrev
@@ -94,6 +95,18 @@ def deliver(ctx: Context, args: list[str]) -> str:
     ctx.reply_subject = d.subject
     ctx.digest_reply = True
     return text
+
+
+def with_for_you(ctx: Context, rng: ranges.Range, d: digestmod.Digest, text: str) -> str:
+    """A personal subscriber's digest starts with its "For you", as mailed ones do."""
+    sub = subscribers.get(ctx.conn, ctx.sender)
+    if sub is None or sub.status != "active" or not sub.is_personal(ctx.config.digest.personal):
+        return text
+    full = d if not d.query and d.style == "full" else None
+    pool = personal.pool(ctx.conn, rng, ctx.config.list.archive_url, full)
+    found = personal.reader(sub.address)
+    section = personal.render(pool.groups(found[1]), sub.address, ctx.env) if found else ""
+    return layout.insert(text, section) if section else text
 
 
 def style_for(ctx: Context) -> str:

@@ -34,6 +34,8 @@ class Status(Command):
                 lines.append(f"Topic, only matching series:\n    {ctx.quote(sub.topic, 72)}")
             else:
                 lines.append("Topic: none, the whole list.")
+            personal = sub.is_personal(ctx.config.digest.personal)
+            lines.append(f"For you: {'on' if personal else 'off'} ('personal on|off' to change).")
             schedule = sub.schedule
         row = ctx.conn.execute(
             "SELECT start_id, end_id, created FROM digests WHERE schedule = ?"

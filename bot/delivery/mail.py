@@ -14,10 +14,9 @@ list headers and RFC 3834's Auto-Submitted, so other robots do not answer us.
 
 from __future__ import annotations
 
-import quopri
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
@@ -246,19 +245,26 @@ class Prepared:
     """The shared header lines, each ending in CRLF."""
     body: bytes
     """The blank line and the encoded body."""
-    quoted: bool = False
-    """The body is quoted-printable (a line too long for SMTP): so is a footer."""
+    cte: str = "8bit"
+    """The body's transfer encoding: quoted-printable when a line is too long
+    for SMTP, and so is whatever is added to it (a section, a footer)."""
     blank_end: bool = True
     """The body ends with a blank line, as a footer needs before its `-- `."""
+    top: int | None = None
+    """Where in `body` a reader's own section may go (see with_section), if anywhere."""
 
 
-def prepare_digest(me: Identity, subject: str, body: str) -> Prepared:
-    """The parts of a digest mail that are the same for every reader."""
+def prepare_digest(me: Identity, subject: str, body: str, split: int | None = None) -> Prepared:
+    """The parts of a digest mail that are the same for every reader.
+
+    `split` is a position in `body` (at a line start) where a reader's own
+    section may later be inserted, already encoded (with_section).
+    """
     msg = EmailMessage(policy=SMTP)
     msg["From"] = formataddr((me.name, me.address))
     msg["Auto-Submitted"] = "auto-generated"
     msg["Precedence"] = "bulk"
-    quoted = _set_body(msg, body)
+    cte = _set_body(msg, body)
     own = [
         text_field("Subject", subject),
         list_id_field(me),
@@ -271,8 +277,45 @@ def prepare_digest(me: Identity, subject: str, body: str) -> Prepared:
     own.append(b"List-Post: NO\r\n")
     data = _joined(msg, own)
     end = data.index(b"\r\n\r\n") + 2
-    blank_end = body.endswith("\n\n")
-    return Prepared(head=data[:end], body=data[end:], quoted=quoted, blank_end=blank_end)
+    encoded = data[end:]
+    return Prepared(
+        head=data[:end],
+        body=encoded,
+        cte=cte,
+        blank_end=body.endswith("\n\n"),
+        top=_top(encoded, body, split, cte),
+    )
+
+
+# -- a reader's own section inside a shared digest ("For you") ---------------
+
+
+def _top(encoded: bytes, body: str, split: int | None, cte: str) -> int | None:
+    """Where the encoded text of `body[:split]` ends in `encoded` (the blank
+    line and the body). Both encodings work line by line, so whole lines
+    encode alike alone and in the body; the check makes sure of it."""
+    if split is None or not 0 < split <= len(body) or body[split - 1] != "\n":
+        return None
+    head = b"\r\n" + _encoded(body[:split], cte)
+    return len(head) if encoded.startswith(head) else None
+
+
+def with_section(prepared: Prepared, section: str) -> Prepared | None:
+    """The prepared digest with one reader's section at its `top`, encoded
+    like the rest: a few hundred bytes encoded per reader, not the digest.
+
+    None when it cannot be done so (no place for it, or a line too long for
+    an 8bit body): the caller prepares that reader's copy whole.
+    """
+    if prepared.top is None or not section.endswith("\n"):
+        return None
+    if prepared.cte == "8bit" and any(
+        len(line.encode()) > MAX_LINE for line in section.split("\n")
+    ):
+        return None
+    at = prepared.top
+    body = prepared.body[:at] + _encoded(section, prepared.cte) + prepared.body[at:]
+    return replace(prepared, body=body, top=None)
 
 
 def address(
@@ -302,7 +345,7 @@ def address(
     headers = headers[: headers.index(b"\r\n\r\n") + 2] + unsubscribe_fields(me, secret)
     if footer and not prepared.blank_end:
         footer = "\n" + footer
-    return headers + prepared.head + prepared.body + _encoded(footer, prepared.quoted)
+    return headers + prepared.head + prepared.body + _encoded(footer, prepared.cte)
 
 
 def unsubscribe_fields(me: Identity, secret: str | None) -> bytes:
@@ -317,21 +360,30 @@ def unsubscribe_fields(me: Identity, secret: str | None) -> bytes:
     )
 
 
-def _encoded(text: str, quoted: bool) -> bytes:
-    """Text to append to an encoded body, in its transfer encoding, CRLF lines."""
+def _encoded(text: str, cte: str) -> bytes:
+    """`text` as a body part of this encoding, as the stdlib writes it (CRLF lines).
+
+    For what is added to a body encoded once for all readers (a section, a
+    footer). 8bit is the text's UTF-8 lines as they are (what set_content
+    writes, at a tenth of its cost: this runs once per mail);
+    quoted-printable goes through the stdlib itself. Whole lines encode the
+    same alone as inside the body, so the pieces join.
+    """
     if not text:
         return b""
-    data = text.encode("utf-8")
-    if quoted:
-        data = quopri.encodestring(data)
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if cte == "8bit":
+        return b"\r\n".join(text.encode("utf-8", "surrogateescape").splitlines()) + b"\r\n"
+    msg = EmailMessage(policy=SMTP)
+    msg.set_content(text, charset="utf-8", cte=cte)
+    data = msg.as_bytes()
+    return data[data.index(b"\r\n\r\n") + 4 :]
 
 
-def _set_body(msg: EmailMessage, body: str) -> bool:
+def _set_body(msg: EmailMessage, body: str) -> str:
     """UTF-8 text, 8bit, or quoted-printable when a line is too long for SMTP.
 
-    Returns True for quoted-printable.
-    """
+    Returns the transfer encoding used."""
     too_long = any(len(line.encode()) > MAX_LINE for line in body.splitlines())
-    msg.set_content(body, charset="utf-8", cte="quoted-printable" if too_long else "8bit")
-    return too_long
+    cte = "quoted-printable" if too_long else "8bit"
+    msg.set_content(body, charset="utf-8", cte=cte)
+    return cte

@@ -23,13 +23,15 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bot.config import SmtpSection
 from bot.delivery import verp
 from bot.delivery.footer import digest_footer
-from bot.delivery.mail import Identity, Prepared, address, prepare_digest
+from bot.delivery.mail import Identity, Prepared, address, prepare_digest, with_section
 from bot.delivery.subscribers import unsubscribe_secret
+from bot.digest import layout
 from bot.store.durable import durable
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,26 @@ class Outbox:
         )
         self.wakeup.set()
 
-    def enqueue_digest(self, digest_id: int, recipients: list[str]) -> None:
-        """Queue one digest for many subscribers (in the caller's transaction)."""
+    def enqueue_digest(
+        self,
+        digest_id: int,
+        recipients: list[str],
+        personal: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue one digest for many subscribers (in the caller's transaction).
+
+        `personal` holds the readers' own "For you" sections, by address:
+        stored with each one's row and put in its copy when it is sent.
+        """
         now = int(time.time())
+        personal = personal or {}
         self.conn.executemany(
             "INSERT INTO outbox (kind, recipient, message_id, digest_id, next_attempt,"
-            " created) VALUES ('digest', ?, ?, ?, ?, ?)",
-            [(r, self.me.new_message_id(), digest_id, now, now) for r in recipients],
+            " created, personal) VALUES ('digest', ?, ?, ?, ?, ?, ?)",
+            [
+                (r, self.me.new_message_id(), digest_id, now, now, personal.get(r, ""))
+                for r in recipients
+            ],
         )
         self.wakeup.set()
 
@@ -104,11 +119,11 @@ class Outbox:
             subject, body = self.conn.execute(
                 "SELECT subject, body FROM digests WHERE id = ?", (item.digest_id,)
             ).fetchone()
-            prepared = prepare_digest(self.me, subject, body)
+            prepared = prepare_digest(self.me, subject, body, layout.split_point(body))
             if len(self._prepared) >= PREPARED_KEPT:
                 self._prepared.pop(next(iter(self._prepared)))
             self._prepared[item.digest_id] = prepared
-        return self._addressed(prepared, item)
+        return self._addressed(self._with_personal(item, prepared), item)
 
     def _addressed(self, prepared: Prepared, item: Queued) -> bytes:
         """The reader's copy: its own unsubscribe link and address, header and footer."""
@@ -116,6 +131,22 @@ class Outbox:
         secret = unsubscribe_secret(self.conn, item.recipient)
         footer = digest_footer(self.me, secret)
         return address(prepared, self.me, item.recipient, item.message_id, secret, footer)
+
+    def _with_personal(self, item: Queued, prepared: Prepared) -> Prepared:
+        """The reader's copy with its "For you" section, if it has one: only
+        the section is encoded here (the rare section that cannot be spliced
+        in, a line too long for 8bit, gets the whole digest encoded again)."""
+        row = self.conn.execute("SELECT personal FROM outbox WHERE id = ?", (item.id,)).fetchone()
+        section = row[0] if row else ""
+        if not section:
+            return prepared
+        found = with_section(prepared, section)
+        if found is not None:
+            return found
+        subject, body = self.conn.execute(
+            "SELECT subject, body FROM digests WHERE id = ?", (item.digest_id,)
+        ).fetchone()
+        return prepare_digest(self.me, subject, layout.insert(body, section))
 
     def envelope_sender(self, item: Queued) -> str:
         """Digests go out with a VERP sender, so a bounce names its subscriber."""
@@ -156,8 +187,10 @@ class Outbox:
     def sent(self, item: Queued) -> None:
         with self.conn:
             self.conn.execute(
+                # A sent reader's "For you" is not needed again (it is
+                # most of a personal row's size).
                 "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1,"
-                " attempted = NULL WHERE id = ?",
+                " attempted = NULL, personal = '' WHERE id = ?",
                 (int(time.time()), item.id),
             )
             if item.kind == "digest":

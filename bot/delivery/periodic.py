@@ -32,7 +32,8 @@ import asyncio
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from bot.delivery import subscribers
 from bot.delivery.cron import trigger
 from bot.delivery.outbox import Outbox
 from bot.digest import build as digestmod
-from bot.digest import ranges
+from bot.digest import personal, ranges
 from bot.digest.query import QueryError
 from bot.digest.ranges import Place, Range
 
@@ -73,6 +74,10 @@ class Rendered:
     style: str
     subject: str
     body: str
+    sections: Mapping[str, str] = field(default_factory=dict)
+    """Its personal readers' "For you" sections, by address."""
+    only_personal: bool = False
+    """It matched nothing: only readers with a section of their own get it."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,35 @@ def _move(conn: sqlite3.Connection, name: str, to: Place) -> None:
     )
 
 
+class ForYou:
+    """The "For you" sections of one run: the range's pool of candidates is
+    computed once, the first time a reader needs it (reusing the unfiltered
+    full digest when the run builds one), then each personal reader's section
+    is a few look-ups and a small template (bot/digest/personal.py)."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        config: Config,
+        env: jinja2.Environment,
+        rng: ranges.Range,
+        schedule: str,
+    ) -> None:
+        self.conn, self.config, self.env, self.rng = conn, config, env, rng
+        self.readers = subscribers.personal_readers(conn, schedule, config.digest.personal)
+        self.pool: personal.Pool | None = None
+
+    def sections(self, readers: list[str], full: digestmod.Digest | None) -> dict[str, str]:
+        """Address -> section, for those of `readers` who have one. `full` is
+        the range's unfiltered full digest, if the caller has it."""
+        wanted = [r for r in readers if r in self.readers]
+        if not wanted or self.rng.empty:
+            return {}
+        if self.pool is None:
+            self.pool = personal.pool(self.conn, self.rng, self.config.list.archive_url, full)
+        return personal.sections(self.pool, wanted, self.env)
+
+
 def run(
     conn: sqlite3.Connection,
     config: Config,
@@ -199,9 +233,10 @@ def prepare(conn: sqlite3.Connection, config: Config, env: jinja2.Environment, n
             # The web feed shows every digest of the whole list, read or not.
             groups.setdefault(("", config.digest.style), [])
         log.debug("%s digest: rendering %d digests of %s", name, len(groups), rng)
-        for topic, style in groups:
+        for_you = ForYou(conn, config, env, rng, name)
+        for (topic, style), readers in groups.items():
             try:
-                rendered = _render(conn, config, env, rng, topic, style)
+                rendered = _render(conn, config, env, rng, topic, style, readers, for_you)
             except QueryError as err:
                 # Stored topics were checked when set; one that no longer
                 # parses must not stop everyone else's digest.
@@ -228,8 +263,14 @@ def _render(
     rng: Range,
     topic: str,
     style: str,
+    readers: list[str],
+    for_you: ForYou,
 ) -> Rendered | None:
-    """One group's digest (None: a topic that matched nothing, not sent)."""
+    """One group's digest, with its personal readers' "For you" sections.
+
+    None: a topic that matched nothing (and had nothing waiting), for
+    readers none of whom has a section of their own; it is not sent.
+    """
     d = digestmod.build(
         conn,
         rng,
@@ -239,10 +280,13 @@ def _render(
         query=topic or None,
         style=style,
         archive_url=config.list.archive_url,
+        review_wait_days=config.digest.review_wait_days,
     )
-    if topic and d.messages == 0 and not config.schedule.send_empty:
+    own = for_you.sections(readers, d if not topic and style == "full" else None)
+    nothing = bool(topic) and d.messages == 0 and not d.waiting and not config.schedule.send_empty
+    if nothing and not own:
         return None
-    return Rendered(topic, style, d.subject, digestmod.render(d, env))
+    return Rendered(topic, style, d.subject, digestmod.render(d, env), own, only_personal=nothing)
 
 
 def commit(conn: sqlite3.Connection, plan: Plan, outbox: Outbox) -> Run:
@@ -263,6 +307,9 @@ def commit(conn: sqlite3.Connection, plan: Plan, outbox: Outbox) -> Run:
         now = int(time.time())
         for r in plan.digests:
             group = readers.get((r.topic, r.style), [])
+            if r.only_personal:
+                # Nothing on the topic: only readers with something for them.
+                group = [a for a in group if a in r.sections]
             if not group and not (plan.feed and (r.topic, r.style) == ("", plan.default_style)):
                 continue
             digest_id = conn.execute(
@@ -270,7 +317,7 @@ def commit(conn: sqlite3.Connection, plan: Plan, outbox: Outbox) -> Run:
                 " topic, style) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, rng.start_id, rng.end_id, r.subject, r.body, now, r.topic, r.style),
             ).lastrowid
-            outbox.enqueue_digest(digest_id, group)
+            outbox.enqueue_digest(digest_id, group, r.sections)
             queued.append(digest_id)
             recipients += len(group)
         if not rng.empty or not plan.since.message_id:

@@ -36,6 +36,11 @@ class Subscriber:
     """A topic query (bot/digest/query.py): only matching series; '' for all."""
     style: str = ""
     """The digest style asked for; "" means the configured [digest] style."""
+    personal: str = ""
+    """"on" or "off" for "For you" atop its digests; "" means [digest] personal."""
+
+    def is_personal(self, default: bool) -> bool:
+        return self.personal == "on" if self.personal else default
 
 
 def canonical(address: str) -> str:
@@ -176,6 +181,28 @@ def set_topic(conn: sqlite3.Connection, address: str, topic: str) -> bool:
     return cur.rowcount > 0
 
 
+def set_personal(conn: sqlite3.Connection, address: str, on: bool) -> bool:
+    """Turn an active subscriber's "For you" on or off; False if there is none."""
+    cur = conn.execute(
+        "UPDATE subscribers SET personal = ?, changed = ? WHERE address = ? AND status = 'active'",
+        ("on" if on else "off", int(time.time()), canonical(address)),
+    )
+    return cur.rowcount > 0
+
+
+def personal_readers(conn: sqlite3.Connection, schedule: str, default: bool) -> set[str]:
+    """The active subscribers of a schedule who get "For you" in their digests."""
+    wanted = ("on", "") if default else ("on",)
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT address, personal FROM subscribers WHERE status = 'active' AND schedule = ?",
+            (schedule,),
+        )
+        if r[1] in wanted
+    }
+
+
 def unsubscribe_secret(conn: sqlite3.Connection, address: str) -> str | None:
     """The secret of `address` for its List-Unsubscribe address, if it has one."""
     row = conn.execute(
@@ -206,8 +233,8 @@ def unsubscribe(conn: sqlite3.Connection, address: str) -> bool:
 
 def get(conn: sqlite3.Connection, address: str) -> Subscriber | None:
     row = conn.execute(
-        "SELECT address, schedule, status, hard_failures, topic, style FROM subscribers"
-        " WHERE address = ?",
+        "SELECT address, schedule, status, hard_failures, topic, style, personal"
+        " FROM subscribers WHERE address = ?",
         (canonical(address),),
     ).fetchone()
     return Subscriber(*row) if row else None
@@ -243,7 +270,7 @@ def listing(conn: sqlite3.Connection) -> list[Subscriber]:
     return [
         Subscriber(*r)
         for r in conn.execute(
-            "SELECT address, schedule, status, hard_failures, topic, style FROM subscribers"
-            " ORDER BY address"
+            "SELECT address, schedule, status, hard_failures, topic, style, personal"
+            " FROM subscribers ORDER BY address"
         )
     ]

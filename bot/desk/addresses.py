@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 from email.errors import HeaderParseError
-from email.policy import default
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
@@ -102,6 +101,10 @@ def _from_original(value: str) -> str | None:
 
 def _parse_one(value: str) -> str | None:
     # A fully qualified `example.com.` is the same domain; the parser rejects the dot.
+    # Imported here: limit_key() is on every digest's path (the index and
+    # "For you" canonicalise with it), and email.policy costs 10 ms to load.
+    from email.policy import default
+
     value = _TRAILING_DOT.sub(r"\1", value)
     try:
         header = default.header_factory("from", value)

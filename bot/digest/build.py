@@ -30,7 +30,7 @@ import jinja2
 
 from bot.config import STYLES
 from bot.digest import query as querymod
-from bot.digest import versions
+from bot.digest import versions, waiting
 from bot.digest.ranges import Range
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,10 @@ class Digest:
     """Full style: series posted before the range that got replies in it."""
     commit_messages: bool = True
     """False in the brief style: no "Patch Commit Messages" section."""
+    waiting: list[SeriesLine] = field(default_factory=list)
+    """Full and brief styles: series that turned `wait_days` old in the range, unanswered."""
+    wait_days: int = 0
+    style: str = "full"
 
     @property
     def subject(self) -> str:
@@ -405,6 +409,38 @@ def discussion(conn: sqlite3.Connection, rng: Range, listed: set[str]) -> list[S
     return each(replied, line, lambda item: f"series {item[0]}")
 
 
+# -- Waiting for review (FORMAT.md; which series wait: waiting.py) -----------
+
+
+def waiting_section(
+    conn: sqlite3.Connection,
+    rng: Range,
+    wait_days: int,
+    archive_url: str,
+    node: querymod.Node | None = None,
+) -> list[SeriesLine]:
+    """The series that turned `wait_days` old in the range while still open,
+    as patch-list lines with their facts; only those `node` matches, if given."""
+    found = waiting.open_series(conn, rng, wait_days)
+    if node is not None:
+        matching = querymod.matching_series(conn, [p.series_id for p in found], rng.end_seq, node)
+        found = [p for p in found if p.series_id in matching]
+    applied = applied_by(conn, {p.series_id: p.addr.lower() for p in found}, rng.end_seq)
+    lines = [
+        SeriesLine(
+            p.subject,
+            person(p.name, p.addr),
+            p.summary,
+            series_id=p.series_id,
+            message_id=p.message_id,
+            submitter_key=p.addr.lower(),
+        )
+        for p in found
+        if p.series_id not in applied
+    ]
+    return with_facts(conn, lines, rng.end_seq, archive_url) if lines else []
+
+
 def build(
     conn: sqlite3.Connection,
     rng: Range,
@@ -414,6 +450,7 @@ def build(
     query: str | None = None,
     style: str = "full",
     archive_url: str = "",
+    review_wait_days: int = 7,
 ) -> Digest:
     """The digest of an archive range, in the `full`, `classic` or `brief`
     style (full without the commit messages), restricted to a topic `query`
@@ -433,6 +470,7 @@ def build(
     series = patch_list(conn, rng, shown)
     items = entries(conn, rng, shown) if style != "brief" else []
     earlier: list[SeriesLine] = []
+    waits: list[SeriesLine] = []
     if style in ("full", "brief"):
         listed = {s.series_id for s in series}
         earlier = discussion(conn, rng, listed)
@@ -441,6 +479,8 @@ def build(
         both = with_facts(conn, series + earlier, rng.end_seq, archive_url, versioned=listed)
         series, earlier = both[: len(series)], both[len(series) :]
         items = [replace(e, link=link(archive_url, e.message_id)) for e in items]
+        node = querymod.parse(query) if query else None
+        waits = waiting_section(conn, rng, review_wait_days, archive_url, node)
     return Digest(
         list_title=list_title,
         start=start,
@@ -454,6 +494,9 @@ def build(
         discussion=earlier,
         query=querymod.normal(query) if query else "",
         commit_messages=style != "brief",
+        waiting=waits,
+        wait_days=review_wait_days,
+        style=style,
     )
 
 

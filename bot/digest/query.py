@@ -21,6 +21,7 @@ raises QueryError, one sentence that says what is wrong with an example.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import unicodedata
@@ -331,3 +332,23 @@ def select(conn: sqlite3.Connection, start_seq: int, end_seq: int, node: Node) -
         elif thread_id in threads:
             counted.add(seq)
     return Selection(series, frozenset(shown), frozenset(counted))
+
+
+def matching_series(
+    conn: sqlite3.Connection, series_ids: list[str], end_seq: int, node: Node
+) -> set[str]:
+    """Those of `series_ids` that `node` matches, by any patch or cover letter
+    in the archive up to `end_seq` (for series that need not be in the range,
+    such as those waiting for review)."""
+    if not series_ids:
+        return set()
+    cond, params = compile_sql(node)
+    return {
+        r[0]
+        for r in conn.execute(
+            f"""SELECT DISTINCT m.series_id FROM messages m
+                 WHERE m.series_id IN (SELECT value FROM json_each(?))
+                   AND m.seq <= ? AND m.kind IN ('patch', 'cover') AND {cond}""",
+            [json.dumps(sorted(set(series_ids))), end_seq, *params],
+        )
+    }

@@ -57,6 +57,10 @@ class ParsedMessage:
     in_reply_to: str | None = None
     references: list[str] = field(default_factory=list)
     recipients: list[str] = field(default_factory=list)
+    addressees: list[str] = field(default_factory=list)
+    """Patches and cover letters: the mailboxes their To and Cc deliver to
+    (mime.mailboxes: the angle address wins over a display name), as written.
+    Empty for other kinds: "For you" only asks whom a submission went to."""
     commit_message: str = ""
     size: int = 0
     text_hash: str = ""
@@ -178,6 +182,11 @@ def parse_message(raw: bytes) -> ParsedMessage:
     for header in ("to", "cc"):
         for value in headers.get(header, ()):
             recipients.extend(mime.addresses(value))
+    addressees = []
+    if kind in ("patch", "cover"):
+        for header in ("to", "cc"):
+            for value in headers.get(header, ()):
+                addressees.extend(mime.mailboxes(value))
     received = None
     if rcvd := get("received"):
         received = mime.parse_date(str(rcvd).rpartition(";")[2])
@@ -198,6 +207,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
         in_reply_to=in_reply_to[0] if in_reply_to else None,
         references=references,
         recipients=recipients,
+        addressees=addressees,
         commit_message=split.commit_message if kind in ("patch", "cover", "pull") else "",
         size=len(raw),
         text_hash=split.text_hash,

@@ -9,6 +9,7 @@ archive and updating the index heals itself; `reindex` rebuilds it whole.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 import time
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.digest import series, versions
+from bot.digest import series, versions, waiting
 from bot.errors import ArchiveError, DigestError
 from bot.store.gitread import Unread
 from bot.text import visible
@@ -31,9 +32,19 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 RULES_VERSION = 3
 """Bump when parsing or threading rules change: derived rows are rebuilt.
-3: control characters are kept out of every stored text (bot/text.py), and
-a Date outside the arrival window is stored as unknown."""
-DERIVED_TABLES = ("trailers", "applied", "works", "paths", "refs", "messages")
+3: control characters are kept out of every stored text (bot/text.py), a
+Date outside the arrival window is stored as unknown, and patches' and
+cover letters' recipients are indexed."""
+DERIVED_TABLES = (
+    "recipients",
+    "mailboxes",
+    "trailers",
+    "applied",
+    "works",
+    "paths",
+    "refs",
+    "messages",
+)
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
 EARLIEST = 631152000
@@ -273,6 +284,21 @@ class Index:
         )
         series.place(self.conn, seq)
         self._insert_notes(seq, p)
+        self._insert_recipients(seq, p)
+
+    def _insert_recipients(self, seq: int, p: ParsedMessage) -> None:
+        """Whom a patch or cover letter went to, canonical (see schema.sql)."""
+        if not p.addressees:
+            return
+        keys = json.dumps(sorted({waiting.canonical(a) for a in p.addressees}))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO mailboxes (key) SELECT value FROM json_each(?)", (keys,)
+        )
+        self.conn.execute(
+            "INSERT INTO recipients (seq, mailbox) SELECT ?, id FROM mailboxes"
+            " WHERE key IN (SELECT value FROM json_each(?))",
+            (seq, keys),
+        )
 
     def _insert_notes(self, seq: int, p: ParsedMessage) -> None:
         """Keep the message's review, applied and version facts (see schema.sql)."""

@@ -61,6 +61,22 @@ CREATE TABLE IF NOT EXISTS paths (
     PRIMARY KEY (seq, path)
 ) WITHOUT ROWID;
 
+-- Whom each patch and cover letter was sent to, for "For you": every To/Cc
+-- mailbox in the canonical form the command limits use (bot/desk/addresses.py
+-- limit_key: lower-cased, no +tag), so `Jane+kvm@Example.ORG` is
+-- jane@example.org. Each address is stored once and referred to by number
+-- (a list's Cc lines name the same few hundred people: a third of the size).
+-- Replies are left out: no rule asks whom they went to.
+CREATE TABLE IF NOT EXISTS mailboxes (
+    id  INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    seq     INTEGER NOT NULL REFERENCES messages(seq) ON DELETE CASCADE,
+    mailbox INTEGER NOT NULL REFERENCES mailboxes(id),
+    PRIMARY KEY (seq, mailbox)
+) WITHOUT ROWID;
+
 -- Facts read from each message's own text when it is indexed (bot/digest/
 -- trailers.py). They are keyed by message, not by series: which series a
 -- message belongs to is read from messages.series_id when a digest is built,
@@ -153,7 +169,8 @@ CREATE TABLE IF NOT EXISTS subscribers (
     hard_failures INTEGER NOT NULL DEFAULT 0,
     unsub_secret  TEXT,                 -- in List-Unsubscribe: bot+unsubscribe-<secret>@
     topic         TEXT NOT NULL DEFAULT '', -- a query (bot/digest/query.py); '' = all
-    style         TEXT NOT NULL DEFAULT ''  -- 'full', 'classic'; '' = [digest] style
+    style         TEXT NOT NULL DEFAULT '', -- 'full', 'classic'; '' = [digest] style
+    personal      TEXT NOT NULL DEFAULT ''  -- 'on', 'off' ("For you"); '' = [digest] personal
 );
 CREATE UNIQUE INDEX IF NOT EXISTS subscribers_unsub_secret ON subscribers(unsub_secret);
 
@@ -224,7 +241,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error   TEXT NOT NULL DEFAULT '',
     created      INTEGER NOT NULL,
     sent_at      INTEGER,
-    attempted    INTEGER                 -- an attempt began then and has no outcome yet
+    attempted    INTEGER,                -- an attempt began then and has no outcome yet
+    personal     TEXT NOT NULL DEFAULT '' -- a digest's "For you" section for this reader
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt);
 CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox(recipient, created);
