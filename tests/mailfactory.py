@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -121,7 +122,15 @@ KVMARM = (
 
 def delivered(raw: bytes, via: str = VGER) -> bytes:
     """`raw` as the bot's mailbox holds it once the list delivered it: the list's
-    envelope sender and the hop from the list's server on top (bot/intake/provenance.py)."""
+    envelope sender and the hop from the list's server on top (bot/intake/provenance.py).
+
+    The hop is stamped with the mail's own Date, as if delivered the moment it
+    was sent: the arrival time (the top Received stamp) keeps the mail's place
+    in time, which ranges and "Waiting for review" go by.
+    """
+    date = re.search(rb"(?mi)^Date:[ \t]*(.+?)\r?$", raw.partition(b"\n\n")[0])
+    if date:
+        via = re.sub(r"; [^;\n]*\(UTC\)\n", f"; {date.group(1).decode()}\n", via, count=1)
     return via.encode() + raw
 
 
