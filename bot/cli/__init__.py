@@ -32,20 +32,10 @@ class VersionAction(argparse.Action):
     """`--version`: the version, found only when asked for."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        from bot.version import version
+
         print(f"{parser.prog} {version()}")
         parser.exit()
-
-
-def version() -> str:
-    """The installed package's version (the source tree's when not installed)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("kvm-digest")
-    except metadata.PackageNotFoundError:
-        import bot
-
-        return bot.__version__
 
 
 def build_parser() -> argparse.ArgumentParser:
