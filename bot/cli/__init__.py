@@ -1,7 +1,7 @@
 """The `kvm-digest` command line: one module per command group.
 
-Each group (`archive`, `digest`, `service`, `admin`, `checks`) registers its
-subcommands with `register(sub)`; a subcommand is a small function taking the
+Each group (`archive`, `digest`, `service`, `admin`, `checks`, `health`)
+registers its subcommands with `register(sub)`; a subcommand is a small function taking the
 parsed arguments and the config. Errors a user can fix are DigestErrors:
 printed as one line, exit 1. Adding a command touches its group's module.
 """
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from bot import config as configmod
-from bot.cli import admin, archive, checks, digest, service
+from bot.cli import admin, archive, checks, digest, health, service
 from bot.errors import DigestError
 
-GROUPS = (archive, digest, service, admin, checks)
+GROUPS = (archive, digest, service, admin, checks, health)
 
 
 def setup_logging(verbosity: int) -> None:
@@ -80,6 +80,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose + (1 if args.command in service.LONG_RUNNING else 0))
+    config = None
     try:
         config = configmod.load(args.config, args.data_dir, args.archive)
         return args.func(args, config)
@@ -89,11 +90,12 @@ def _main(argv: list[str] | None) -> int:
     except BrokenPipeError:
         return 0
     except (OSError, sqlite3.Error) as err:
-        # A full disk or a read-only data dir: say so in one line; the
-        # transaction in progress was rolled back and the archive head moves last.
-        print(
-            f"kvm-digest: error: cannot read or write the data directory ({err}); free "
-            "some disk space or fix its permissions, then run the command again",
-            file=sys.stderr,
-        )
+        # A full disk, a read-only file system, another owner: say which, in
+        # one line; the transaction in progress was rolled back and the
+        # archive head moves last, so running the command again is safe.
+        from bot.store import writable
+
+        roots = [config.data_dir, config.archive_path] if config else []
+        said = writable.explain(err, roots)
+        print(f"kvm-digest: error: {said}; then run the command again", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ import pygit2
 
 from bot.errors import DigestError
 from bot.parse.message import ParsedMessage
+from bot.store.writable import advice, from_git, ownership
 
 BRANCH = "refs/heads/master"
 
@@ -64,6 +65,9 @@ class Archive:
         try:
             repo = pygit2.Repository(str(path))
         except pygit2.GitError as err:
+            refused = ownership(path, str(err))
+            if refused:
+                raise DigestError(refused) from err
             raise DigestError(
                 f"{path} is not a git repository; point [archive] path at a "
                 "public-inbox epoch (e.g. a clone of lore's kvm/git/0.git)"
@@ -154,9 +158,9 @@ class Archive:
             ["git", "-C", str(self.path), *args], capture_output=True, check=False
         )
         if result.returncode != 0:
+            said = result.stderr.decode(errors="replace").strip()
             raise DigestError(
-                f"git {args[0]} failed in {self.path}: "
-                f"{result.stderr.decode(errors='replace').strip()}"
+                ownership(self.path, said) or f"git {args[0]} failed in {self.path}: {said}"
             )
         return result.stdout
 
@@ -198,9 +202,14 @@ class Archive:
         try:
             return PendingAppend(self._write(head, batch))
         except (pygit2.GitError, OSError) as err:
+            fix = (
+                advice(err.errno, err.filename or self.path)
+                if isinstance(err, OSError)
+                else from_git(str(err), self.path)
+            )
             raise DigestError(
-                f"cannot write to the archive {self.path}: {err}; free some disk space "
-                "or fix its permissions (nothing was lost: the head did not move)"
+                f"cannot write to the archive {self.path} ({err}); {fix} (nothing was "
+                "lost: the head did not move)"
             ) from err
 
     def _write(self, head: str | None, batch: list[tuple[bytes, ParsedMessage]]) -> list[str]:
@@ -294,8 +303,8 @@ class FastImport(PendingAppend):
         if (status := self.proc.wait()) != 0:
             said = error.splitlines()[-1] if error else f"exit status {status}"
             raise DigestError(
-                f"cannot write to the archive {self.path} (git fast-import: {said}); free "
-                "some disk space or fix its permissions (nothing was lost: the head did "
+                f"cannot write to the archive {self.path} (git fast-import: {said}); "
+                f"{from_git(error, self.path)} (nothing was lost: the head did "
                 "not move)"
             )
         head = Archive.open(self.path).head()
@@ -369,10 +378,16 @@ class WriterLock:
     file; a process that locked a file which was removed meanwhile (its
     holder finishing) sees that the path now names another file, and starts
     over on the new one.
+
+    The file names the holder (pid and command): a command refused because
+    the daemon holds the lock says "stop the service first", since waiting
+    would never end.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, command: str = "") -> None:
         self.path = data_dir / "lock"
+        self.command = command
+        """The kvm-digest command taking the lock (`run`, `import`...), for the holder's file."""
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
@@ -382,12 +397,9 @@ class WriterLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                pid, _, holder = os.pread(fd, 64, 0).decode(errors="replace").strip().partition(" ")
                 os.close(fd)
-                raise DigestError(
-                    f"another kvm-digest process (pid {holder}) is writing to "
-                    f"{self.path.parent}; stop it or wait for it to finish"
-                ) from None
+                raise DigestError(self._busy(pid or "?", holder)) from None
             try:
                 same = os.path.samestat(os.stat(self.path), os.fstat(fd))
             except FileNotFoundError:
@@ -396,9 +408,28 @@ class WriterLock:
                 break
             os.close(fd)  # removed by the previous holder in between: retry
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {self.command}".strip().encode() + b"\n", 0)
         self._fd = fd
         return self
+
+    def _busy(self, pid: str, holder: str) -> str:
+        """Why we cannot have the lock, and what to do about it."""
+        where = self.path.parent
+        needs = f"`kvm-digest {self.command}`" if self.command else "this command"
+        if holder in ("run", "listen"):
+            # A long-running holder: waiting would never end.
+            what = "the daemon" if holder == "run" else "the IMAP listener"
+            return (
+                f"{what} (`kvm-digest {holder}`, pid {pid}) holds the writer lock of "
+                f"{where}, and {needs} needs it: stop the service first (`systemctl stop "
+                "kvm-digest`, or stop that process), run the command, then start it again"
+            )
+        running = f"`kvm-digest {holder}`, pid {pid}" if holder else f"pid {pid}"
+        return (
+            f"another kvm-digest process ({running}) is writing to {where}, and {needs} "
+            "needs the writer lock: wait for it to finish (or stop it), then run the "
+            "command again"
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
