@@ -9,6 +9,16 @@ sent finish, closes the IMAP session and exits 0.
 Every long-running task is supervised (bot/supervise.py): one that fails is
 restarted with backoff; one that cannot be kept running stops the watchdog
 and ends `run` with a non-zero exit, so systemd restarts the whole service.
+
+The watchdog stops only for what a restart can fix: a task given up on (a
+bug that a fresh process may not hit again; the supervisor's verdict) and a
+stalled event loop (the pings come from it, so they stop by themselves).
+What lies outside the process is no reason to restart it, and restarting
+would not help: a relay that refuses, an IMAP server or lore that is down,
+a full disk, wrong credentials. Those are lasting problems (bot/health.py):
+logged when they start and when they end, recorded for `kvm-digest health`,
+while everything else (commands, digests queued for later) goes on; a
+restart loop would stop that too, and end with systemd giving up on the unit.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from bot.desk.inbound import Desk
 from bot.desk.lmtp import serve
 from bot.digest.build import environment
 from bot.errors import DigestError
+from bot.health import Problems
 from bot.intake.imap import Listener, Route
 from bot.intake.importer import Importer
 from bot.parse.message import ParsedMessage
@@ -60,19 +71,24 @@ class Daemon:
             config.list.archive_url,
         )
         self.health = Health()
+        self.problems = Problems(config.index_path)
+        """Lasting problems outside the process (intake, relay), for `kvm-digest health`."""
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
-        with WriterLock(config.data_dir):
+        with WriterLock(config.data_dir, "run"):
             index = Index(config.index_path)
             try:
                 if config.archive.follow:
                     try:
                         await self._fetch()
+                        self.problems.working("intake")
                     except DigestError as err:
                         if not is_inbox(config.archive_path):
                             raise  # nothing to serve digests from yet
-                        log.warning("%s; serving what was fetched before", err)
+                        self.problems.failing(
+                            "intake", f"{err}; serving what was fetched before", logging.WARNING
+                        )
                 # Followed or mirrored, git brings the mail; else we archive it.
                 archive: Archive | Inbox = (
                     open_mirror(config.archive_path)
@@ -82,14 +98,15 @@ class Daemon:
                 index.catch_up(archive)
                 await self._serve(archive, index, stop)
             finally:
+                self.problems.close()
                 index.close()
 
     async def _fetch(self) -> None:
         """Fetch the followed inbox; git runs in a thread, the loop goes on."""
         from bot.intake import follow
 
-        url = self.config.archive.follow
-        fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path)
+        url, since = self.config.archive.follow, self.config.archive.since
+        fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path, since)
         log.info("fetched %s: %s", url, fetched)
 
     async def _follow(self, index: Index, stop: asyncio.Event) -> None:
@@ -110,8 +127,10 @@ class Daemon:
                 # Reopened each time: a fetch may have brought a new epoch.
                 added = index.catch_up(open_mirror(self.config.archive_path))
             except DigestError as err:
-                log.warning("%s; trying again in %d s", err, interval)
+                # Said once per outage, not at every interval (bot/health.py).
+                self.problems.failing("intake", f"{err}; trying again every {interval} s")
                 continue
+            self.problems.working("intake")
             if added:
                 log.info("indexed %d new messages", added)
 
@@ -161,6 +180,7 @@ class Daemon:
                 importer,
                 routes,
                 on_command=lambda raw, p: self._from_imap(desk, raw, p),
+                problems=self.problems,
             )
             tasks.append(supervised("imap", lambda: listener.run(intake_stop), intake_stop))
         scheduler = self._scheduler(index, outbox)
@@ -184,7 +204,7 @@ class Daemon:
             scheduler.shutdown(wait=False)
             watchdog.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            log.info("stopped; outbox %s", outbox.counts())
+            log.info("stopped; outbox: %s", said_counts(outbox.counts()))
         if health.fatal:
             raise DigestError(health.fatal)
 
@@ -289,6 +309,11 @@ class AcceptErrorThrottle:
             self.suppressed,
         )
         self.last, self.suppressed = now, 0
+
+
+def said_counts(counts: dict[str, int]) -> str:
+    """{'queued': 2, 'sent': 10} -> "2 queued, 10 sent" (an empty outbox: "empty")."""
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "empty"
 
 
 def raise_fd_limit() -> None:
