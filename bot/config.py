@@ -14,6 +14,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import ClassVar
 
@@ -63,14 +64,36 @@ class ArchiveSection:
     """A public-inbox inbox URL (e.g. https://lore.kernel.org/kvm) to mirror by git."""
     fetch_interval: int = 300
     """Seconds between fetches of `follow` while `kvm-digest run` runs."""
+    follow_since: str = ""
+    """YYYY-MM-DD: the first fetch brings only mail from that day on (shallow);
+    empty: the whole history."""
 
     def __post_init__(self) -> None:
+        if self.follow_since:
+            parse_day(self.follow_since, "[archive] follow_since")
         public = self.follow.startswith(("http://", "https://", "git://"))
         if (public and self.fetch_interval < 60) or self.fetch_interval < 1:
             raise ConfigError(
                 f"[archive] fetch_interval = {self.fetch_interval} is too often; a server "
                 "on the network needs at least 60 seconds (e.g. 300), a local inbox 1"
             )
+
+    @property
+    def since(self) -> date | None:
+        """`follow_since` as a day, or None for the whole history."""
+        return parse_day(self.follow_since, "[archive] follow_since") if self.follow_since else None
+
+
+def parse_day(text: str, where: str) -> date:
+    """A YYYY-MM-DD day, or a ConfigError naming the setting."""
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{where} must be a day written YYYY-MM-DD (e.g. 2026-01-05), not {text!r}"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import argparse
 import functools
 from pathlib import Path
 
+from bot import config as configmod
 from bot.cli.common import Subparsers, add_command, catch_up, open_archive, progress_bar, state
 from bot.config import Config
 from bot.errors import ConfigError, DigestError
@@ -25,7 +26,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     cache = config.data_dir / "sources"
     sources = [open_source(Path(p), cache) for p in args.sources]
     failed = False
-    with writer(config) as (archive, index):
+    with writer(config, "import") as (archive, index):
         for source in sources:
             importer = Importer(archive, index, config.import_.max_message_size)
             start = index.source_position(source.key) if source.resumable else None
@@ -47,7 +48,7 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     """Fetch the followed inbox once and index what is new."""
     from bot.intake import follow
     from bot.store.archive import WriterLock
-    from bot.store.inbox import open_mirror
+    from bot.store.inbox import is_inbox, open_mirror
 
     url = config.archive.follow
     if not url:
@@ -55,8 +56,15 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             "kvm-digest fetch needs [archive] follow, the inbox URL to follow "
             '(e.g. follow = "https://lore.kernel.org/kvm"); see the README, "Follow lore"'
         )
-    with WriterLock(config.data_dir):
-        fetched = follow.fetch(url, config.archive_path)
+    since = configmod.parse_day(args.since, "--since") if args.since else config.archive.since
+    if args.since and is_inbox(config.archive_path):
+        print(
+            f"note: {config.archive_path} holds a mirror already; a since date shapes the "
+            "first fetch only (to start again from another day, stop the service, remove "
+            "that directory, fetch, then `kvm-digest reindex`)"
+        )
+    with WriterLock(config.data_dir, "fetch"):
+        fetched = follow.fetch(url, config.archive_path, since)
         index = Index(config.index_path)
         try:
             added = catch_up(open_mirror(config.archive_path), index)
@@ -70,7 +78,7 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
     from bot.store.archive import WriterLock
 
     archive = open_archive(config)  # first: a missing archive creates nothing
-    with WriterLock(config.data_dir):
+    with WriterLock(config.data_dir, "reindex"):
         index = Index(config.index_path)
         index.clear()
         with progress_bar(archive.count, "reindexing") as bar:
@@ -82,6 +90,7 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
     """Check that the archive and the index agree (without changing either)."""
+    from bot import healthcheck
     from bot.store import fsck
 
     archive = open_archive(config)
@@ -95,8 +104,11 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
             )
             return 0
         report = fsck.check(archive, index)
+        gap = healthcheck.mirror(config, index.conn)
     finally:
         index.close()
+    if gap:
+        print(f"note: {gap}")
     if report.ok:
         print(f"ok: {report.messages} messages; the archive and the index agree")
         return 0
@@ -160,6 +172,12 @@ def register(sub: Subparsers) -> None:
         "fetch the followed inbox ([archive] follow) once",
         "Clones or fetches its epochs (git/0.git, git/1.git, ...) and indexes the "
         "new messages; `kvm-digest run` does this on a schedule.",
+    )
+    p.add_argument(
+        "--since",
+        metavar="YYYY-MM-DD",
+        help="on the first fetch, only mail from that day on (shallow; default "
+        "[archive] follow_since); digests of earlier ranges cannot be made",
     )
     p.set_defaults(func=cmd_fetch)
 

@@ -103,6 +103,20 @@ def parse_when(text: str) -> int:
     return int(when.timestamp())
 
 
+_SPAN = re.compile(r"([1-9][0-9]{0,5})([hdw])")
+_SPAN_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_span(text: str) -> int:
+    """Seconds in a relative window such as `7d`, `24h` or `2w` (digest --last)."""
+    found = _SPAN.fullmatch(text.strip().lower())
+    if found is None:
+        raise RangeError(
+            f"{text!r} is not a window; write a number and h, d or w, e.g. 24h, 7d or 2w"
+        )
+    return int(found.group(1)) * _SPAN_SECONDS[found.group(2)]
+
+
 def _id_at(conn: sqlite3.Connection, seq: int) -> str:
     if seq <= 0:
         return NULL_ID
