@@ -8,9 +8,9 @@ import argparse
 import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
-import sqlite3
 from pathlib import Path
 
 import pytest

@@ -34,7 +34,7 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
     if config.is_mirror:
         raise DigestError("the archive is a read-only mirror; listening needs our own")
     imap.secret()
-    with writer(config) as (archive, index):
+    with writer(config, "listen") as (archive, index):
         importer = Importer(archive, index, config.import_.max_message_size)
         routes = Route(config.list.id, config.list.address, config.commands.address)
         listener = Listener(imap, importer, routes)

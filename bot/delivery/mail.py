@@ -16,6 +16,7 @@ from email.policy import SMTP, SMTPUTF8
 from email.utils import formataddr, formatdate, make_msgid
 
 from bot.errors import MailError
+from bot.version import mailer
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]+")
 # Characters that never appear in an unquoted addr-spec we would send to.
@@ -115,6 +116,7 @@ def compose(
         msg["In-Reply-To"] = header_safe(in_reply_to)
         msg["References"] = header_safe(references or in_reply_to)
     msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Mailer"] = mailer()  # which version sent it, for whoever debugs a reply
     _set_body(msg, body)
     return msg.as_bytes()
 
@@ -148,6 +150,7 @@ def prepare_digest(me: Identity, subject: str, body: str) -> Prepared:
     msg["List-Post"] = "NO"
     msg["Auto-Submitted"] = "auto-generated"
     msg["Precedence"] = "bulk"
+    msg["X-Mailer"] = mailer()
     _set_body(msg, body)
     data = msg.as_bytes()
     end = data.index(b"\r\n\r\n") + 2
