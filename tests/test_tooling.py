@@ -39,6 +39,19 @@ def test_version_is_git_s(capsys: pytest.CaptureFixture) -> None:
     assert (node is not None and head.startswith(node.group(1))) or tagged, expected
 
 
+def test_the_bots_mail_names_its_version() -> None:
+    """X-Mailer on replies and on digests, read from the raw bytes."""
+    from bot.delivery.mail import Identity, address, compose, prepare_digest
+    from bot.version import version
+
+    me = Identity("kvm-digest@example.org")
+    reply = compose(me, "a@example.org", "Re: help", "the commands\n", "<r@example.org>")
+    digest = address(prepare_digest(me, "KVM mailing list update", "x\n"), me, "a@x.org", "<d@x>")
+    for raw in (reply, digest):
+        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        assert head.count(b"X-Mailer: kvm-digest " + version().encode()) == 1, head
+
+
 def git(*args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
