@@ -36,6 +36,7 @@ class Inbox:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.heads: dict[int, str] = {}
+        self.ids: dict[int, str] = {}
         self.days = 0
 
     def add_days(self, epoch: int, count: int) -> None:
@@ -44,8 +45,14 @@ class Inbox:
             mail(f"[PATCH] day {day}", f"day{day}@example.org", minutes=day * DAY_MINUTES)
             for day in range(self.days, self.days + count)
         ]
-        self.heads[epoch] = archive.append((r, parse_lenient(r)) for r in raws)[-1]
+        ids = archive.append((r, parse_lenient(r)) for r in raws)
+        self.heads[epoch] = ids[-1]
+        self.ids.update(zip(range(self.days, self.days + count), ids, strict=True))
         self.days += count
+
+    def commit(self, day: int) -> str:
+        """The commit id of day `day`'s message."""
+        return self.ids[day]
 
 
 @pytest.fixture
@@ -114,10 +121,24 @@ def test_follow_since_fetches_only_the_epochs_from_that_day_shallow(
     later = cli("--config", config, "fetch")
     assert later.out.strip() == f"{url}: new epochs 3; fetched epochs 1, 2; 5 new messages indexed"
     assert indexed(data_dir)[-1] == "[PATCH] day 34"
-    # A range across the shallow epoch and the newest one is lore's commit ids.
+    # Ranges are lore's commit ids: from the start of the shallow epoch, the
+    # first id is the commit lore has before it, which the shallow clone names.
     head = inbox.heads[3][:9]
+    before = inbox.commit(14)[:9]
     whole = cli("--config", config, "digest", "--all")
-    assert whole.out.splitlines()[0] == f"From 000000000 to {head}"
+    assert whole.out.splitlines()[0] == f"From {before} to {head}"
+    again = cli("--config", config, "digest", "--range", f"{before}..{head}")
+    assert again.code == 0 and again.out == whole.out
+    # The same window from a mirror of the whole history: the same digest
+    # (classic: the full style also looks back before the window).
+    full = tmp_path / "full"
+    full.mkdir()
+    whole_config = config_for(full, url, f'[data]\ndir = "{full / "var"}"\n')
+    assert cli("--config", whole_config, "fetch").code == 0
+    for args in (["--since", day(15)], ["--since", day(18), "--until", day(33)]):
+        ours = cli("--config", config, "digest", *args, "--style", "classic").out
+        theirs = cli("--config", whole_config, "digest", *args, "--style", "classic").out
+        assert ours == theirs and ours.startswith("From "), args
     # --since again on the mirror it shaped: said to apply to the first fetch only.
     again = cli("--config", config, "fetch", "--since", day(1))
     assert again.out.startswith("note: ") and "first fetch only" in again.out

@@ -3,7 +3,8 @@
 `A` is the last commit before the range and is excluded; `B` is the last
 commit in it. Ids may be abbreviated to 7 or more hex digits, as digest
 headers print them. The all-zero id stands for "before the first message",
-as git prints it for a ref that did not exist.
+as git prints it for a ref that did not exist; in a mirror cloned from a day
+on (shallow), "before the first message" is the commit lore has before it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def resolve_id(conn: sqlite3.Connection, text: str) -> tuple[int, str]:
         )
     if set(prefix) == {"0"}:
         return 0, NULL_ID
+    base = _base(conn)
+    if base != NULL_ID and base.startswith(prefix):
+        return 0, base  # the commit before the first one a shallow mirror holds
     rows = conn.execute(
         "SELECT seq, commit_id FROM messages WHERE commit_id >= ? AND commit_id < ? "
         "ORDER BY commit_id LIMIT 2",
@@ -119,7 +123,7 @@ def parse_span(text: str) -> int:
 
 def _id_at(conn: sqlite3.Connection, seq: int) -> str:
     if seq <= 0:
-        return NULL_ID
+        return _base(conn)
     row = conn.execute("SELECT commit_id FROM messages WHERE seq = ?", (seq,)).fetchone()
     return row[0]
 
@@ -157,6 +161,13 @@ def after(conn: sqlite3.Connection, start_seq: int) -> Range:
 
 def everything(conn: sqlite3.Connection) -> Range:
     return after(conn, 0)
+
+
+def _base(conn: sqlite3.Connection) -> str:
+    """What "before the first message" is: 0000000, or for a shallow mirror the
+    commit its history continues from (Index.catch_up records it)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'base_commit'").fetchone()
+    return row[0] if row else NULL_ID
 
 
 def _day(epoch: int) -> str:

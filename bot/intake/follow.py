@@ -16,7 +16,9 @@ with a `since` date (`[archive] follow_since`, `fetch --since`), the first
 fetch probes each epoch's newest commit with a fetch of depth 1 (one
 message), skips the epochs that end before that day, and clones the first
 one that does not with `--shallow-since`; digests of earlier ranges cannot
-be made, and fsck and health say so (bot/store/inbox.py, `partial`).
+be made, and fsck and health say so (bot/store/inbox.py, `partial`). Days
+are commit dates, which public-inbox sets when it archives a message (never
+before it arrived), so no mail from that day on is left out.
 
 git runs as a subprocess (no shell), never prompting for credentials, and
 names itself as kvm-digest in the User-Agent of its HTTP requests.

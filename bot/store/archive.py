@@ -84,6 +84,31 @@ class Archive:
                 return None
         return str(ref.target)
 
+    def base(self) -> str | None:
+        """The commit just before the oldest one here, when a shallow clone left it out.
+
+        A clone with --shallow-since (follow_since) starts at a boundary
+        commit whose parent is absent, but whose object still names it: that
+        id is where the archive's history really continues, lore's id for
+        "before the first message we have", so digest ranges from the start
+        name it as lore would, not 0000000.
+        """
+        try:
+            boundary = (self.path / "shallow").read_text().split()
+        except OSError:
+            return None
+        oldest = [c for c in boundary if _is_oid(c)]
+        if len(oldest) != 1:
+            return None  # several boundaries: no single commit before them
+        # The raw object: libgit2 shows a shallow commit without its parents.
+        try:
+            _kind, raw = self.repo.odb.read(oldest[0])
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+        header = bytes(raw).split(b"\n\n", 1)[0].splitlines()
+        parents = [line[7:].decode() for line in header if line.startswith(b"parent ")]
+        return parents[0] if len(parents) == 1 else None
+
     def contains(self, commit_id: str) -> bool:
         """True when `commit_id` is on the archive's history (not rewritten away)."""
         head = self.head()
@@ -313,6 +338,10 @@ class FastImport(PendingAppend):
                 f"the archive's head is {head}, not the expected {self.ids[-1]}; "
                 "run `git fsck` on it and `kvm-digest reindex`"
             )
+
+
+def _is_oid(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:

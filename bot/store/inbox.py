@@ -99,6 +99,10 @@ class Inbox:
                 "path at a public-inbox v2 inbox directory or at one epoch"
             )
 
+    def base(self) -> str | None:
+        """The commit before the oldest one held (a shallow first epoch), or None."""
+        return self.epochs[0].base()
+
     def head(self) -> str | None:
         """The newest message commit: the head of the last non-empty epoch."""
         for epoch in reversed(self.epochs):

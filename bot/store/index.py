@@ -271,6 +271,15 @@ class Index:
             last = None
         if archive.head() == last:
             return 0
+        if last is None:
+            # From the start: where the archive's history continues before its
+            # first commit (a shallow mirror), for ranges that start there.
+            base = archive.base()
+            with self.conn:
+                if base:
+                    self.set_meta("base_commit", base)
+                else:
+                    self.conn.execute("DELETE FROM meta WHERE key = 'base_commit'")
         total = 0
         from bot.parse.message import parse_lenient
 
@@ -303,7 +312,7 @@ class Index:
     def _clear_derived(self) -> None:
         for table in DERIVED_TABLES:
             self.conn.execute(f"DELETE FROM {table}")
-        self.conn.execute("DELETE FROM meta WHERE key = 'last_commit'")
+        self.conn.execute("DELETE FROM meta WHERE key IN ('last_commit', 'base_commit')")
 
     # -- reading ---------------------------------------------------------
 
