@@ -60,15 +60,15 @@ def resolve_id(conn: sqlite3.Connection, text: str) -> tuple[int, str]:
         )
     if set(prefix) == {"0"}:
         return 0, NULL_ID
-    base = _base(conn)
-    if base != NULL_ID and base.startswith(prefix):
-        return 0, base  # the commit before the first one a shallow mirror holds
     rows = conn.execute(
         "SELECT seq, commit_id FROM messages WHERE commit_id >= ? AND commit_id < ? "
         "ORDER BY commit_id LIMIT 2",
         (prefix, prefix + "g"),
     ).fetchall()
     if not rows:
+        base = _base(conn)
+        if base != NULL_ID and base.startswith(prefix):
+            return 0, base  # the commit before the first one a shallow mirror holds
         raise RangeError(
             f"no message in the archive has a commit id starting with {prefix}; "
             "copy the ids from a digest header (From A to B)"
