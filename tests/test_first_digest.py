@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bot import config as configmod
+from bot import healthcheck
 from bot.daemon import Daemon
 from bot.parse.message import parse_lenient
 from bot.store.archive import Archive
@@ -216,6 +217,12 @@ async def test_the_daemon_follows_since_the_configured_day(
             assert not task.done(), task.exception()
             assert time.monotonic() < deadline, "the daemon did not index the shallow fetch"
             await asyncio.sleep(0.05)
+        # What `kvm-digest health` says meanwhile: the fetches work, and from when.
+        checks = {c.name: c for c in healthcheck.run(config)}
+        assert checks["daemon"].status == healthcheck.OK
+        assert checks["intake"].status == healthcheck.OK, checks["intake"].summary
+        assert checks["intake"].summary.startswith(f"following {inbox.root.as_uri()}: last ")
+        assert "the mirror is partial (epochs 0-1 were not fetched" in checks["archive"].summary
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
