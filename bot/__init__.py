@@ -2,6 +2,6 @@
 
 Data flows one way: intake (import, IMAP) -> archive (git, the source of
 truth) -> index (SQLite, rebuildable) -> digest (Jinja2) -> outbox (SMTP).
-"""
 
-__version__ = "0.1.0"
+The version comes from git: bot/version.py.
+"""

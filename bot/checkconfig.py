@@ -8,8 +8,9 @@ cannot be created, password files that cannot be read (with
 would). Every problem is printed, then "valid" only when there is none.
 
 `--connect` also talks to each server as the daemon will: logs in to IMAP
-and selects the folder, says EHLO (and STARTTLS, AUTH) to the relay, and
-binds the LMTP port, one line each.
+and selects the folder, lists the refs of the followed inbox's first epoch
+(`git ls-remote`), says EHLO (and STARTTLS, AUTH) to the relay, and binds
+the LMTP port, one line each.
 """
 
 from __future__ import annotations
@@ -26,28 +27,35 @@ from bot import redact
 from bot.config import Config
 from bot.delivery import address
 from bot.errors import DigestError
+from bot.store import writable
 
 CREDENTIALS = "CREDENTIALS_DIRECTORY"
 
 
-def creatable(path: Path) -> str | None:
-    """Why the directory `path` cannot be used or created, or None.
+def unwritable(config: Config) -> list[str]:
+    """The paths the bot writes that this user cannot write (nothing is created).
 
-    Nothing is created: the nearest existing ancestor must be a directory we
-    can write into, or the path itself a writable directory.
+    The data directory and its index always; the archive when it is ours or a
+    followed mirror (fetches write into it), not a mirror someone else fetches.
+    Run inside the unit's sandbox (see the README), a path outside its
+    writable paths shows up here as a read-only file system.
     """
-    path = path.absolute()
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        verb = "write to it" if probe == path else f"create {path} in {probe}"
-        return f"this user cannot {verb}"
-    return None
+    found = []
+    paths = [("the data directory", config.data_dir), ("the index", config.index_path)]
+    if config.archive.follow or not config.is_mirror:
+        paths.append(("the archive", config.archive_path))
+    failed: list[Path] = []
+    for what, path in paths:
+        if what == "the index" and not path.exists():
+            continue  # created in the data directory, checked above
+        if any(path.absolute().is_relative_to(f) for f in failed):
+            continue  # the same cause, said once
+        why = writable.problem(path)
+        if why:
+            setting = "[archive] path" if what == "the archive" else "[data] dir"
+            found.append(f"{what} {path} cannot be created or written: {why} (or change {setting})")
+            failed.append(path.absolute())
+    return found
 
 
 def problems(config: Config) -> list[str]:
@@ -69,12 +77,7 @@ def problems(config: Config) -> list[str]:
             why = address.problem(value)
             if why:
                 found.append(f"{where} = {value!r} is not a mail address ({why}); fix it")
-    why = creatable(config.data_dir)
-    if why:
-        found.append(
-            f"the data directory {config.data_dir} cannot be created or written ({why}); "
-            "fix its permissions or set [data] dir"
-        )
+    found += unwritable(config)
     for section in (imap, config.smtp):
         if section is imap and not imap.host:
             continue
@@ -192,6 +195,8 @@ async def _connect(config: Config) -> list[str]:
     checks = []
     if config.imap.host:
         checks.append(("imap", _imap(config)))
+    if config.archive.follow:
+        checks.append(("follow", _follow(config)))
     checks.append(("smtp", _smtp(config)))
     if config.commands.address:
         checks.append((config.commands.protocol, _bind(config.commands.listen)))
@@ -221,6 +226,21 @@ async def _imap(config: Config) -> str:
         await session.close()
     how = {"tls": "TLS", "starttls": "STARTTLS", "none": "no TLS"}[s.security]
     return f"logged in to {s.host}:{s.port} ({how}) as {s.user}; folder {s.folder} exists"
+
+
+async def _follow(config: Config) -> str:
+    from bot.intake import follow
+
+    url = config.archive.follow
+    found = await asyncio.to_thread(follow.refs, url)
+    where = redact.text(follow.epoch_url(url, 0))  # a private mirror's URL holds a token
+    if not found:
+        raise DigestError(
+            f"{where} answers but has no refs; is it a public-inbox "
+            "inbox? (e.g. https://lore.kernel.org/kvm)"
+        )
+    head = found.get("refs/heads/master") or found.get("HEAD") or next(iter(found.values()))
+    return f"{where} answers: {len(found)} refs, master at {head[:12]}"
 
 
 async def _smtp(config: Config) -> str:

@@ -14,6 +14,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import ClassVar
 
@@ -70,6 +71,9 @@ class ArchiveSection:
     """Most epochs of `follow` to mirror: a server offering more is stopped there."""
     max_fetch_bytes: int = 8 * 1024**3
     """Most bytes one fetch may add to the mirror, all epochs together."""
+    follow_since: str = ""
+    """YYYY-MM-DD: the first fetch brings only mail from that day on (shallow);
+    empty: the whole history."""
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.max_fetch_bytes < 1:
@@ -78,12 +82,31 @@ class ArchiveSection:
                 f"(they are {self.max_epochs} and {self.max_fetch_bytes}); the defaults "
                 "are 64 and 8589934592 (8 GiB)"
             )
+        if self.follow_since:
+            parse_day(self.follow_since, "[archive] follow_since")
         public = self.follow.startswith(("http://", "https://", "git://"))
         if (public and self.fetch_interval < 60) or self.fetch_interval < 1:
             raise ConfigError(
                 f"[archive] fetch_interval = {self.fetch_interval} is too often; a server "
                 "on the network needs at least 60 seconds (e.g. 300), a local inbox 1"
             )
+
+    @property
+    def since(self) -> date | None:
+        """`follow_since` as a day, or None for the whole history."""
+        return parse_day(self.follow_since, "[archive] follow_since") if self.follow_since else None
+
+
+def parse_day(text: str, where: str) -> date:
+    """A YYYY-MM-DD day, or a ConfigError naming the setting."""
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{where} must be a day written YYYY-MM-DD (e.g. 2026-01-05), not {text!r}"
+        ) from None
 
 
 @dataclass(frozen=True)

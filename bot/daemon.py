@@ -9,6 +9,16 @@ sent finish, closes the IMAP session and exits 0.
 Every long-running task is supervised (bot/supervise.py): one that fails is
 restarted with backoff; one that cannot be kept running stops the watchdog
 and ends `run` with a non-zero exit, so systemd restarts the whole service.
+
+The watchdog stops only for what a restart can fix: a task given up on (a
+bug that a fresh process may not hit again; the supervisor's verdict) and a
+stalled event loop (the pings come from it, so they stop by themselves).
+What lies outside the process is no reason to restart it, and restarting
+would not help: a relay that refuses, an IMAP server or lore that is down,
+a full disk, wrong credentials. Those are lasting problems (bot/health.py):
+logged when they start and when they end, recorded for `kvm-digest health`,
+while everything else (commands, digests queued for later) goes on; a
+restart loop would stop that too, and end with systemd giving up on the unit.
 """
 
 from __future__ import annotations
@@ -70,7 +80,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
-        with WriterLock(config.data_dir):
+        with WriterLock(config.data_dir, "run"):
             index = Index(config.index_path)
             try:
                 if config.archive.follow and not is_inbox(config.archive_path):
@@ -88,7 +98,9 @@ class Daemon:
         """Fetch the followed inbox; git runs in a thread, the loop goes on."""
         url = self.config.archive.follow
         bounds = follow.Bounds.of(self.config.archive)
-        fetched = await asyncio.to_thread(follow.fetch, url, self.config.archive_path, bounds)
+        fetched = await asyncio.to_thread(
+            follow.fetch, url, self.config.archive_path, bounds, self.config.archive.since
+        )
         log.info("fetched %s: %s", redact.text(url), fetched)
         return fetched
 
@@ -176,6 +188,7 @@ class Daemon:
             importer,
             routes,
             on_command=lambda raw, p: self._from_imap(desk, raw, p),
+            problems=self.problems,
         )
         await listener.run(stop)
 
@@ -274,7 +287,7 @@ class Daemon:
             scheduler.shutdown(wait=False)
             watchdog.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            log.info("stopped; outbox %s", outbox.counts())
+            log.info("stopped; outbox: %s", said_counts(outbox.counts()))
         if health.fatal:
             raise DigestError(health.fatal)
 
@@ -419,6 +432,11 @@ def intake_failure(config: Config, err: BaseException) -> str:
         f"cannot index new mail into {config.index_path} ({err}); free some disk space or "
         "fix its permissions: intake resumes by itself, from where it stopped"
     )
+
+
+def said_counts(counts: dict[str, int]) -> str:
+    """{'queued': 2, 'sent': 10} -> "2 queued, 10 sent" (an empty outbox: "empty")."""
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "empty"
 
 
 def raise_fd_limit() -> None:

@@ -19,10 +19,14 @@ PAGE = ROOT / "man" / "kvm-digest.1"
 
 
 def render() -> str:
-    """The man page text; the same on every machine (fixed width, no date)."""
+    """The man page text; the same on every machine (fixed width, no date).
+
+    No version either: it comes from git and changes with every commit, so a
+    committed page naming it would always be stale (`kvm-digest --version`
+    says it).
+    """
     from argparse_manpage.manpage import Manpage
 
-    import bot
     from bot.cli import build_parser
 
     # argparse wraps to the terminal's width: fix it, so the page is reproducible.
@@ -33,8 +37,8 @@ def render() -> str:
             build_parser(),
             _data={
                 "project_name": "kvm-digest",
-                "version": bot.__version__,
-                "date": f"version {bot.__version__}",
+                "version": "",
+                "date": "see kvm-digest --version",
                 "manual_title": "kvm-digest manual",
                 "description": "archive a mailing list, thread its patch series, mail digests",
             },

@@ -28,6 +28,17 @@ class Result:
     err: str
 
 
+@pytest.fixture(autouse=True)
+def away_from_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own empty directory, with no kvm-digest settings
+    from the environment: the checkout's config/kvm-digest.toml and var/ (which
+    a user edits and fills) are found by no test, in-process or in a subprocess.
+    A test that wants a config writes its own and passes --config."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("KVM_DIGEST_CONFIG", "KVM_DIGEST_DATA"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "var"

@@ -366,6 +366,11 @@ async def test_admin_outbox_shows_deferred_command_mail(tmp_path, sink, cli):
     out = cli("--data-dir", b.store.root, "outbox").out
     deferred = [line for line in out.splitlines() if "deferred until" in line]
     assert len(deferred) == 2 and all(VICTIM in line for line in deferred)
+    # Nothing outgoing waits (the 3 replies were sent): said without calling
+    # the outbox empty above the mail that waits.
+    assert out.splitlines()[0] == "no outgoing mail is queued; command mail waiting to be answered:"
+    assert "empty" not in out
+    assert cli("--data-dir", b.store.root, "outbox", "--failed").out == "no failed mail\n"
 
 
 async def test_subscriber_lookup_uses_the_canonical_address(bot, sink):

@@ -204,7 +204,7 @@ def test_schedule_commands_adjacent_digests_and_sigterm(config, dovecot, sink):
     assert first[1] == second[0]  # adjacent: the second starts where the first ended
     assert [r.message["Subject"] for r in sink.to("una@example.org")] == ["Re: help"]
     assert [r.message["Subject"] for r in sink.to("vera@example.org")] == ["Re: status"]
-    assert "stopped; outbox {'sent': 4}" in daemon.log
+    assert "stopped; outbox: 4 sent" in daemon.log
 
 
 def test_relay_outage_the_digest_arrives_once_when_it_returns(config, dovecot, sink):

@@ -33,7 +33,6 @@ from bot.parse.message import parse_lenient
 from bot.store.archive import Archive
 from tests.mailfactory import DATA
 
-ROOT = Path(__file__).resolve().parents[1]
 SLICE = [m.as_bytes() for m in mailbox.mbox(DATA / "kvmarm-slice.mbox")]
 
 
@@ -262,7 +261,7 @@ def test_first_indexing_of_a_mirror_shows_a_progress_bar(
     primary, secondary = pty.openpty()
     # A terminal 80 columns wide (a fresh pty has none: tqdm would draw nothing).
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary, cwd=ROOT)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=secondary)
     os.close(secondary)
     seen = b""
     while True:
@@ -279,5 +278,5 @@ def test_first_indexing_of_a_mirror_shows_a_progress_bar(
     assert out.startswith(b"From 000000000 to ")
     assert b"indexing: 100%" in seen and b"27/27" in seen
     # Indexed once: the next command has nothing to show.
-    again = subprocess.run(command, capture_output=True, cwd=ROOT, timeout=60)
+    again = subprocess.run(command, capture_output=True, timeout=60)
     assert again.returncode == 0 and again.stderr == b""

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = """
 import logging
 from bot import logsetup
@@ -29,7 +28,7 @@ def run(tmp_path: Path, journal: bool) -> str:
         if journal:
             st = os.fstat(f.fileno())
             env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-        subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, stderr=f, check=True)
+        subprocess.run([sys.executable, "-c", SCRIPT], env=env, stderr=f, check=True)
     return out.read_text()
 
 
@@ -57,5 +56,5 @@ def test_journal_stream_of_another_file_still_stamps(tmp_path):
     env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
     out = tmp_path / "err"
     with out.open("wb") as f:
-        subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, stderr=f, check=True)
+        subprocess.run([sys.executable, "-c", SCRIPT], env=env, stderr=f, check=True)
     assert re.match(r"\d{4}-", out.read_text())

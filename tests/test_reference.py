@@ -6,6 +6,9 @@ shared/reference/digests/NNN_*.txt, written as git send-email writes them
 000 sent twice, the TSAN patch of 002 before its cover letter, 01/32 with an
 in-body From). NNN.expected.txt is the original digest with FORMAT.md's
 deliberate improvements applied; {A} and {B} stand for the range ids.
+The originals themselves are copied into tests/data/reference/original/ (28
+KB), so these tests run on a clone with no ../shared beside it; a test checks
+the copies against ../shared where it is present.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tests.conftest import archive_ids
 from tests.mailfactory import DATA, SHARED, need_shared
 
 REFERENCE = DATA / "reference"
+ORIGINALS = REFERENCE / "original"
 
 
 def digest_for(cli, data_dir: Path, name: str) -> tuple[str, str, str]:
@@ -43,8 +47,14 @@ def test_reference_digest_line_by_line(cli, data_dir, name):
 
 
 def original_lines(name: str) -> list[str]:
-    (path,) = need_shared(SHARED / "reference" / "digests").glob(f"{name}_*.txt")
+    (path,) = ORIGINALS.glob(f"{name}_*.txt")
     return path.read_text().splitlines()
+
+
+def test_the_copied_originals_are_the_shared_reference_digests():
+    shared = need_shared(SHARED / "reference" / "digests")
+    copies = {p.name: p.read_bytes() for p in ORIGINALS.glob("*.txt")}
+    assert copies == {p.name: p.read_bytes() for p in shared.glob("*.txt")}
 
 
 def test_000_differs_from_the_original_only_by_the_documented_improvements(cli, data_dir):

@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.mailfactory import Store, mail
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("aioimaplib", "aiosmtpd", "aiosmtplib", "apscheduler", "asyncio")
 
 PROBE = """
@@ -30,7 +28,6 @@ def loaded(*args: str) -> tuple[int, set[str]]:
     """Run the CLI with `args` in a fresh interpreter; its exit code and modules."""
     out = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(list(args))],
-        cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
@@ -101,7 +98,6 @@ def test_quick_head_is_unsure_rather_than_wrong(tmp_path):
 def kvm_digest(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args],
-        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-import bot
 from bot.cli import build_parser, main
 from bot.store.archive import WriterLock
 from tests.test_delivery import Setup
@@ -21,11 +23,56 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "kvm-sample.mbox"
 
 
-def test_version(capsys: pytest.CaptureFixture) -> None:
+def test_version_is_git_s(capsys: pytest.CaptureFixture) -> None:
+    """--version names the commit that runs (setuptools-scm's reading of git)."""
+    from setuptools_scm import get_version
+
     with pytest.raises(SystemExit) as exited:
         main(["--version"])
     assert exited.value.code == 0
-    assert capsys.readouterr().out == f"kvm-digest {bot.__version__}\n"
+    said = capsys.readouterr().out
+    expected = get_version(root=str(ROOT))
+    assert said == f"kvm-digest {expected}\n"
+    head = git("rev-parse", "HEAD")
+    tagged = git("tag", "--points-at", "HEAD")
+    node = re.search(r"\+g([0-9a-f]{7,})", expected)
+    assert (node is not None and head.startswith(node.group(1))) or tagged, expected
+
+
+def test_the_bots_mail_names_its_version() -> None:
+    """X-Mailer on replies and on digests, read from the raw bytes."""
+    from bot.delivery.mail import Identity, address, compose, prepare_digest
+    from bot.version import version
+
+    me = Identity("kvm-digest@example.org")
+    reply = compose(me, "a@example.org", "Re: help", "the commands\n", "<r@example.org>")
+    digest = address(prepare_digest(me, "KVM mailing list update", "x\n"), me, "a@x.org", "<d@x>")
+    for raw in (reply, digest):
+        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        assert head.count(b"X-Mailer: kvm-digest " + version().encode()) == 1, head
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_a_copy_without_git_metadata_says_0_0(tmp_path: Path) -> None:
+    """The package's files alone (no .git, not installed, nothing built) say 0.0,
+    the version a wheel built from such a copy gets."""
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "bot", copy / "bot", ignore=shutil.ignore_patterns("_version.py"))
+    (copy / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    # -S: no site-packages, so neither this checkout's install nor setuptools-scm.
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", "from bot.version import version; print(version())"],
+        env={"PYTHONPATH": str(copy)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == "0.0\n"
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -127,8 +174,21 @@ def test_the_man_page_is_generated_from_the_parser() -> None:
         assert f"kvm\\-digest\\fR \\fI\\,{escaped}" in shipped, name
 
 
+def shipped_config() -> str:
+    """config/kvm-digest.toml as committed (the file itself outside a git checkout)."""
+    committed = subprocess.run(
+        ["git", "-C", str(ROOT), "show", "HEAD:config/kvm-digest.toml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if committed.returncode == 0:
+        return committed.stdout
+    return (ROOT / "config" / "kvm-digest.toml").read_text()
+
+
 def test_the_readme_first_job_runs_on_a_fresh_clone(
-    cli, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The README's first command block: no ../shared, and its main job works."""
     text = (ROOT / "README.md").read_text()
@@ -140,7 +200,13 @@ def test_the_readme_first_job_runs_on_a_fresh_clone(
         if part.strip().startswith(".venv/bin/kvm-digest")
     ]
     assert [c[0] for c in commands] == ["import", "digest"]
-    monkeypatch.chdir(ROOT)  # the shipped config is found as in a clone
+    # A clone as shipped, in a directory of its own: the committed config
+    # (not the checkout's, which its user may have edited) and the samples.
+    clone = tmp_path / "clone"
+    (clone / "config").mkdir(parents=True)
+    (clone / "config" / "kvm-digest.toml").write_text(shipped_config())
+    (clone / "samples").symlink_to(ROOT / "samples")
+    monkeypatch.chdir(clone)
     imported = cli(*commands[0])
     assert imported.out == "samples/kvm-sample.mbox: 63 imported, 0 duplicates, 0 rejected\n"
     digest = cli(*commands[1])

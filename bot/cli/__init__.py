@@ -1,7 +1,7 @@
 """The `kvm-digest` command line: one module per command group.
 
-Each group (`archive`, `digest`, `service`, `admin`, `checks`) registers its
-subcommands with `register(sub)`; a subcommand is a small function taking the
+Each group (`archive`, `digest`, `service`, `admin`, `checks`, `health`)
+registers its subcommands with `register(sub)`; a subcommand is a small function taking the
 parsed arguments and the config. Errors a user can fix are DigestErrors:
 printed as one line, exit 1. Adding a command touches its group's module.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from bot import config as configmod
 from bot import redact
-from bot.cli import admin, archive, checks, digest, service
+from bot.cli import admin, archive, checks, digest, health, service
 from bot.errors import DigestError
 
-GROUPS = (archive, digest, service, admin, checks)
+GROUPS = (archive, digest, service, admin, checks, health)
 
 
 def setup_logging(verbosity: int) -> None:
@@ -33,20 +33,10 @@ class VersionAction(argparse.Action):
     """`--version`: the version, found only when asked for."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        from bot.version import version
+
         print(f"{parser.prog} {version()}")
         parser.exit()
-
-
-def version() -> str:
-    """The installed package's version (the source tree's when not installed)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("kvm-digest")
-    except metadata.PackageNotFoundError:
-        import bot
-
-        return bot.__version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,18 +91,17 @@ def _main(argv: list[str] | None) -> int:
     except BrokenPipeError:
         return 0
     except (OSError, sqlite3.Error) as err:
-        from bot.store import damage
+        from bot.store import damage, writable
 
         if config is not None and damage.is_damage(err):
             # Bytes gone wrong in the file: freeing disk space would not help.
             said = damage.damaged_index(config.index_path, err)
             print(f"kvm-digest: error: {said}", file=sys.stderr)
             return 1
-        # A full disk or a read-only data dir: say so in one line; the
-        # transaction in progress was rolled back and the archive head moves last.
-        print(
-            f"kvm-digest: error: cannot read or write the data directory ({err}); free "
-            "some disk space or fix its permissions, then run the command again",
-            file=sys.stderr,
-        )
+        # A full disk, a read-only file system, another owner: say which, in
+        # one line; the transaction in progress was rolled back and the
+        # archive head moves last, so running the command again is safe.
+        roots = [config.data_dir, config.archive_path] if config else []
+        said = writable.explain(err, roots)
+        print(f"kvm-digest: error: {said}; then run the command again", file=sys.stderr)
         return 1

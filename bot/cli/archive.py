@@ -7,6 +7,7 @@ import functools
 import sys
 from pathlib import Path
 
+from bot import config as configmod
 from bot import redact
 from bot.cli.common import Subparsers, add_command, catch_up, open_archive, progress_bar, state
 from bot.config import Config
@@ -28,7 +29,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     limit = config.import_.max_message_size
     sources = [open_source(Path(p), cache, limit) for p in args.sources]
     failed = False
-    with writer(config) as (archive, index):
+    with writer(config, "import") as (archive, index):
         for source in sources:
             importer = Importer(archive, index, config.import_.max_message_size)
             start = index.source_position(source.key) if source.resumable else None
@@ -54,7 +55,7 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
     """
     from bot.intake import follow
     from bot.store.archive import WriterLock
-    from bot.store.inbox import open_mirror
+    from bot.store.inbox import is_inbox, open_mirror
 
     url = config.archive.follow
     if not url:
@@ -62,8 +63,16 @@ def cmd_fetch(args: argparse.Namespace, config: Config) -> int:
             "kvm-digest fetch needs [archive] follow, the inbox URL to follow "
             '(e.g. follow = "https://lore.kernel.org/kvm"); see the README, "Follow lore"'
         )
-    with WriterLock(config.data_dir):
-        fetched = follow.fetch(url, config.archive_path, follow.Bounds.of(config.archive))
+    since = configmod.parse_day(args.since, "--since") if args.since else config.archive.since
+    if args.since and is_inbox(config.archive_path):
+        print(
+            f"note: {config.archive_path} holds a mirror already; a since date shapes the "
+            "first fetch only (to start again from another day, stop the service, remove "
+            "that directory, fetch, then `kvm-digest reindex`)"
+        )
+    with WriterLock(config.data_dir, "fetch"):
+        bounds = follow.Bounds.of(config.archive)
+        fetched = follow.fetch(url, config.archive_path, bounds, since)
         index = Index(config.index_path)
         problems = list(fetched.problems)
         before = index.count()
@@ -84,7 +93,7 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
     from bot.store.archive import WriterLock
 
     archive = open_archive(config)  # first: a missing archive creates nothing
-    with WriterLock(config.data_dir):
+    with WriterLock(config.data_dir, "reindex"):
         index = Index(config.index_path)
         index.clear()
         with progress_bar(archive.count, "reindexing") as bar:
@@ -100,7 +109,7 @@ def cmd_repair(args: argparse.Namespace, config: Config) -> int:
     from bot.store.archive import WriterLock
 
     archive = open_archive(config)  # first: the archive is what the index is rebuilt from
-    with WriterLock(config.data_dir), progress_bar(archive.count, "rebuilding") as bar:
+    with WriterLock(config.data_dir, "repair"), progress_bar(archive.count, "rebuilding") as bar:
         done = repair.repair(config.index_path, archive, config.import_.max_message_size, bar)
     kept = ", ".join(f"{n} {table}" for table, n in done.kept.items()) or "no state rows"
     print(f"kept {kept}")
@@ -114,6 +123,7 @@ def cmd_repair(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
     """Check the index file, the archive, and that they agree (without changing either)."""
+    from bot import healthcheck
     from bot.store import damage, fsck
 
     archive = open_archive(config)
@@ -132,8 +142,11 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
             )
             return 0
         report = fsck.check(archive, index, config.import_.max_message_size)
+        gap = healthcheck.mirror(config, index.conn)
     finally:
         index.close()
+    if gap:
+        print(f"note: {gap}")
     if report.ok:
         print(f"ok: {report.messages} messages; the archive and the index agree")
         return 0
@@ -203,6 +216,12 @@ def register(sub: Subparsers) -> None:
         "fetch the followed inbox ([archive] follow) once",
         "Clones or fetches its epochs (git/0.git, git/1.git, ...) and indexes the "
         "new messages; `kvm-digest run` does this on a schedule.",
+    )
+    p.add_argument(
+        "--since",
+        metavar="YYYY-MM-DD",
+        help="on the first fetch, only mail from that day on (shallow; default "
+        "[archive] follow_since); digests of earlier ranges cannot be made",
     )
     p.set_defaults(func=cmd_fetch)
 

@@ -59,11 +59,11 @@ def open_archive(config: Config) -> Archive | Inbox:
 
 
 @contextlib.contextmanager
-def writer(config: Config) -> Iterator[tuple[Archive | Inbox, Index]]:
+def writer(config: Config, command: str = "") -> Iterator[tuple[Archive | Inbox, Index]]:
     """Hold the data dir's writer lock with an archive and a caught-up index."""
     from bot.store.archive import Archive, WriterLock
 
-    with WriterLock(config.data_dir):
+    with WriterLock(config.data_dir, command):
         archive = open_archive(config) if config.is_mirror else Archive.create(config.archive_path)
         index = Index(config.index_path)
         try:

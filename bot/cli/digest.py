@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from bot import config as configmod
@@ -25,6 +26,8 @@ def select_range(args: argparse.Namespace, index: Index) -> ranges.Range:
     if args.since:
         until = ranges.parse_when(args.until) if args.until else None
         return ranges.by_time(index.conn, ranges.parse_when(args.since), until)
+    if args.last:
+        return ranges.by_time(index.conn, int(time.time()) - ranges.parse_span(args.last))
     return ranges.everything(index.conn)
 
 
@@ -124,6 +127,11 @@ def register(sub: Subparsers) -> None:
         help="commit ids as printed in digest headers: A..B or A B",
     )
     group.add_argument("--since", metavar="DATE", help="YYYY-MM-DD[THH:MM], UTC")
+    group.add_argument(
+        "--last",
+        metavar="SPAN",
+        help="what arrived in the last SPAN until now: 24h, 7d, 2w",
+    )
     group.add_argument("--all", action="store_true", help="the whole archive")
     p.add_argument("--until", metavar="DATE", help="end of the --since window (excluded)")
     p.add_argument(

@@ -25,6 +25,7 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
     """Consume the mailbox live until SIGTERM or SIGINT."""
     import asyncio
 
+    from bot.health import Problems
     from bot.intake.imap import Listener, Route
     from bot.intake.importer import Importer
 
@@ -34,11 +35,15 @@ def cmd_listen(args: argparse.Namespace, config: Config) -> int:
     if config.is_mirror:
         raise DigestError("the archive is a read-only mirror; listening needs our own")
     imap.secret()
-    with writer(config) as (archive, index):
+    with writer(config, "listen") as (archive, index):
         importer = Importer(archive, index, config.import_.max_message_size)
         routes = Route(config.list.id, config.list.address, config.commands.address)
-        listener = Listener(imap, importer, routes)
-        asyncio.run(until_signalled(listener.run))
+        problems = Problems(config.index_path)  # `kvm-digest health` reads them
+        listener = Listener(imap, importer, routes, problems=problems)
+        try:
+            asyncio.run(until_signalled(listener.run))
+        finally:
+            problems.close()
         log.info("stopped: %s", importer.counts)
     return 0
 

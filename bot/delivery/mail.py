@@ -24,6 +24,7 @@ from email.utils import formataddr, formatdate, make_msgid
 
 from bot.config import Config
 from bot.errors import MailError
+from bot.version import mailer
 
 _SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
 """RFC 5322 specials: a phrase holding one is written as a quoted string."""
@@ -224,6 +225,7 @@ def compose(
     msg["Date"] = formatdate(usegmt=True)
     msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-replied"
+    msg["X-Mailer"] = mailer()  # which version sent it, for whoever debugs a reply
     _set_body(msg, body)
     own = [text_field("Subject", subject)]
     if in_reply_to:
@@ -265,6 +267,7 @@ def prepare_digest(me: Identity, subject: str, body: str, split: int | None = No
     msg["Auto-Submitted"] = "auto-generated"
     msg["Precedence"] = "bulk"
     cte = _set_body(msg, body)
+    msg["X-Mailer"] = mailer()
     own = [
         text_field("Subject", subject),
         list_id_field(me),

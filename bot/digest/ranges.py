@@ -3,7 +3,8 @@
 `A` is the last commit before the range and is excluded; `B` is the last
 commit in it. Ids may be abbreviated to 7 or more hex digits, as digest
 headers print them. The all-zero id stands for "before the first message",
-as git prints it for a ref that did not exist.
+as git prints it for a ref that did not exist; in a mirror cloned from a day
+on (shallow), "before the first message" is the commit lore has before it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def resolve_id(conn: sqlite3.Connection, text: str) -> tuple[int, str]:
         (prefix, prefix + "g"),
     ).fetchall()
     if not rows:
+        base = _base(conn)
+        if base != NULL_ID and base.startswith(prefix):
+            return 0, base  # the commit before the first one a shallow mirror holds
         raise RangeError(
             f"no message in the archive has a commit id starting with {prefix}; "
             "copy the ids from a digest header (From A to B)"
@@ -103,14 +107,28 @@ def parse_when(text: str) -> int:
     return int(when.timestamp())
 
 
+_SPAN = re.compile(r"([1-9][0-9]{0,5})([hdw])")
+_SPAN_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_span(text: str) -> int:
+    """Seconds in a relative window such as `7d`, `24h` or `2w` (digest --last)."""
+    found = _SPAN.fullmatch(text.strip().lower())
+    if found is None:
+        raise RangeError(
+            f"{text!r} is not a window; write a number and h, d or w, e.g. 24h, 7d or 2w"
+        )
+    return int(found.group(1)) * _SPAN_SECONDS[found.group(2)]
+
+
 def _id_at(conn: sqlite3.Connection, seq: int) -> str:
     """The commit at a position, or at the nearest one before it."""
     if seq <= 0:
-        return NULL_ID
+        return _base(conn)
     row = conn.execute(
         "SELECT commit_id FROM messages WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (seq,)
     ).fetchone()
-    return row[0] if row else NULL_ID
+    return row[0] if row else _base(conn)
 
 
 def by_time(conn: sqlite3.Connection, since: int, until: int | None = None) -> Range:
@@ -213,6 +231,13 @@ def locate(conn: sqlite3.Connection, place: Place) -> int:
 
 def everything(conn: sqlite3.Connection) -> Range:
     return after(conn, 0)
+
+
+def _base(conn: sqlite3.Connection) -> str:
+    """What "before the first message" is: 0000000, or for a shallow mirror the
+    commit its history continues from (Index.catch_up records it)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'base_commit'").fetchone()
+    return row[0] if row else NULL_ID
 
 
 def _day(epoch: int) -> str:

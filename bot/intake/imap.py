@@ -17,6 +17,9 @@ before it is archived; mail that does not is kept in `failures` with why.
 Every network wait has a timeout and also ends when the connection drops
 (aioimaplib only reports a drop through a callback); any failure ends the
 session, and the loop reconnects with capped exponential backoff and jitter.
+A server that stays down is one lasting problem ("intake", bot/health.py):
+logged when it starts and when it ends, not at every retry, and each fetch
+(or keep-alive during IDLE) confirms the intake works, for `kvm-digest health`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import aioimaplib
 
 from bot.config import ImapSection, ListSection
 from bot.errors import DigestError
+from bot.health import Problems
 from bot.intake.importer import Importer
 from bot.intake.provenance import Proof
 from bot.intake.routing import COMMAND, LIST, route
@@ -270,6 +274,7 @@ class Listener:
         routes: Route,
         on_command: CommandSink | None = None,
         proof: Proof | None = None,
+        problems: Problems | None = None,
     ) -> None:
         self.s = settings
         self.importer = importer
@@ -279,6 +284,8 @@ class Listener:
             settings, ListSection(address=routes.list_address, id=routes.list_id)
         )
         """What list mail must show before it is archived ([imap] require)."""
+        self.problems = problems or Problems()
+        """Where the intake's health goes: "intake" works or fails."""
         account = f"{settings.user}@{settings.host}/{settings.folder}"
         self.state = ImapState(importer, account)
         self.stored = asyncio.Event()
@@ -300,27 +307,26 @@ class Listener:
                 delay = 1.0
                 await self.serve(session, stop)
             except AuthFailed as err:
-                log.error("%s", err)
-                self._failed()
+                self._failed(str(err), logging.ERROR)
             except (ImapDown, aioimaplib.AioImapException, OSError) as err:
-                log.warning("IMAP session ended: %s", err)
-                self._failed()
+                self._failed(f"IMAP session ended: {err}", logging.WARNING)
             except (DigestError, sqlite3.Error) as err:
                 # Storage failed (a full disk?): the UID did not move, so the
                 # mail is fetched again once a retry succeeds.
-                log.error("cannot store fetched mail: %s; will retry", err)
-                self._failed()
+                self._failed(f"cannot store fetched mail: {err}; will retry", logging.ERROR)
             finally:
                 await session.close()
             if stop.is_set():
                 break
             wait = min(delay, self.s.backoff_max) * random.uniform(0.5, 1.5)
-            log.info("reconnecting in %.1fs", wait)
+            log.debug("reconnecting in %.1fs", wait)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
             delay = min(delay * 2, self.s.backoff_max)
 
-    def _failed(self) -> None:
+    def _failed(self, why: str, level: int) -> None:
+        """A session failed: said once per outage (bot/health.py), counted always."""
+        self.problems.failing("intake", why, level)
         self.failures += 1
         self.ready.clear()
         self.session_ended.set()
@@ -349,6 +355,7 @@ class Listener:
             )
             last_uid = 0
         last_uid = await self.fetch_new(session, uidvalidity, last_uid)
+        self.problems.working("intake")
         idle = session.has("IDLE")
         if not idle:
             log.info("%s has no IDLE; polling every %ds", self.s.host, self.s.poll_interval)
@@ -366,6 +373,7 @@ class Listener:
                 await session.ok(session.client.noop(), "NOOP")
             if not stop.is_set():
                 last_uid = await self.fetch_new(session, uidvalidity, last_uid)
+                self.problems.working("intake")
 
     async def idle(self, session: Session, stop: asyncio.Event) -> None:
         """IDLE until new mail, `stop`, or the restart interval (~29 minutes)."""
@@ -373,10 +381,19 @@ class Listener:
         assert client is not None
         idle = await session.call(client.idle_start(timeout=self.s.idle_restart))
         stopper = asyncio.ensure_future(stop.wait())
+        # A connection dropped while idling must end the session at once, not
+        # at the next IDLE restart (29 minutes): aioimaplib's push wait does
+        # not return on a drop, so the drop is waited for too.
+        lost = asyncio.ensure_future(session.lost.wait())
         try:
             while client.has_pending_idle() and not session.news.is_set():
                 push = asyncio.ensure_future(client.wait_server_push(self.s.idle_restart + 60))
-                done, _ = await asyncio.wait({push, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {push, stopper, lost}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if lost in done:
+                    push.cancel()
+                    raise ImapDown("the connection to the IMAP server was lost while idling")
                 if stopper in done:
                     push.cancel()
                     break
@@ -384,12 +401,14 @@ class Listener:
                     lines = await session.call(push, self.s.idle_restart + 60)
                 except TimeoutError:
                     break
+                self.problems.working("intake")  # the server's keep-alive, or news
                 if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
                     break  # time to re-issue IDLE
                 if any(b"EXISTS" in bytes(line) for line in lines):
                     break
         finally:
             stopper.cancel()
+            lost.cancel()
             if not session.lost.is_set():
                 client.idle_done()
                 await session.call(idle)

@@ -29,6 +29,7 @@ from bot.errors import ArchiveError, DigestError
 from bot.parse.message import ParsedMessage
 from bot.store import gitread
 from bot.store.gitread import Unread
+from bot.store.writable import advice, from_git, ownership
 
 BRANCH = "refs/heads/master"
 
@@ -66,6 +67,9 @@ class Archive:
         try:
             repo = pygit2.Repository(str(path))
         except pygit2.GitError as err:
+            refused = ownership(path, str(err))
+            if refused:
+                raise DigestError(refused) from err
             raise DigestError(
                 f"{path} is not a git repository; point [archive] path at a "
                 "public-inbox epoch (e.g. a clone of lore's kvm/git/0.git)"
@@ -81,6 +85,31 @@ class Archive:
             except pygit2.GitError:
                 return None
         return str(ref.target)
+
+    def base(self) -> str | None:
+        """The commit just before the oldest one here, when a shallow clone left it out.
+
+        A clone with --shallow-since (follow_since) starts at a boundary
+        commit whose parent is absent, but whose object still names it: that
+        id is where the archive's history really continues, lore's id for
+        "before the first message we have", so digest ranges from the start
+        name it as lore would, not 0000000.
+        """
+        try:
+            boundary = (self.path / "shallow").read_text().split()
+        except OSError:
+            return None
+        oldest = [c for c in boundary if _is_oid(c)]
+        if len(oldest) != 1:
+            return None  # several boundaries: no single commit before them
+        # The raw object: libgit2 shows a shallow commit without its parents.
+        try:
+            _kind, raw = self.repo.odb.read(oldest[0])
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+        header = bytes(raw).split(b"\n\n", 1)[0].splitlines()
+        parents = [line[7:].decode() for line in header if line.startswith(b"parent ")]
+        return parents[0] if len(parents) == 1 else None
 
     def contains(self, commit_id: str) -> bool:
         """True when `commit_id` is on the archive's history (not rewritten away)."""
@@ -152,9 +181,11 @@ class Archive:
             ["git", "-C", str(self.path), *args], capture_output=True, check=False
         )
         if result.returncode != 0:
-            said = result.stderr.decode(errors="replace").strip().splitlines()
+            said = result.stderr.decode(errors="replace").strip()
+            lines = said.splitlines()
             raise ArchiveError(
-                f"git {args[0]} failed in {self.path} ({said[-1] if said else 'no message'}); "
+                ownership(self.path, said)
+                or f"git {args[0]} failed in {self.path} ({lines[-1] if lines else 'no message'}); "
                 f"run `git -C {self.path} fsck` to see whether the archive is damaged"
             )
         return result.stdout
@@ -197,9 +228,14 @@ class Archive:
         try:
             return PendingAppend(self._write(head, batch))
         except (pygit2.GitError, OSError) as err:
+            fix = (
+                advice(err.errno, err.filename or self.path)
+                if isinstance(err, OSError)
+                else from_git(str(err), self.path)
+            )
             raise DigestError(
-                f"cannot write to the archive {self.path}: {err}; free some disk space "
-                "or fix its permissions (nothing was lost: the head did not move)"
+                f"cannot write to the archive {self.path} ({err}); {fix} (nothing was "
+                "lost: the head did not move)"
             ) from err
 
     def _write(self, head: str | None, batch: list[tuple[bytes, ParsedMessage]]) -> list[str]:
@@ -293,8 +329,8 @@ class FastImport(PendingAppend):
         if (status := self.proc.wait()) != 0:
             said = error.splitlines()[-1] if error else f"exit status {status}"
             raise DigestError(
-                f"cannot write to the archive {self.path} (git fast-import: {said}); free "
-                "some disk space or fix its permissions (nothing was lost: the head did "
+                f"cannot write to the archive {self.path} (git fast-import: {said}); "
+                f"{from_git(error, self.path)} (nothing was lost: the head did "
                 "not move)"
             )
         head = Archive.open(self.path).head()
@@ -303,6 +339,10 @@ class FastImport(PendingAppend):
                 f"the archive's head is {head}, not the expected {self.ids[-1]}; "
                 "run `git fsck` on it and `kvm-digest reindex`"
             )
+
+
+def _is_oid(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:
@@ -368,10 +408,16 @@ class WriterLock:
     file; a process that locked a file which was removed meanwhile (its
     holder finishing) sees that the path now names another file, and starts
     over on the new one.
+
+    The file names the holder (pid and command): a command refused because
+    the daemon holds the lock says "stop the service first", since waiting
+    would never end.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, command: str = "") -> None:
         self.path = data_dir / "lock"
+        self.command = command
+        """The kvm-digest command taking the lock (`run`, `import`...), for the holder's file."""
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
@@ -381,12 +427,9 @@ class WriterLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                pid, _, holder = os.pread(fd, 64, 0).decode(errors="replace").strip().partition(" ")
                 os.close(fd)
-                raise DigestError(
-                    f"another kvm-digest process (pid {holder}) is writing to "
-                    f"{self.path.parent}; stop it or wait for it to finish"
-                ) from None
+                raise DigestError(self._busy(pid or "?", holder)) from None
             try:
                 same = os.path.samestat(os.stat(self.path), os.fstat(fd))
             except FileNotFoundError:
@@ -395,9 +438,28 @@ class WriterLock:
                 break
             os.close(fd)  # removed by the previous holder in between: retry
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {self.command}".strip().encode() + b"\n", 0)
         self._fd = fd
         return self
+
+    def _busy(self, pid: str, holder: str) -> str:
+        """Why we cannot have the lock, and what to do about it."""
+        where = self.path.parent
+        needs = f"`kvm-digest {self.command}`" if self.command else "this command"
+        if holder in ("run", "listen"):
+            # A long-running holder: waiting would never end.
+            what = "the daemon" if holder == "run" else "the IMAP listener"
+            return (
+                f"{what} (`kvm-digest {holder}`, pid {pid}) holds the writer lock of "
+                f"{where}, and {needs} needs it: stop the service first (`systemctl stop "
+                "kvm-digest`, or stop that process), run the command, then start it again"
+            )
+        running = f"`kvm-digest {holder}`, pid {pid}" if holder else f"pid {pid}"
+        return (
+            f"another kvm-digest process ({running}) is writing to {where}, and {needs} "
+            "needs the writer lock: wait for it to finish (or stop it), then run the "
+            "command again"
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bot.errors import DigestError
@@ -27,6 +28,50 @@ def epoch_paths(inbox: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in git.iterdir() if (m := _EPOCH.fullmatch(p.name))]
     return [p for _, p in sorted(found)]
+
+
+@dataclass(frozen=True)
+class Partial:
+    """How a mirror falls short of the inbox's whole history (follow_since)."""
+
+    skipped: int
+    """Epochs 0..skipped-1 were never fetched: they end before the since day."""
+    shallow: tuple[int, ...]
+    """Epochs cloned with a shallow boundary (their oldest commits' parents are absent)."""
+
+    def describe(self, oldest: str | None) -> str:
+        """One sentence for fsck and health; `oldest` is the first message's day."""
+        parts = []
+        if self.skipped:
+            parts.append(
+                "epoch 0 was not fetched"
+                if self.skipped == 1
+                else f"epochs 0-{self.skipped - 1} were not fetched"
+            )
+        if self.shallow:
+            parts.append("epoch " + ", ".join(map(str, self.shallow)) + " is shallow")
+        start = f"from {oldest} on" if oldest else "from the since day on"
+        return (
+            f"the mirror is partial ({' and '.join(parts)}, as [archive] follow_since or "
+            f"fetch --since asked): it holds the list {start}, and digests of earlier "
+            "ranges cannot be made"
+        )
+
+
+def partial(path: Path) -> Partial | None:
+    """What a v2 mirror lacks of its inbox's history, or None when it is whole."""
+    epochs = epoch_paths(path)
+    if not epochs:
+        return None
+    first = int(_EPOCH.fullmatch(epochs[0].name).group(1))  # type: ignore[union-attr]
+    shallow = tuple(
+        int(_EPOCH.fullmatch(e.name).group(1))  # type: ignore[union-attr]
+        for e in epochs
+        if (e / "shallow").exists()
+    )
+    if not first and not shallow:
+        return None
+    return Partial(first, shallow)
 
 
 def is_inbox(path: Path) -> bool:
@@ -63,6 +108,10 @@ class Inbox:
             )
         self._roots: dict[int, set[str]] = {}
         self._refused: dict[int, str] = {}
+
+    def base(self) -> str | None:
+        """The commit before the oldest one held (a shallow first epoch), or None."""
+        return self.epochs[0].base()
 
     def head(self) -> str | None:
         """The newest message commit: the head of the last non-empty epoch."""

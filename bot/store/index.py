@@ -358,6 +358,15 @@ class Index:
             last = None
         refused = archive.refusals()  # said every time: it lasts until the inbox is fixed
         limit = None if archive.writable else max_size
+        if last is None and archive.head() is not None:
+            # From the start: where the archive's history continues before its
+            # first commit (a shallow mirror), for ranges that start there.
+            base = archive.base()
+            with self.conn:
+                if base:
+                    self.set_meta("base_commit", base)
+                else:
+                    self.conn.execute("DELETE FROM meta WHERE key = 'base_commit'")
         total = 0
         if archive.head() != last:
             for items in parsed_batches(archive.walk(last, limit), batch):
@@ -393,7 +402,7 @@ class Index:
     def _clear_derived(self) -> None:
         for table in DERIVED_TABLES:
             self.conn.execute(f"DELETE FROM {table}")
-        self.conn.execute("DELETE FROM meta WHERE key = 'last_commit'")
+        self.conn.execute("DELETE FROM meta WHERE key IN ('last_commit', 'base_commit')")
 
     # -- reading ---------------------------------------------------------
 
