@@ -414,7 +414,7 @@ async def test_digests_leave_signed_by_opendkim_and_aligned_for_dmarc(postfix_re
     import dkim
 
     from bot.delivery import periodic, subscribers
-    from bot.delivery.outbox import Sender
+    from bot.delivery.sender import Sender
 
     signer = OpenDkim().start()
     milter = readme_block("# /etc/opendkim.conf")["main.cf"]

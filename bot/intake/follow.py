@@ -42,7 +42,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -154,6 +153,11 @@ class OverBudget(Exception):
     """A git transfer was stopped at `[archive] max_fetch_bytes`."""
 
 
+class LocalRefusal(DigestError):
+    """git failed on our side (the mirror is another user's, or cannot be
+    written): no epoch can be fetched, so the fetch stops, with one sentence."""
+
+
 def epoch_url(url: str, number: int) -> str:
     """Where public-inbox serves epoch `number` of the inbox at `url`.
 
@@ -189,6 +193,8 @@ def fetch(url: str, inbox: Path, bounds: Bounds, since: date | None = None) -> F
         except OverBudget:
             done.problems.append(_over_budget(shown, bounds))
             return done
+        except LocalRefusal:
+            raise
         except DigestError as err:
             done.problems.append(str(err))
             continue
@@ -355,20 +361,21 @@ def _bounded(
 ) -> subprocess.CompletedProcess[str]:
     """Run git, stopping it when `where` grows by more than the budget has left."""
     before = _size(where)
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(git(*args), stdout=subprocess.DEVNULL, stderr=errors, env=env)
-        while True:
-            try:
-                proc.wait(timeout=POLL_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                if _size(where) - before > budget.left:
-                    proc.kill()
-                    proc.wait()
-                    _drop_temporary_packs(where)
-                    raise OverBudget from None
-        errors.seek(0)
-        stderr = errors.read().decode(errors="replace")
+    proc = subprocess.Popen(
+        git(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    while True:
+        try:
+            # Retried after a timeout, communicate() loses none of the output
+            # (and needs no temporary file: the unit's /tmp may be read-only).
+            _, stderr = proc.communicate(timeout=POLL_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            if _size(where) - before > budget.left:
+                proc.kill()
+                proc.communicate()
+                _drop_temporary_packs(where)
+                raise OverBudget from None
     budget.spent += max(0, _size(where) - before)
     if budget.left < 0:
         raise OverBudget
@@ -428,9 +435,9 @@ def _refuse_local(stderr: str, what: str, where: Path) -> None:
     `where` is another user's, or cannot be written (full, read-only)."""
     refused = writable.ownership(where, stderr)
     if refused:
-        raise DigestError(refused)
+        raise LocalRefusal(refused)
     if writable.git_errno(stderr) is not None:
-        raise DigestError(
+        raise LocalRefusal(
             f"git cannot {what}: {_last_line(stderr)}; {writable.from_git(stderr, where)}"
         )
 

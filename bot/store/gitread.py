@@ -18,8 +18,8 @@ while git answers, so neither side can block the other.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,8 @@ class CatFile:
     def __init__(self, repo: Path, mode: str) -> None:
         self.repo = repo
         # git's complaint, read when it stops answering; closed with the process.
-        self.errors = tempfile.TemporaryFile()  # noqa: SIM115
+        # In memory, not in /tmp: the service's /tmp may be read-only.
+        self.errors = open(os.memfd_create("git-errors"), "w+b")  # noqa: SIM115
         self.proc = subprocess.Popen(
             ["git", "-C", str(repo), "cat-file", mode],
             stdin=subprocess.PIPE,
