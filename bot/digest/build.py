@@ -269,13 +269,15 @@ def trailer_counts(conn: sqlite3.Connection, series_ids: list[str], end_seq: int
 def applied_by(
     conn: sqlite3.Connection, submitters: dict[str, str], end_seq: int
 ) -> dict[str, str]:
-    """`applied by <Name>` per series: the first reply by someone else that says so.
+    """`applied by <Name> [to <where>]` per series: the first reply by someone else that says so.
 
     `submitters` maps each series id to its submitter's lower-cased address.
+    The name is the one the note gives (the patchwork bot names the
+    maintainer), else its sender's; `where` is the tree or branch it names.
     """
     out: dict[str, str] = {}
-    for series_id, from_key, name, addr in conn.execute(
-        """SELECT m.series_id, m.from_key, m.from_name, m.from_addr
+    for series_id, from_key, name, addr, who, dest in conn.execute(
+        """SELECT m.series_id, m.from_key, m.from_name, m.from_addr, a.who_name, a.dest
              FROM messages m JOIN applied a ON a.seq = m.seq
             WHERE m.series_id IN (SELECT value FROM json_each(?))
               AND m.kind = 'reply' AND m.seq <= ?
@@ -283,8 +285,13 @@ def applied_by(
         (_in_json(list(submitters)), end_seq),
     ):
         if series_id not in out and from_key != submitters[series_id]:
-            out[series_id] = f"applied by {name or addr}"
+            out[series_id] = applied_text(who or name or addr, dest)
     return out
+
+
+def applied_text(name: str, dest: str) -> str:
+    """`applied by Marc Zyngier`, `applied by Jakub Kicinski to netdev/net.git (main)`."""
+    return f"applied by {name} to {dest}" if dest else f"applied by {name}"
 
 
 def with_facts(

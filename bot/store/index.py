@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-RULES_VERSION = 2
+RULES_VERSION = 3
 """Bump when parsing or threading rules change: derived rows are rebuilt."""
 DERIVED_TABLES = ("trailers", "applied", "works", "paths", "refs", "messages")
 """Rebuilt from the archive whenever their shape or the rules change."""
@@ -236,7 +236,10 @@ class Index:
                 [(seq, kind, key, name) for kind, name, key in notes.trailers],
             )
         if notes.applied:
-            self.conn.execute("INSERT INTO applied (seq) VALUES (?)", (seq,))
+            self.conn.execute(
+                "INSERT INTO applied (seq, who_name, dest) VALUES (?, ?, ?)",
+                (seq, notes.applied_by, notes.applied_to),
+            )
         if p.kind in ("patch", "cover") and p.subject.counter in (None, 0, 1):
             self.conn.execute(
                 "INSERT INTO works (seq, from_key, title_key, change_id) VALUES (?, ?, ?, ?)",

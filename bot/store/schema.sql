@@ -74,9 +74,13 @@ CREATE TABLE IF NOT EXISTS trailers (
     PRIMARY KEY (seq, kind, who_key)
 ) WITHOUT ROWID;
 
--- A reply whose own text says the patches were applied, queued or pushed.
+-- A reply whose own text says the patches were applied, queued or pushed:
+-- by whom when the note names someone else than its sender (the patchwork
+-- bot's "by Jakub Kicinski"), and where to when it names a tree or branch.
 CREATE TABLE IF NOT EXISTS applied (
-    seq INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE
+    seq      INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE,
+    who_name TEXT NOT NULL DEFAULT '',
+    dest     TEXT NOT NULL DEFAULT ''
 );
 
 -- What names a piece of work across its versions: a cover letter or first
