@@ -156,41 +156,42 @@ def patch_list(
         grouped.setdefault(row[0], []).append(row)
     lines = []
     for series_id, members in grouped.items():
-        if _resent(conn, series_id):
-            continue  # a duplicate adds nothing to the patch list
-        # A copy of a cover letter (sent twice) still is the series' cover
-        # letter when it is the one in the range.
-        covers = [m for m in members if m[2] == 0 and not m[7]] or [m for m in members if m[2] == 0]
-        patches = [m for m in members if m[2] != 0]
-        shown = covers[0] if covers else min(patches, key=lambda m: m[2] or 1)
-        numbers = {m[2] or 1 for m in patches}
-        total = max((m[3] or 1 for m in members), default=1)
-        summary = f"{len(numbers)}/{total} patches"
-        if covers:
-            summary += ", cover letter"
-        if replies.get(series_id):
-            summary += f", {replies[series_id]} replies"
-        lines.append(
-            SeriesLine(
-                shown[4],
-                person(shown[5], shown[6]),
-                summary,
-                series_id=series_id,
-                message_id=shown[8],
-                submitter_key=shown[6].lower(),
-            )
-        )
+        line = _series_line(series_id, members, replies.get(series_id, 0))
+        if line is not None:
+            lines.append(line)
     return lines
 
 
-def _resent(conn: sqlite3.Connection, series_id: str) -> bool:
-    """True when every entry of a series duplicates an earlier one (a resend)."""
-    entries_, new = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(NOT is_dup), 0) FROM messages"
-        " WHERE series_id = ? AND is_entry",
-        (series_id,),
-    ).fetchone()
-    return entries_ > 0 and new == 0
+def _series_line(series_id: str, members: list[tuple], replies: int) -> SeriesLine | None:
+    """The patch-list line of one series from its patches and cover letters in the range.
+
+    A duplicate (a resent copy) adds nothing: a series whose messages in the
+    range are all copies has no line, and otherwise it shows its cover
+    letter (a copy of it too: a cover letter sent twice, the patches
+    answering the second) or its lowest-numbered patch that is no copy.
+    `k` counts the distinct patches that are no copies, and never exceeds n.
+    """
+    new = [m for m in members if not m[7]]
+    if not new:
+        return None
+    covers = [m for m in new if m[2] == 0] or [m for m in members if m[2] == 0]
+    patches = [m for m in new if m[2] != 0]
+    shown = covers[0] if covers else min(patches, key=lambda m: (m[2] or 1, m[-1]))
+    total = max((m[3] or 1 for m in members), default=1)
+    count = min(len({m[2] or 1 for m in patches}), total)
+    summary = f"{count}/{total} patches"
+    if covers:
+        summary += ", cover letter"
+    if replies:
+        summary += f", {replies} replies"
+    return SeriesLine(
+        shown[4],
+        person(shown[5], shown[6]),
+        summary,
+        series_id=series_id,
+        message_id=shown[8],
+        submitter_key=shown[6].lower(),
+    )
 
 
 def entries(
