@@ -46,32 +46,28 @@ _THING = (
 # What was taken: "this", "it", "the series", "these three patches",
 # "patches 1-3", "patch 2 of this series", "v2", "both backports".
 _WHAT = (
-    r"(?:(?:the\s+)?(?:whole|first|full|entire|remaining|last|rest\s+of\s+the)\s+" + _THING
-    + r"|(?:this|that|these|those|the|your|all|both)(?:\s+" + _COUNT + r")?\s+" + _THING
-    + r"|" + _COUNT + r"\s+" + _THING
-    + r"|" + _THING + r"(?:\s+" + _NUMBERS + r")?"
-    + r"|" + _NUMBERS
-    + r"|this(?:\s+one)?|that(?:\s+one)?|it|these|those|them|they|both|all\s+of\s+them|all"
-    + r"|v\d+)"
-    + r"(?:\s+(?:" + _NUMBERS + r"|only))?(?:\s+of\s+(?:this|the|your)\s+series)?"
+    rf"(?:(?:the\s+)?(?:whole|first|full|entire|remaining|last|rest\s+of\s+the)\s+{_THING}"
+    rf"|(?:this|that|these|those|the|your|all|both)(?:\s+{_COUNT})?\s+{_THING}"
+    rf"|{_COUNT}\s+{_THING}|{_THING}(?:\s+{_NUMBERS})?|{_NUMBERS}"
+    r"|this(?:\s+one)?|that(?:\s+one)?|it|these|those|them|they|both|all\s+of\s+them|all"
+    r"|v\d+)"
+    rf"(?:\s+(?:{_NUMBERS}|only))?(?:\s+of\s+(?:this|the|your)\s+series)?"
 )
 _LEAD = r"(?:(?:and|so|ok|okay|now|for\s+now|anyway|also|then|hence|meanwhile|finally)\s+)?"
-_ADVERBS = (
-    r"(?:(?:now|also|just|finally|provisionally|already|both|all|then|eventually)\s+)*"
-)
+_ADVERBS = r"(?:(?:now|also|just|finally|provisionally|already|both|all|then|eventually)\s+)*"
 _AUX = r"(?:(?:is|are|was|were|has\s+been|have\s+been|got|gets|'s\s+been|'s)\s+)?"
 # The part of the clause before the verb, whole.
 _BEFORE = re.compile(
-    r"^[\s(\"'*]*" + _LEAD
-    + r"(?:(?:i|we)(?:'ve|\s+have|\s+had|'d)?\s+" + _ADVERBS
-    + r"|" + _WHAT + r"\s+" + _ADVERBS + _AUX + _ADVERBS
-    + r"|" + _ADVERBS + r")$",
+    rf"^[\s(\"'*]*{_LEAD}"
+    rf"(?:(?:i|we)(?:'ve|\s+have|\s+had|'d)?\s+{_ADVERBS}"
+    rf"|{_WHAT}\s+{_ADVERBS}{_AUX}{_ADVERBS}"
+    rf"|{_ADVERBS})$",
     re.IGNORECASE,
 )
 # The part after the verb: an optional particle and object, then a
 # destination, a benefit ("for 5.12"), a remark, or nothing.
 _AFTER = re.compile(
-    r"^(?:\s+(?:up|out|in))?(?:\s+(?P<what>" + _WHAT + r"))?(?:\s+(?:up|out))?"
+    rf"^(?:\s+(?:up|out|in))?(?:\s+(?P<what>{_WHAT}))?(?:\s+(?:up|out))?"
     r"(?:\s+(?:manually|again|already|now|too|as\s+well))?"
     r"(?P<rest>\s*(?:$|[,.!;:(\[]|-+\s|(?:to|into|onto|in|for|with|as|along|via|through|"
     r"together|alongside|after|since|thanks|thank|now|already|here|minus|except|but|apart|"
@@ -93,13 +89,18 @@ _NOT_DONE = re.compile(
 # "Applied on top of 6.8.4, it prevents the oops", "applies cleanly".
 _TESTED = re.compile(
     r"(?<![/\w.-])(?:locally|cleanly|able\s+to|boot(?:s|ed|ing)?|crash(?:es|ed|ing)?|oops|"
-    r"reproduc\w*|tested|testing|works\s+(?:for\s+me|fine|well)|"
+    r"reproduc\w*|tested|works\s+(?:for\s+me|fine|well)|pass(?:es|ed)|local|"
+    r"no\s+regressions?|(?:builds?|compiles?)\s+(?:fine|cleanly|ok)|"
+    r"and\s+(?:ran|run|running|booted|built|compiled|tried|see|saw|got|observed|noticed|"
+    r"the\s+(?:guest|host|test|tests|system|machine|kernel|box|board))\b|"
     r"it\s+(?:prevents|fixes|works|solves|resolves|helps|boots|builds|compiles)|"
     r"(?:problem|issue|bug|warning|error|crash)\s+(?:is\s+|was\s+)?(?:gone|fixed|solved)|"
     r"on\s+top\s+of\s+(?:v?\d|-?rc\d|linux|mainline|next-|my|the\s+latest|current|today)|"
     r"on\s+(?:v?\d|-?rc\d|linux|mainline|next-|my|a|an|the\s+latest)\b)",
     re.IGNORECASE,
 )
+# A sentence that names its tree in the next paragraph, as Mark Brown's do.
+_OPEN_TO = re.compile(r"\b(?:applied|queued|pushed)\s+(?:to|into)\s*:?$", re.IGNORECASE)
 # "by Marc": someone else did it (the writer is not the one who applied).
 _BY_OTHER = re.compile(r"^\W*\s*by\s+\w", re.IGNORECASE)
 _LATER = re.compile(r"(?:\s+(?:up|out))?(?P<rest>\s+(?:to|into|onto)\b.*)$", re.DOTALL)
@@ -114,7 +115,7 @@ _CLAUSE_BREAK = re.compile(
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # Words that end a tree's name: "to kvmarm/next in order to ...", "for 5.12".
 _NOT_NAME = (
-    r"(?:for|with|as|and|or|so|now|since|after|before|thanks|thank|because|which|where|but|"
+    r"(?:for|with|as|and|or|of|so|now|since|after|before|thanks|thank|because|which|where|but|"
     r"then|too|already|in|into|to|on|at|by|from|if|once|until|while|when|instead|together|"
     r"along|minus|except|apart|without|including|plus|this|it|i|we|you|is|was|will)"
 )
@@ -226,13 +227,18 @@ def applied_note(lines: list[str]) -> Applied | None:
     The patchwork bot's note names who applied them and where; a person's
     sentence names where when it says so ("Applied to kvmarm/next").
     """
-    for para in _paragraphs(lines):
+    paras = _paragraphs(lines)
+    for para in paras:
         if m := _PATCHWORK.match(para):
             return Applied(by=" ".join((m.group("name") or "").split()), to=m.group("dest"))
-    for sentence in _sentences(lines):
-        found = _applied_sentence(sentence.strip())
-        if found is not None:
-            return found
+    for i, para in enumerate(paras):
+        if _OPEN_TO.search(para) and i + 1 < len(paras):
+            # "Applied to\n\n   https://git.kernel.org/.../spi.git for-next\n\nThanks!"
+            para = f"{para} {paras[i + 1]}"
+        for sentence in _SENTENCE_END.split(para):
+            found = _applied_sentence(sentence.strip()) if sentence else None
+            if found is not None:
+                return found
     return None
 
 
@@ -276,7 +282,7 @@ def _destination(rest: str) -> str:
     m = _DEST.match(rest)
     if not m:
         return ""
-    dest = m.group("dest").rstrip(".:")
+    dest = re.split(r":(?:\s|$)", m.group("dest"))[0].rstrip(".:")
     if dest.count("(") != dest.count(")"):  # "(for-next/fixes" or "next)"
         dest = dest.split("(")[0].rstrip(")]")
     dest = _DEST_TAIL.sub("", dest).strip()
