@@ -547,3 +547,26 @@ def test_v0_is_a_version_of_its_own(store):
         "[RFC PATCH v0] KVM: try a thing": "superseded by v1",
         "[PATCH v1] KVM: try a thing": "supersedes v0 (2021-03-01)",
     }
+
+
+def test_an_index_from_round_2_is_rebuilt_with_these_rules(tmp_path):
+    store = Store(tmp_path / "s")
+    store.add(*real(198, 199, 200, 213, 5399, 5402, 5414, 5415, 5417, 5418, 5424))
+    expected = text(store.index.conn, style="full")
+    conn = store.index.conn
+    with conn:  # the round-2 shape and rules: no dup_of, applied without who/where
+        conn.execute("DROP INDEX messages_dup_of")
+        conn.execute("ALTER TABLE messages DROP COLUMN dup_of")
+        conn.execute("DROP TABLE applied")
+        conn.execute("CREATE TABLE applied (seq INTEGER PRIMARY KEY REFERENCES messages(seq))")
+        conn.execute("UPDATE messages SET series_id = NULL")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'rules_version'")
+        conn.execute("DELETE FROM meta WHERE key = 'schema_stamp'")
+    store.index.close()
+    reopened = Store(tmp_path / "s")  # opening migrates; the catch-up rebuilds
+    reopened.index.catch_up(reopened.archive)
+    assert text(reopened.index.conn, style="full") == expected
+    assert (
+        "[PATCH 00/15] arm64: KVM: add SPE profiling support for guest\n"
+        "    Sudeep Holla <sudeep.holla@arm.com>, 3/15 patches, cover letter\n"
+    ) in expected
