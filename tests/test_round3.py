@@ -20,6 +20,7 @@ The rest is shaped with tests/mailfactory.py as the mail of other lists is
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
@@ -570,3 +571,19 @@ def test_an_index_from_round_2_is_rebuilt_with_these_rules(tmp_path):
         "[PATCH 00/15] arm64: KVM: add SPE profiling support for guest\n"
         "    Sudeep Holla <sudeep.holla@arm.com>, 3/15 patches, cover letter\n"
     ) in expected
+
+
+def _notes_seconds(words: int) -> float:
+    raw = mail("Re: [PATCH] x", "long@x", frm=BOB, body="the thing applied " * words + "\n")
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        parse_message(raw)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_reading_a_hostile_one_sentence_reply_is_linear():
+    """A reply that is one long sentence of verbs: ten times the text, about ten times the time."""
+    ratio = _notes_seconds(20_000) / _notes_seconds(2_000)
+    assert ratio < 30, f"10x the sentence took {ratio:.0f}x the time"

@@ -38,6 +38,8 @@ _ATTRIBUTION = re.compile(r"\bwrote:\s*$")
 # ("once it is applied", "I'll queue it"), a negation, or a tester's report
 # ("Applied on top of 6.8.4, it prevents the oops", "applies cleanly").
 _VERB = re.compile(r"\b(?:applied|queued|pushed)\b", re.IGNORECASE)
+_MAX_NOTE = 400
+"""Characters of a sentence read for a note (real ones are far shorter)."""
 _NUMBERS = r"#?\d+(?:\s*(?:-|to|and|&|,)\s*#?\d+)*"
 _COUNT = r"(?:\d+|two|three|four|five|six|seven|eight|nine|ten|both|all)"
 _THING = (
@@ -229,14 +231,16 @@ def applied_note(lines: list[str]) -> Applied | None:
     """
     paras = _paragraphs(lines)
     for para in paras:
-        if m := _PATCHWORK.match(para):
+        if m := _PATCHWORK.match(para[:_MAX_NOTE]):
             return Applied(by=" ".join((m.group("name") or "").split()), to=m.group("dest"))
     for i, para in enumerate(paras):
         if _OPEN_TO.search(para) and i + 1 < len(paras):
             # "Applied to\n\n   https://git.kernel.org/.../spi.git for-next\n\nThanks!"
             para = f"{para} {paras[i + 1]}"
         for sentence in _SENTENCE_END.split(para):
-            found = _applied_sentence(sentence.strip()) if sentence else None
+            # A note is one short sentence: reading only its start keeps a
+            # hostile megabyte-long "sentence" linear.
+            found = _applied_sentence(sentence[:_MAX_NOTE].strip()) if sentence else None
             if found is not None:
                 return found
     return None
