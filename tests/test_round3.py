@@ -561,7 +561,7 @@ def test_an_index_from_round_2_is_rebuilt_with_these_rules(tmp_path):
         conn.execute("DROP TABLE applied")
         conn.execute("CREATE TABLE applied (seq INTEGER PRIMARY KEY REFERENCES messages(seq))")
         conn.execute("UPDATE messages SET series_id = NULL")
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'rules_version'")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'rules_version'")
         conn.execute("DELETE FROM meta WHERE key = 'schema_stamp'")
     store.index.close()
     reopened = Store(tmp_path / "s")  # opening migrates; the catch-up rebuilds

@@ -26,8 +26,11 @@ if TYPE_CHECKING:  # a reader of the index needs neither libgit2 nor the parser
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-RULES_VERSION = 3
-"""Bump when parsing or threading rules change: derived rows are rebuilt."""
+RULES_VERSION = 4
+"""Bump when parsing or threading rules change: derived rows are rebuilt.
+4 (issue 22): kinds without a diff, in-body From only for submissions,
+copies in their original's series, series grouping, applied notes with who
+and where, every patch a work (main's 3 is the control-character rules)."""
 DERIVED_TABLES = ("trailers", "applied", "works", "paths", "refs", "messages")
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
