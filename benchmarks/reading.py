@@ -522,10 +522,10 @@ TAKEN = re.compile(
     r"(?:(?:this|it|they|the series|this series|the patch|patch(?:es)? [\d\-, and]+|both(?: \w+)?"
     r"|all|(?:these|the|this|both) (?:(?!following|below|above|attached)\w+ )?"
     r"(?:patch(?:es)?|series|set|backports?|fix(?:es)?)"
-    r"|patch|fix|series)"
+    r"|patch|fix|series)(?: of (?:this|the) series)?"
     r"\s+(?:is |are |has been |have been )?(?:now )?)?"
     r"(?P<verb>applied|queued|pushed)(?: up| out)?"
-    r"(?:\s+(?:it|this|them|the series|this series|this set|the patch|both|all"
+    r"(?:\s+(?:it|this|this one|them|the series|this series|this set|the patch|both|all"
     r"|the first patch only|(?:these|the|this|both) (?:(?!following|below|above|attached)\w+ )?"
     r"(?:patch(?:es)?|series|set)"
     r"|patch(?:es)? [\d\-, and]+|[\d\-]+(?: and [\d\-]+)*)(?: up| out)?)?"
@@ -560,7 +560,13 @@ def applied_note(own: list[str]) -> tuple[str, str] | None:
         for sentence in re.split(r"(?<=[.!?])\s+", para):
             if sentence.endswith("?"):
                 continue
-            clauses = re.split(r",\s+|;\s+|:\s+|\s+and\s+(?!\d)", sentence.strip())
+            # Clauses: at commas, semicolons, colons and "and", not inside brackets.
+            plain = re.sub(
+                r"\([^()]*\)",
+                lambda p: re.sub(r"[,:;]|\band\b", " ", p.group(0)),
+                sentence.strip(),
+            )
+            clauses = re.split(r",\s+|;\s+|:\s+|\s+and\s+(?!\d)", plain)
             for i, clause in enumerate(clauses):
                 before = ", ".join(clauses[: i + 1])
                 if NOT_TAKEN.search(before):
