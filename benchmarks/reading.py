@@ -642,7 +642,7 @@ def expected(mails: list[Mail], start: int, end: int) -> Expected:
         k = min(len({m.counter or 1 for m in patches}), n)
         text = f"{k}/{n} patches" + (", cover letter" if covers else "")
         if replies[sid]:
-            text += f", {replies[sid]} replies"
+            text += f", {count_replies(replies[sid])}"
         item = f"{show.subject} | {person(show.name, show.addr)}, {text}"
         lines.append(item)
         listed.append(sid)
@@ -679,7 +679,8 @@ def expected(mails: list[Mail], start: int, end: int) -> Expected:
         show = min(before, key=lambda m: (m.counter if m.counter is not None else 1, m.pos))
         day = datetime.fromtimestamp(min(m.date for m in posted[sid]), UTC).date().isoformat()
         item = (
-            f"{show.subject} | {person(show.name, show.addr)}, posted {day}, {replies[sid]} replies"
+            f"{show.subject} | {person(show.name, show.addr)}, posted {day}, "
+            f"{count_replies(replies[sid])}"
         )
         discussion.append(item)
         disc_sids[item] = sid
@@ -792,7 +793,15 @@ def bot_digest(bot: list[str], archive: Path, data: Path, a: str, b: str, style:
     return out.stdout
 
 
+def count_replies(n: int) -> str:
+    """FORMAT.md: `1 reply`, not `1 replies`."""
+    return "1 reply" if n == 1 else f"{n} replies"
+
+
 def read_back(text: str, style: str) -> Expected:
+    # A bot from before FORMAT.md said `1 reply` wrote `1 replies`; that is
+    # another finding (issue 23), not one this reading looks for.
+    text = re.sub(r"(?m)^(    .*, )1 replies$", r"\g<1>1 reply", text)
     lines = text.split("\n")
     i_dom = lines.index("Top 15 contributor Email domains (Based on Email Body)")
     i_ppl = lines.index("Top 15 contributors (Based on Email Body)")
