@@ -83,7 +83,8 @@ EXPECTED = {
     VGIC_V3: "supersedes v2 (2019-11-28); applied by Marc Zyngier",
     "[PATCH] KVM: arm64: fix doc warnings in mmu code": "superseded by v2",
     "[PATCH v2] KVM: arm64: fix doc warnings in mmu code": "superseded by v3",
-    DOC_V3: "1 Acked-by (Will Deacon); supersedes v2 (2020-09-16); applied by Marc Zyngier",
+    # "Applied to next, thanks!": FORMAT.md names the branch the note names.
+    DOC_V3: "1 Acked-by (Will Deacon); supersedes v2 (2020-09-16); applied by Marc Zyngier to next",
     "[PATCH 0/2] KVM: arm64: Fixup PC updates on exit to userspace": "superseded by v2",
     FIXUP_V2: "2 Reviewed-by (Zenghui Yu, Alexandru Elisei), 1 Tested-by (Zenghui Yu);"
     " supersedes v1 (2021-05-10)",

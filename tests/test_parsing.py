@@ -125,7 +125,9 @@ def test_orphaned_patch_with_a_diff_is_a_patch():
         ("[GIT PULL] KVM fixes", "Please pull.\n", "pull"),
         ("KVM fixes", "are available in the Git repository at:\n  git://x\n", "pull"),
         ("Question about doorbells", "How does it work?\n", "other"),
-        ("[PATCH 2/3] numbered without a diff", "Text only.\n", "patch"),
+        # FORMAT.md: no diff, no patch, whatever the tag (a review answer, a
+        # Tested-by that lost its "Re:").
+        ("[PATCH 2/3] numbered without a diff", "Text only.\n", "other"),
     ],
 )
 def test_kinds(subject, body, kind):

@@ -184,7 +184,7 @@ def test_an_index_from_before_these_rules_is_rebuilt(cli, data_dir, digest):
     # columns, no 'notice' kind. Opening it rebuilds it from the archive.
     conn = sqlite3.connect(data_dir / "index.sqlite3")
     with conn:
-        conn.execute("DROP INDEX messages_entry_text")
+        conn.execute("DROP INDEX messages_copies")
         conn.execute("ALTER TABLE messages DROP COLUMN text_hash")
         conn.execute("ALTER TABLE messages DROP COLUMN redelivered")
         conn.execute("UPDATE messages SET kind = 'patch' WHERE kind = 'notice'")

@@ -78,8 +78,8 @@ def test_no_references_same_sender_within_the_hour(store):
         mail("[PATCH 2/2] two", "n2@x", minutes=2),
         # Another sender's 1/2 at the same time is another series.
         mail("[PATCH 1/2] other", "o1@x", frm=BOB, minutes=1),
-        # The same sender's 1/2 three hours later is a resend.
-        mail("[PATCH 1/2] one", "n1-again@x", minutes=180),
+        # The same sender's 1/2 three hours later, changed, is a new posting.
+        mail("[PATCH 1/2] one", "n1-again@x", body="Reworded.\n\n" + PATCH_BODY, minutes=180),
     )
     assert store.series_of("n1@x") == store.series_of("n2@x")
     assert store.series_of("o1@x") != store.series_of("n1@x")
@@ -299,7 +299,8 @@ def test_a_resend_of_a_whole_series_adds_no_line(store):
         mail("[PATCH 2/2] part 2", "b-2@x", irt="b-0@x", refs=["b-0@x"], minutes=1441),
     ]
     store.add(*later)
-    assert store.series_of("b-0@x") != store.series_of("a-0@x")
+    # FORMAT.md: a duplicate copy belongs to its original's series.
+    assert {store.series_of(f"b-{n}@x") for n in range(3)} == {store.series_of("a-0@x")}
     assert patch_lines(store) == ["[PATCH 0/2] the thing | 2/2 patches, cover letter"]
     # The same subject with changed text a day later is a new posting.
     store.add(mail("[PATCH 0/2] the thing", "c-0@x", body="Changed.\n", minutes=2880))

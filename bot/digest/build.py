@@ -190,25 +190,29 @@ def patch_list(
         grouped.setdefault(row[0], []).append(row)
     return each(
         grouped.items(),
-        lambda item: _series_line(conn, item[0], item[1], counts.get(item[0], 0)),
+        lambda item: _series_line(item[0], item[1], counts.get(item[0], 0)),
         lambda item: f"series {item[0]}",
     )
 
 
-def _series_line(
-    conn: sqlite3.Connection, series_id: str, members: list[tuple], count: int
-) -> SeriesLine | None:
-    """The patch list's line of one series (None for a resend, which adds nothing)."""
-    if _resent(conn, series_id):
+def _series_line(series_id: str, members: list[tuple], count: int) -> SeriesLine | None:
+    """The patch-list line of one series from its patches and cover letters in the range.
+
+    A duplicate (a resent copy) adds nothing: a series whose messages in the
+    range are all copies has no line, and otherwise it shows its cover
+    letter (a copy of it too: a cover letter sent twice, the patches
+    answering the second) or its lowest-numbered patch that is no copy.
+    `k` counts the distinct patches that are no copies, and never exceeds n.
+    """
+    new = [m for m in members if not m[7]]
+    if not new:
         return None
-    # A copy of a cover letter (sent twice) still is the series' cover
-    # letter when it is the one in the range.
-    covers = [m for m in members if m[2] == 0 and not m[7]] or [m for m in members if m[2] == 0]
-    patches = [m for m in members if m[2] != 0]
-    shown = covers[0] if covers else min(patches, key=lambda m: m[2] or 1)
-    numbers = {m[2] or 1 for m in patches}
+    covers = [m for m in new if m[2] == 0] or [m for m in members if m[2] == 0]
+    patches = [m for m in new if m[2] != 0]
+    shown = covers[0] if covers else min(patches, key=lambda m: (m[2] or 1, m[-1]))
     total = max((m[3] or 1 for m in members), default=1)
-    summary = f"{len(numbers)}/{total} patches"
+    k = min(len({m[2] or 1 for m in patches}), total)
+    summary = f"{k}/{total} patches"
     if covers:
         summary += ", cover letter"
     if count:
@@ -221,16 +225,6 @@ def _series_line(
         message_id=shown[8],
         submitter_key=shown[6].lower(),
     )
-
-
-def _resent(conn: sqlite3.Connection, series_id: str) -> bool:
-    """True when every entry of a series duplicates an earlier one (a resend)."""
-    entries_, new = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(NOT is_dup), 0) FROM messages"
-        " WHERE series_id = ? AND is_entry",
-        (series_id,),
-    ).fetchone()
-    return entries_ > 0 and new == 0
 
 
 def entries(
@@ -312,13 +306,15 @@ def replies(n: int) -> str:
 def applied_by(
     conn: sqlite3.Connection, submitters: dict[str, str], end_seq: int
 ) -> dict[str, str]:
-    """`applied by <Name>` per series: the first reply by someone else that says so.
+    """`applied by <Name> [to <where>]` per series: the first reply by someone else that says so.
 
     `submitters` maps each series id to its submitter's lower-cased address.
+    The name is the one the note gives (the patchwork bot names the
+    maintainer), else its sender's; `where` is the tree or branch it names.
     """
     out: dict[str, str] = {}
-    for series_id, from_key, name, addr in conn.execute(
-        """SELECT m.series_id, m.from_key, m.from_name, m.from_addr
+    for series_id, from_key, name, addr, who, dest in conn.execute(
+        """SELECT m.series_id, m.from_key, m.from_name, m.from_addr, a.who_name, a.dest
              FROM messages m JOIN applied a ON a.seq = m.seq
             WHERE m.series_id IN (SELECT value FROM json_each(?))
               AND m.kind = 'reply' AND m.seq <= ?
@@ -326,8 +322,13 @@ def applied_by(
         (_in_json(list(submitters)), end_seq),
     ):
         if series_id not in out and from_key != submitters[series_id]:
-            out[series_id] = f"applied by {name or addr}"
+            out[series_id] = applied_text(who or name or addr, dest)
     return out
+
+
+def applied_text(name: str, dest: str) -> str:
+    """`applied by Marc Zyngier`, `applied by Jakub Kicinski to netdev/net.git (main)`."""
+    return f"applied by {name} to {dest}" if dest else f"applied by {name}"
 
 
 def with_facts(

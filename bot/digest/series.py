@@ -17,23 +17,32 @@ back to: same sender, same version and total, within an hour, counter not yet
 taken. Replies belong to the series of their nearest known ancestor, else to
 the series of the patch whose subject they answer.
 
-Three conventions from real mail (and patchwork's own test suite):
+Conventions from real mail (and patchwork's own test suite):
 
 - A patch that answers a cover letter of the same sender belongs to it even
   when the patch's subject omits the version or carries a lower one
-  (`[PATCH 1/4]` under `[PATCH net-next v3 0/4]`). A higher version is a new
-  series sent in reply to the old one.
+  (`[PATCH 1/4]` under `[PATCH net-next v3 0/4]`), has no counter (`[PATCH
+  v4]` under `[PATCH v4 0/1]`: an unnumbered patch is 1/1), or carries
+  another version while the cover letter has no patches of its own version
+  (`[Patch v3 1/3]` under `[Patch v2 0/3]`). A higher version under a cover
+  letter that has its own patches is a new series sent in reply to the old.
 - A v2 cover letter and its v2 patches all sent in reply to the v1 cover
   letter (`git send-email --in-reply-to=<v1>` for the whole set): the
   patches' parent is v1, but their own cover letter is their sibling; they
   join it.
+- A patch joins the patch it answers only when both are numbered, of one
+  sender, version and total: four `[PATCH 1/2]` answering one `[PATCH]`
+  are four series, each named by its own 1/2.
 - A cover letter sent twice within the hour (same sender and subject) names
   one series: the patches may answer either copy.
+- A duplicate (a copy of an earlier patch or cover letter, see index.py)
+  belongs to the series of its original, and so do the replies it gets and
+  the patches that answer it.
 
 Whenever a message arrives, every message that referred to it (and, for a
-cover letter, its twins and siblings) is re-resolved, so the order mail
-arrives in never changes the result. A re-delivery (the same message again,
-see index.py) belongs to no series.
+cover letter, its twins and siblings; for any message, its copies) is
+re-resolved, so the order mail arrives in never changes the result. A
+re-delivery (the same message again, see index.py) belongs to no series.
 """
 
 from __future__ import annotations
@@ -62,6 +71,8 @@ class Node:
     when: int | None
     series_id: str | None
     redelivered: int = 0
+    dup_of: int | None = None
+    """The archive position of the message this one is a copy of (index.py)."""
 
     @property
     def is_patchy(self) -> bool:
@@ -70,7 +81,7 @@ class Node:
 
 _COLUMNS = (
     "seq, message_id, kind, version, counter, total, from_key, parent_id, "
-    "base_subject, COALESCE(date, received), series_id, redelivered"
+    "base_subject, COALESCE(date, received), series_id, redelivered, dup_of"
 )
 
 
@@ -95,27 +106,51 @@ def by_message_id(conn: sqlite3.Connection, message_id: str) -> Node | None:
 
 
 def _same_series_patch(child: Node, parent: Node) -> bool:
-    """True when `parent` is an earlier patch of the series `child` is in."""
+    """True when `parent` is an earlier patch of the series `child` is in.
+
+    Both numbered: a numbered patch answering an unnumbered one (`[PATCH
+    1/2]` under `[PATCH]`) starts a series of its own.
+    """
     return (
         parent.kind == "patch"
+        and parent.total is not None
         and parent.version == child.version
         and parent.from_key == child.from_key
         and parent.total == child.total
     )
 
 
-def _under_cover(child: Node, cover: Node) -> bool:
+def _cover_takes(conn: sqlite3.Connection, child: Node, cover: Node) -> bool:
     """True when a patch answering `cover` belongs to the cover's series.
 
-    Same sender; the same version, or a lower one with the same total (a
-    version left out of the patches' subjects). A higher version answering
-    an old cover letter is a new series.
+    Same sender, and the total agrees (an unnumbered patch is 1/1) unless
+    the version does too; the version may be left out or lower, or differ
+    when the cover letter has no patches of its own version. A higher
+    version answering a cover letter that has its own patches is a new
+    series sent in reply to the old one.
     """
     if cover.kind != "cover" or cover.from_key != child.from_key:
         return False
+    if child.total is None and cover.total != 1:
+        return False  # an unnumbered patch is 1/1
     if cover.version == child.version:
         return True
-    return child.version < cover.version and cover.total == child.total
+    if cover.total != (child.total or 1):
+        return False
+    return child.version < cover.version or not _has_own_patches(conn, cover)
+
+
+def _has_own_patches(conn: sqlite3.Connection, cover: Node) -> bool:
+    """True when patches of the cover letter's own version and sender answer it."""
+    return (
+        conn.execute(
+            """SELECT 1 FROM refs r JOIN messages m ON m.seq = r.seq
+                WHERE r.ref = ? AND m.kind = 'patch' AND m.from_key = ? AND m.version = ?
+                  AND NOT m.redelivered AND m.dup_of IS NULL LIMIT 1""",
+            (cover.message_id, cover.from_key, cover.version),
+        ).fetchone()
+        is not None
+    )
 
 
 def cover_series(conn: sqlite3.Connection, cover: Node) -> str:
@@ -124,6 +159,10 @@ def cover_series(conn: sqlite3.Connection, cover: Node) -> str:
     A cover letter sent twice (same sender, same subject, within the hour)
     is one series, so patches answering either copy land together.
     """
+    if cover.dup_of is not None:
+        original = _series_at(conn, cover.dup_of)
+        if original is not None:
+            return original
     root = cover.message_id
     if cover.when is not None:
         # The cover letter itself is among the rows: the earliest copy wins.
@@ -160,25 +199,50 @@ def resolve_patch(conn: sqlite3.Connection, node: Node) -> str:
     same series; the message the top one answers names the series. That is
     the cover letter, or whatever else the patches were sent in reply to (a
     pull request, a v1, a discussion) or a message that has not arrived yet;
-    unless a cover letter of the patches' own sits beside them there.
+    unless a cover letter of the patches' own sits beside them there. A top
+    patch answering a patch of another series names its own series.
     """
     key = lambda root: series_key(root, node.version, node.from_key)  # noqa: E731
+    if node.dup_of is not None:
+        original = _series_at(conn, node.dup_of)
+        if original is not None:
+            return original
     if node.kind == "cover":
         return cover_series(conn, node)
     if node.total is None:
-        return key(node.message_id)  # an unnumbered patch is its own series
+        # An unnumbered patch is its own series, unless it is the 1/1 of a
+        # cover letter it answers.
+        parent = by_message_id(conn, node.parent_id) if node.parent_id else None
+        if parent is not None and _cover_takes(conn, node, parent):
+            return cover_series(conn, parent)
+        return key(node.message_id)
     cur = node
     for _ in range(_MAX_DEPTH):
         if cur.parent_id is None or cur.parent_id == cur.message_id:
             break
         parent = by_message_id(conn, cur.parent_id)
-        if parent is not None and _under_cover(node, parent):
+        if parent is not None and _same_series_patch(node, parent):
+            cur = parent
+            continue
+        same_version = parent is not None and parent.version == node.version
+        if same_version and _cover_takes(conn, node, parent):
             return cover_series(conn, parent)
-        if parent is None or not _same_series_patch(node, parent):
-            return _sibling_cover(conn, node, cur.parent_id) or key(cur.parent_id)
-        cur = parent
+        sibling = _sibling_cover(conn, node, cur.parent_id)
+        if sibling:
+            return sibling
+        if parent is not None and _cover_takes(conn, node, parent):
+            return cover_series(conn, parent)
+        if parent is not None and parent.kind == "patch":
+            return key(cur.message_id)
+        return key(cur.parent_id)
     found = _unthreaded_series(conn, node) if (node.total or 0) > 1 else None
     return found or key(cur.message_id)
+
+
+def _series_at(conn: sqlite3.Connection, seq: int) -> str | None:
+    """The series of the message at an archive position (a copy's original)."""
+    row = conn.execute("SELECT series_id FROM messages WHERE seq = ?", (seq,)).fetchone()
+    return row[0] if row else None
 
 
 def _unthreaded_series(conn: sqlite3.Connection, node: Node) -> str | None:
@@ -263,6 +327,19 @@ def _dependents(conn: sqlite3.Connection, node: Node) -> list[int]:
         r[0]
         for r in conn.execute("SELECT DISTINCT seq FROM refs WHERE ref = ?", (node.message_id,))
     ]
+    # Its copies follow it into its series.
+    seqs += [r[0] for r in conn.execute("SELECT seq FROM messages WHERE dup_of = ?", (node.seq,))]
+    if node.kind == "patch" and node.parent_id:
+        # Patches of another version beside it under a cover letter: whether
+        # they join the cover depends on its having patches of its own version.
+        seqs += [
+            r[0]
+            for r in conn.execute(
+                """SELECT seq FROM messages WHERE parent_id = ? AND from_key = ?
+                      AND kind = 'patch' AND version != ?""",
+                (node.parent_id, node.from_key, node.version),
+            )
+        ]
     if node.kind == "cover":
         seqs += [
             r[0]

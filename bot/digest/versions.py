@@ -46,76 +46,108 @@ def first_date(conn: sqlite3.Connection, series_id: str) -> int | None:
 def relations(conn: sqlite3.Connection, shown: dict[str, str], end_seq: int) -> dict[str, str]:
     """`supersedes v8 (2021-02-05)` or `superseded by v10` per series, when known.
 
-    `shown` maps each series id to the Message-ID the digest shows for it
-    (its cover letter or lowest patch): that message's `works` row names the
-    work. Only mail up to `end_seq` counts: a digest says what was known at
-    its end. A newer version wins over an older one: the reader wants to
-    know the series they are looking at is no longer the current one.
+    `shown` maps each series id to the Message-ID the digest shows for it;
+    only its keys matter: every series has a title of its own (titles()),
+    so the answer is the same whichever part of a series a range holds.
+    Only mail up to `end_seq` counts: a digest says what was known at its
+    end. A newer version wins over an older one: the reader wants to know
+    the series they are looking at is no longer the current one.
     """
-    mine: dict[str, tuple[str, str, str, int]] = {}
-    for series_id, from_key, key, change_id, version in conn.execute(
-        """SELECT m.series_id, w.from_key, w.title_key, w.change_id, m.version
-             FROM messages m JOIN works w ON w.seq = m.seq
-            WHERE m.message_id IN (SELECT value FROM json_each(?)) AND w.seq <= ?""",
-        (json.dumps(sorted(set(shown.values()))), end_seq),
-    ):
-        if shown.get(series_id) is not None:
-            mine[series_id] = (from_key, key, change_id, version)
-    for series_id in shown.keys() - mine.keys():
-        # Shown by a later patch (only part of the series is in the range).
-        row = conn.execute(
-            """SELECT w.from_key, w.title_key, w.change_id, m.version
-                 FROM messages m JOIN works w ON w.seq = m.seq
-                WHERE m.series_id = ? AND w.seq <= ?
-                ORDER BY COALESCE(m.counter, 1) != 0, m.seq LIMIT 1""",
-            (series_id, end_seq),
-        ).fetchone()
-        if row:
-            mine[series_id] = row
-    # Every version of every work named, in two indexed look-ups.
+    mine = titles(conn, list(shown), end_seq)
+    # Every series that ever had a patch or cover letter under one of these
+    # titles (or change-ids), in two indexed look-ups; each then counts
+    # only if that is its own title.
     pairs = json.dumps(sorted({(fk, key) for fk, key, _, _ in mine.values()}))
     change_ids = json.dumps(sorted({cid for _, _, cid, _ in mine.values() if cid}))
+    candidates = {
+        row[0]
+        for row in conn.execute(
+            """WITH k(from_key, title_key) AS MATERIALIZED (
+                    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+                      FROM json_each(?))
+               SELECT DISTINCT m.series_id
+                 FROM k CROSS JOIN works w
+                      ON w.from_key = k.from_key AND w.title_key = k.title_key
+                 CROSS JOIN messages m ON m.seq = w.seq
+                WHERE w.seq <= ? AND m.series_id IS NOT NULL""",
+            (pairs, end_seq),
+        )
+    }
+    if change_ids != "[]":  # b4 users only: most series have no change-id
+        candidates |= {
+            row[0]
+            for row in conn.execute(
+                """SELECT DISTINCT m.series_id
+                     FROM works w CROSS JOIN messages m ON m.seq = w.seq
+                    WHERE w.change_id != '' AND w.change_id IN (SELECT value FROM json_each(?))
+                      AND w.seq <= ? AND m.series_id IS NOT NULL""",
+                (change_ids, end_seq),
+            )
+        }
+    others = titles(conn, sorted(candidates - mine.keys()), end_seq) | mine
     by_title: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
     by_change: dict[str, dict[str, tuple[int, int]]] = {}
-    rows = conn.execute(
-        """WITH k(from_key, title_key) AS MATERIALIZED (
-                SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
-                  FROM json_each(?))
-           SELECT w.from_key, w.title_key, '', m.series_id, m.version,
-                  COALESCE(m.date, m.received, 0)
-             FROM k CROSS JOIN works w ON w.from_key = k.from_key AND w.title_key = k.title_key
-             CROSS JOIN messages m ON m.seq = w.seq
-            WHERE w.seq <= ? AND m.series_id IS NOT NULL""",
-        (pairs, end_seq),
-    ).fetchall()
-    if change_ids != "[]":  # b4 users only: most series have no change-id
-        rows += conn.execute(
-            """SELECT '', '', w.change_id, m.series_id, m.version,
-                      COALESCE(m.date, m.received, 0)
-                 FROM works w CROSS JOIN messages m ON m.seq = w.seq
-                WHERE w.change_id != '' AND w.change_id IN (SELECT value FROM json_each(?))
-                  AND w.seq <= ? AND m.series_id IS NOT NULL""",
-            (change_ids, end_seq),
-        ).fetchall()
-    for from_key, key, change_id, other, version, when in rows:
-        group = (
-            by_change.setdefault(change_id, {})
-            if change_id
-            else by_title.setdefault((from_key, key), {})
-        )
-        old = group.get(other)
-        group[other] = (
-            max(version, old[0]) if old else version,
-            min(when, old[1]) if old else when,
-        )
+    posted = first_dates(conn, list(others), end_seq)
+    for other, (from_key, key, change_id, version) in others.items():
+        when = posted.get(other) or 0
+        by_title.setdefault((from_key, key), {})[other] = (version, when)
+        if change_id:
+            by_change.setdefault(change_id, {})[other] = (version, when)
     out = {}
     for series_id, (from_key, key, change_id, version) in mine.items():
-        others = dict(by_title.get((from_key, key), {}))
+        same = dict(by_title.get((from_key, key), {}))
         if change_id:
-            others.update(by_change.get(change_id, {}))
-        _, when = others.pop(series_id, (version, 0))
-        out[series_id] = _say((when, version), [(w, v) for v, w in others.values()])
+            same.update(by_change.get(change_id, {}))
+        _, when = same.pop(series_id, (version, 0))
+        out[series_id] = _say((when, version), [(w, v) for v, w in same.values()])
     return out
+
+
+def titles(
+    conn: sqlite3.Connection, series_ids: list[str], end_seq: int
+) -> dict[str, tuple[str, str, str, int]]:
+    """Each series' work: (submitter, title key, change-id, version).
+
+    A series' title is that of its cover letter, else of its lowest-numbered
+    patch (the subject it shows), copies aside, among the mail up to
+    `end_seq`; so a series whose cover letter and first patches never
+    reached the list (`[PATCH v4 3/9]`) still has one. The change-id is
+    any the series' messages carry.
+    """
+    out: dict[str, tuple[str, str, str, int]] = {}
+    change: dict[str, str] = {}
+    for series_id, from_key, key, change_id, version in conn.execute(
+        """SELECT m.series_id, w.from_key, w.title_key, w.change_id, m.version
+             FROM messages m INDEXED BY messages_series_patchy JOIN works w ON w.seq = m.seq
+            WHERE m.series_id IN (SELECT value FROM json_each(?))
+              AND m.kind IN ('patch', 'cover') AND m.seq <= ? AND NOT m.is_dup
+            ORDER BY m.series_id, m.kind != 'cover', COALESCE(m.counter, 1), m.seq""",
+        (json.dumps(series_ids), end_seq),
+    ):
+        if series_id not in out:
+            out[series_id] = (from_key, key, change_id, version)
+        if change_id:
+            change.setdefault(series_id, change_id)
+    for series_id, cid in change.items():
+        from_key, key, _, version = out[series_id]
+        out[series_id] = (from_key, key, cid, version)
+    return out
+
+
+def first_dates(conn: sqlite3.Connection, series_ids: list[str], end_seq: int) -> dict[str, int]:
+    """When each series was posted: the date of its first patch or cover letter."""
+    return {
+        series_id: when
+        for series_id, when in conn.execute(
+            """SELECT series_id, MIN(COALESCE(date, received))
+                 FROM messages INDEXED BY messages_series_patchy
+                WHERE series_id IN (SELECT value FROM json_each(?))
+                  AND kind IN ('patch', 'cover') AND seq <= ?
+                GROUP BY series_id""",
+            (json.dumps(series_ids), end_seq),
+        )
+        if when is not None
+    }
 
 
 def _say(mine: tuple[int, int], others: list[tuple[int, int]]) -> str:

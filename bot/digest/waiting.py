@@ -157,7 +157,11 @@ def posted(conn: sqlite3.Connection, series_ids: list[str], end_seq: int) -> dic
             addr=shown[6],
             message_id=shown[7],
             posted=min(times) if times else None,
-            patches=len({m[2] or 1 for m in patches}),
+            # A copy adds nothing to k, which never exceeds n (as in the patch list).
+            patches=min(
+                len({m[2] or 1 for m in fresh_patches}),
+                max((m[3] or 1 for m in members), default=1),
+            ),
             total=max((m[3] or 1 for m in members), default=1),
             cover=bool(covers),
         )
@@ -181,20 +185,6 @@ def answered_by_others(
     return out
 
 
-def _resent(conn: sqlite3.Connection, series_ids: list[str], end_seq: int) -> set[str]:
-    """Series whose every entry repeats an earlier one (a resend adds no line)."""
-    return {
-        series_id
-        for series_id, entries, new in conn.execute(
-            """SELECT series_id, COUNT(*), COALESCE(SUM(NOT is_dup), 0) FROM messages
-                WHERE series_id IN (SELECT value FROM json_each(?)) AND is_entry AND seq <= ?
-                GROUP BY series_id""",
-            (json.dumps(sorted(series_ids)), end_seq),
-        )
-        if entries and not new
-    }
-
-
 def open_series(conn: sqlite3.Connection, rng: Range, wait_days: int) -> list[Posted]:
     """The series that turned `wait_days` old in the range and are still open
     at its end but for "applied", which build.py decides (its rule is the
@@ -205,8 +195,9 @@ def open_series(conn: sqlite3.Connection, rng: Range, wait_days: int) -> list[Po
     order = [s for s in submitters if s not in others]
     if not order:
         return []
-    resent = _resent(conn, order, rng.end_seq)
-    shown = posted(conn, [s for s in order if s not in resent], rng.end_seq)
+    # A resent copy is a member of its original's series (bot/store/index.py),
+    # so every series here has a posting of its own to show.
+    shown = posted(conn, order, rng.end_seq)
     order = [s for s in order if s in shown]
     if not order:
         return []

@@ -128,7 +128,9 @@ def classify(
 
     The counter decides before the tag does: a `0/n` is a cover letter and a
     numbered message with a diff is a patch even when the tag says `PULL`
-    (`[PULL kvm-unit-tests 00/39]`, `[kvm-unit-tests PULL 2/2]`). A `0/n`
+    (`[PULL kvm-unit-tests 00/39]`, `[kvm-unit-tests PULL 2/2]`). Without a
+    diff, `[PATCH k/n]` is no patch (a review answer, a `Tested-by` that lost
+    its `Re:`), whatever its tag says. A `0/n`
     whose diff is only quoted in its letter (a sketch, a range-diff) is still
     the cover letter; one whose diff is the message itself is a patch.
     """
@@ -138,13 +140,30 @@ def classify(
         return "notice"
     if subject.counter == 0:
         return "patch" if has_diff and not embeds_diff else "cover"
-    if subject.counter is not None and (has_diff or subject.is_patch or subject.is_pull):
+    if subject.counter is not None and has_diff:
         return "patch"
     if subject.is_pull or mentions_pull:
         return "pull"
     if has_diff:
         return "patch"
     return "other"
+
+
+def author(kind: str, name: str, addr: str, inbody: dict[str, str]) -> tuple[str, str]:
+    """Whom a message counts for: the in-body `From:` of a submission, else the sender.
+
+    git send-email writes an in-body `From:` when the sender is not the
+    author, so it names the author of a patch, cover letter or pull request.
+    At the top of a reply it is an Outlook-style quote of the message
+    answered: the reply is still the sender's. An in-body `From:` that is
+    not one address (a pasted header line, an address an archive mangled)
+    is ignored rather than counted for nobody.
+    """
+    if kind in ("patch", "cover", "pull") and "from" in inbody:
+        found = mime.one_address(inbody["from"])
+        if found is not None:
+            return found
+    return name, addr
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -166,14 +185,10 @@ def parse_message(raw: bytes) -> ParsedMessage:
     split = bodymod.split_body(
         texts, is_reply=subject.is_reply, numbered_cover=subject.counter == 0
     )
-    author_name, author_addr = from_name, from_addr
-    if "from" in split.inbody:
-        name, addr = mime.parse_address(split.inbody["from"])
-        if addr:
-            author_name, author_addr = name, addr
     kind = classify(
         subject, split.has_diff, split.mentions_pull, split.is_notice, split.embeds_diff
     )
+    author_name, author_addr = author(kind, from_name, from_addr, split.inbody)
     in_reply_to = mime.message_ids(get("in-reply-to"))
     references = []
     for value in headers.get("references", ()):

@@ -27,6 +27,11 @@ _ADDR = re.compile(r"[\w.+=/!#$%&'*?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 # pieces with an "@" are matched: a regex search over the whole header would
 # retry at every position of a long run of letters (quadratic on hostile mail).
 _ADDR_BREAK = re.compile(r"[\s<>()\[\],;:\"\\]+")
+# One mailbox, whole: `Name <a@b>` (the name may hold commas), `a@b (Name)`.
+_ONE_ADDRESS = re.compile(
+    r"(?:(?P<name>[^<>]*)<(?P<addr>[^<>\s@]+@[^<>\s@]+)>"
+    r"|(?P<bare>[^<>\s@(),;\"]+@[^<>\s@(),;\"]+)(?:\s*\((?P<comment>[^()]*)\))?)"
+)
 _PATCH_NAME = re.compile(r"\.(patch|diff)$", re.I)
 # Many text parts claim a charset they do not hold; these are the usual truth.
 _FALLBACK_CHARSETS = ("utf-8", "cp1252")
@@ -190,11 +195,39 @@ def parse_address(value: str | None) -> tuple[str, str]:
     except (IndexError, ValueError, RecursionError, email.errors.HeaderParseError):
         # Some stdlib versions raise on shapes like ".@"; fall back below.
         name, addr = "", ""
+    if "@" not in addr and (whole := one_address(raw)) is not None:
+        # `Last, First <a@b>`: RFC 5322 reads two mailboxes, people mean one.
+        return whole
     if not addr and "@" in raw:
         # parseaddr gives up on some broken headers; take the first token with @.
         addr = next((w.strip("<>,;\"'") for w in raw.split() if "@" in w), "")
     name = _unquote(decode_header_value(name).strip())
     addr = _CONTROL.sub("", addr).strip()
+    if name.lower() == addr.lower():
+        name = ""
+    return name, addr
+
+
+def one_address(value: str | None) -> tuple[str, str] | None:
+    """(name, address) when `value` reads as exactly one mailbox, else None.
+
+    `Name <a@b>`, `<a@b>`, `a@b` or `a@b (Name)`, and nothing after it. An
+    unquoted comma belongs to the name (`Last, First <a@b>`), as people
+    write their names in in-body `From:` lines and some clients in headers;
+    the RFC 5322 reading would make it two mailboxes, the first without an
+    address. A header block pasted on one line (`From: X <a@b> Sent: ...`)
+    or an address that lost its `@` to an archive (`user () host ! com`) is
+    not one mailbox.
+    """
+    if not value:
+        return None
+    text = _CONTROL.sub(" ", _unsurrogate(str(value)[:MAX_HEADER_CHARS])).strip()
+    m = _ONE_ADDRESS.fullmatch(text)
+    if not m:
+        return None
+    addr = m.group("addr") or m.group("bare")
+    name = m.group("name") if m.group("addr") else m.group("comment")
+    name = _unquote(decode_header_value(name or "").strip())
     if name.lower() == addr.lower():
         name = ""
     return name, addr

@@ -58,6 +58,7 @@ class Subject:
     tags: tuple[str, ...] = field(default_factory=tuple)
     """Lower-cased words found in the leading bracket groups."""
     version: int = 1
+    """`vN` of the tags; 1 when none is given. `v0` is a version of its own."""
     counter: int | None = None
     total: int | None = None
 
@@ -118,7 +119,7 @@ def parse_subject(raw: str) -> Subject:
         title=rest.strip(),
         is_reply=is_reply,
         tags=tuple(tags),
-        version=max(version, 1),
+        version=version,
         counter=counter,
         total=total if total else None,
     )

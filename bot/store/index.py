@@ -32,9 +32,12 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 RULES_VERSION = 3
 """Bump when parsing or threading rules change: derived rows are rebuilt.
-3: control characters are kept out of every stored text (bot/text.py), a
-Date outside the arrival window is stored as unknown, and patches' and
-cover letters' recipients are indexed."""
+3 (this release): control characters are kept out of every stored text
+(bot/text.py); a Date outside the arrival window is stored as unknown;
+patches' and cover letters' recipients are indexed; a message without a
+diff is no patch; the in-body From counts only for submissions; copies join
+their original's series; series grouping; applied notes with who and where;
+every patch is a work (a title for versions)."""
 DERIVED_TABLES = (
     "recipients",
     "mailboxes",
@@ -225,17 +228,7 @@ class Index:
         # counts nowhere: no entry, no series, no statistics.
         redelivered = self.has(p.message_id, p.content_hash)
         is_entry = p.is_entry and not redelivered
-        # A duplicate entry repeats an earlier one's subject, sender and text
-        # (a resend); the same subject with changed text is a new entry.
-        is_dup = (
-            is_entry
-            and self.conn.execute(
-                "SELECT 1 FROM messages WHERE is_entry AND subject = ? AND from_key = ?"
-                " AND text_hash = ?",
-                (visible(s.full), from_key, p.text_hash),
-            ).fetchone()
-            is not None
-        )
+        dup_of = None if redelivered else self._original(p, from_key)
         parents = p.parent_ids
         row = {
             "commit_id": commit_id,
@@ -261,7 +254,8 @@ class Index:
             "list_id": p.list_id,
             "kind": p.kind,
             "is_entry": int(is_entry),
-            "is_dup": int(is_dup),
+            "is_dup": int(dup_of is not None),
+            "dup_of": dup_of,
             "text_hash": p.text_hash,
             "redelivered": int(redelivered),
             "parent_id": parents[0] if parents else None,
@@ -300,6 +294,26 @@ class Index:
             (seq, keys),
         )
 
+    def _original(self, p: ParsedMessage, from_key: str) -> int | None:
+        """The archive position of the message `p` is a copy of, if any.
+
+        A patch, cover letter or pull request that repeats an earlier one's
+        subject, sender and text (a resend, a copy with another Message-ID)
+        is a duplicate: an "Exist:" entry, nothing in the patch list, and a
+        member of its original's series, so the replies it gets count there.
+        The same subject with changed text is a new posting.
+        """
+        if p.kind not in ("patch", "cover", "pull"):
+            return None
+        row = self.conn.execute(
+            """SELECT seq FROM messages
+                WHERE kind IN ('patch', 'cover', 'pull') AND subject = ? AND from_key = ?
+                  AND text_hash = ? AND NOT redelivered
+                ORDER BY seq LIMIT 1""",
+            (visible(p.subject.full), from_key, p.text_hash),
+        ).fetchone()
+        return row[0] if row else None
+
     def _insert_notes(self, seq: int, p: ParsedMessage) -> None:
         """Keep the message's review, applied and version facts (see schema.sql)."""
         notes = p.notes
@@ -309,8 +323,11 @@ class Index:
                 [(seq, kind, key, visible(name)) for kind, name, key in notes.trailers],
             )
         if notes.applied:
-            self.conn.execute("INSERT INTO applied (seq) VALUES (?)", (seq,))
-        if p.kind in ("patch", "cover") and p.subject.counter in (None, 0, 1):
+            self.conn.execute(
+                "INSERT INTO applied (seq, who_name, dest) VALUES (?, ?, ?)",
+                (seq, notes.applied_by, notes.applied_to),
+            )
+        if p.kind in ("patch", "cover"):
             self.conn.execute(
                 "INSERT INTO works (seq, from_key, title_key, change_id) VALUES (?, ?, ?, ?)",
                 (seq, p.from_addr.lower(), versions.title_key(p.subject.title), notes.change_id),

@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS messages (
     kind         TEXT NOT NULL
                  CHECK (kind IN ('patch','cover','reply','pull','notice','other')),
     is_entry     INTEGER NOT NULL,      -- gets a digest entry (never a re-delivery)
-    is_dup       INTEGER NOT NULL,      -- an earlier entry has its subject, sender, text
+    is_dup       INTEGER NOT NULL,      -- a copy: an earlier patch, cover letter or
+                                        -- pull has its subject, sender and text
+    dup_of       INTEGER,               -- the seq of that original (its series is this one's)
     text_hash    TEXT NOT NULL DEFAULT '', -- decoded body text, white space removed
     redelivered  INTEGER NOT NULL DEFAULT 0, -- an earlier row has its Message-ID and content
     parent_id    TEXT,                  -- In-Reply-To, else last References id
@@ -40,8 +42,9 @@ CREATE INDEX IF NOT EXISTS messages_sender_series
     ON messages(from_key, version, total) WHERE kind IN ('patch', 'cover');
 CREATE INDEX IF NOT EXISTS messages_base_subject
     ON messages(base_subject) WHERE kind IN ('patch', 'cover');
-CREATE INDEX IF NOT EXISTS messages_entry_text
-    ON messages(subject, from_key, text_hash) WHERE is_entry;
+CREATE INDEX IF NOT EXISTS messages_copies
+    ON messages(subject, from_key, text_hash) WHERE kind IN ('patch', 'cover', 'pull');
+CREATE INDEX IF NOT EXISTS messages_dup_of ON messages(dup_of) WHERE dup_of IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_parent ON messages(parent_id);
 
 -- Every id a message points at, nearest first (0 = its parent).
@@ -90,13 +93,18 @@ CREATE TABLE IF NOT EXISTS trailers (
     PRIMARY KEY (seq, kind, who_key)
 ) WITHOUT ROWID;
 
--- A reply whose own text says the patches were applied, queued or pushed.
+-- A reply whose own text says the patches were applied, queued or pushed:
+-- by whom when the note names someone else than its sender (the patchwork
+-- bot's "by Jakub Kicinski"), and where to when it names a tree or branch.
 CREATE TABLE IF NOT EXISTS applied (
-    seq INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE
+    seq      INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE,
+    who_name TEXT NOT NULL DEFAULT '',
+    dest     TEXT NOT NULL DEFAULT ''
 );
 
--- What names a piece of work across its versions: a cover letter or first
--- patch's sender and folded title, and b4's change-id when present.
+-- What names a piece of work across its versions: each patch or cover
+-- letter's sender and folded title, and b4's change-id when present. A
+-- series' title is that of its cover letter, else of its lowest patch.
 CREATE TABLE IF NOT EXISTS works (
     seq       INTEGER PRIMARY KEY REFERENCES messages(seq) ON DELETE CASCADE,
     from_key  TEXT NOT NULL,
