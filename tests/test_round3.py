@@ -196,7 +196,7 @@ def test_a_resend_whose_first_patch_is_unchanged_keeps_its_line(store):
     )
     later = build.build(conn, upto(conn, seq_of(conn, "b-15@x")), style="full")
     assert [(s.subject, s.summary) for s in later.discussion] == [
-        ("[PATCH 01/15] KVM: part 1", "posted 2021-03-01, 1 replies")
+        ("[PATCH 01/15] KVM: part 1", "posted 2021-03-01, 1 reply")
     ]
     assert later.discussion[0].facts.startswith("1 Reviewed-by")
 
@@ -215,7 +215,7 @@ def test_real_resend_with_one_unchanged_patch_and_a_reply_to_that_copy(store):
     ]
     d = build.build(conn, rng, style="full")
     assert [(s.subject, s.summary) for s in d.discussion] == [
-        ("[RFC PATCH v13 0/9] Enable ptp_kvm for arm64", "posted 2020-06-19, 1 replies")
+        ("[RFC PATCH v13 0/9] Enable ptp_kvm for arm64", "posted 2020-06-19, 1 reply")
     ]
 
 
@@ -247,7 +247,7 @@ def test_replies_to_a_resent_copy_count_for_the_original(store):
     # All in one range: one line, both replies, the trailer and the note.
     assert lines(conn) == ["[PATCH] KVM: x86: fix | 1/1 patches, 2 replies"]
     assert facts(conn) == {
-        "[PATCH] KVM: x86: fix": "1 Reviewed-by; applied by Marc Maintainer to kvm/queue"
+        "[PATCH] KVM: x86: fix": "1 Reviewed-by (Bob Reviewer); applied by Marc Maintainer to kvm/queue"
     }
     # From the copy on: no line of its own, the replies under discussion.
     rng = upto(conn, seq_of(conn, "orig@x"))
@@ -508,7 +508,7 @@ def test_a_tester_applying_the_patches_is_not_applied(store):
             minutes=30,
         )
     )
-    assert facts(store.index.conn) == {"[PATCH] KVM: x86: fix": "1 Tested-by"}
+    assert facts(store.index.conn) == {"[PATCH] KVM: x86: fix": "1 Tested-by (Bob Reviewer)"}
 
 
 # -- 9. every series has a title; v0 --------------------------------------------------------
@@ -565,7 +565,7 @@ def test_an_index_from_round_2_is_rebuilt_with_these_rules(tmp_path):
         conn.execute("DELETE FROM meta WHERE key = 'schema_stamp'")
     store.index.close()
     reopened = Store(tmp_path / "s")  # opening migrates; the catch-up rebuilds
-    reopened.index.catch_up(reopened.archive)
+    reopened.index.catch_up(reopened.archive, max_size=None)
     assert text(reopened.index.conn, style="full") == expected
     assert (
         "[PATCH 00/15] arm64: KVM: add SPE profiling support for guest\n"
