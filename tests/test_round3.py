@@ -247,7 +247,8 @@ def test_replies_to_a_resent_copy_count_for_the_original(store):
     # All in one range: one line, both replies, the trailer and the note.
     assert lines(conn) == ["[PATCH] KVM: x86: fix | 1/1 patches, 2 replies"]
     assert facts(conn) == {
-        "[PATCH] KVM: x86: fix": "1 Reviewed-by (Bob Reviewer); applied by Marc Maintainer to kvm/queue"
+        "[PATCH] KVM: x86: fix": "1 Reviewed-by (Bob Reviewer);"
+        " applied by Marc Maintainer to kvm/queue"
     }
     # From the copy on: no line of its own, the replies under discussion.
     rng = upto(conn, seq_of(conn, "orig@x"))
