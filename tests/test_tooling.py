@@ -212,4 +212,8 @@ def test_the_readme_first_job_runs_on_a_fresh_clone(
     digest = cli(*commands[1])
     assert digest.code == 0 and digest.out.startswith("From 000000000 to ")
     assert "[PATCH v2 1/1] virtio: add driver_override support" in digest.out.splitlines()
-    assert "pytest" in block.splitlines()[1]
+    # The second line runs the tests, setting up first if needed (scripts/test).
+    test_command = shlex.split(block.splitlines()[1])[0]
+    assert test_command == "scripts/test"
+    script = (ROOT / test_command).read_text()
+    assert "scripts/setup" in script and "-m pytest" in script
