@@ -235,8 +235,10 @@ class CommandsSection:
     """Where the LMTP/SMTP server for command mail listens (host:port)."""
     protocol: str = "lmtp"
     max_size: int = 1024 * 1024
-    per_address_per_hour: int = 10
-    """Replies to one mailbox (however its address is written) per hour."""
+    per_address_per_hour: int = 5
+    """Replies to one mailbox (however its address is written) per hour; more
+    wait for the next hour (told once a day). Below per_address_per_day, or
+    nothing would ever wait: past that daily cap, mail is dropped."""
     per_hour: int = 500
     """Replies in all per hour; mail over a limit waits (deferred), fairly."""
     token_hours: int = 72

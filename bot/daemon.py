@@ -30,7 +30,8 @@ import resource
 import sqlite3
 import threading
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -56,6 +57,7 @@ from bot.store.index import Index
 from bot.supervise import Health, supervise
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEDULES = ("daily", "weekly")
 CATCH_UP_BATCH = 200
@@ -77,6 +79,8 @@ class Daemon:
         self.problems = Problems(config.index_path)
         self.indexed = asyncio.Event()
         """Set once intake's first catch-up ended: digests wait for it."""
+        self.caught_up = False
+        """A catch-up reached the archive's head: a new schedule may start there."""
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
@@ -86,7 +90,7 @@ class Daemon:
                 if config.archive.follow and not is_inbox(config.archive_path):
                     # Nothing to serve digests from yet: a first fetch that
                     # fails means a wrong URL, said at once.
-                    self._fetched(await self._fetch())
+                    self._fetched(await starting(self._fetch()))
                 elif not config.is_mirror:
                     Archive.create(config.archive_path)
                 await self._serve(index, stop)
@@ -145,7 +149,7 @@ class Daemon:
         finally:
             index.close()
 
-    async def _catch_up_reported(self, stop: asyncio.Event) -> bool:
+    async def _catch_up_reported(self, index: Index, stop: asyncio.Event) -> bool:
         """Catch up; a failure is the lasting problem "intake" (said once). True when done."""
         try:
             added = await self._catch_up(stop)
@@ -154,9 +158,22 @@ class Daemon:
             return False
         finally:
             self.indexed.set()  # digests wait for the first catch-up, not for success
+        self._caught_up(index)
         if added:
             log.info("indexed %d new messages", added)
         return True
+
+    def _caught_up(self, index: Index) -> None:
+        """The index reached the archive's head: schedules seen for the first
+        time start there (not at the head of an index still catching up,
+        whose first digest would hold the whole history)."""
+        if self.caught_up:
+            return
+        self.caught_up = True
+        with index.conn:
+            for name in SCHEDULES:
+                if getattr(self.config.schedule, name):
+                    periodic.ensure(index.conn, name)
 
     async def _intake(self, index: Index, desk: Desk, stop: asyncio.Event) -> None:
         """The supervised intake: catch the index up, then take new mail as it comes.
@@ -167,10 +184,10 @@ class Daemon:
         listener starts, retried with backoff until it succeeds.
         """
         if self.config.is_mirror:
-            await self._follow(stop)
+            await self._follow(index, stop)
             return
         delay = RETRY_FIRST_SECONDS
-        while not await self._catch_up_reported(stop):
+        while not await self._catch_up_reported(index, stop):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             if stop.is_set():
@@ -192,7 +209,7 @@ class Daemon:
         )
         await listener.run(stop)
 
-    async def _follow(self, stop: asyncio.Event) -> None:
+    async def _follow(self, index: Index, stop: asyncio.Event) -> None:
         """Fetch (or, for a mirror someone else fetches, re-read) on an interval.
 
         Each round's problems (an epoch that cannot be fetched, a bound
@@ -215,6 +232,7 @@ class Daemon:
             except (DigestError, sqlite3.Error, OSError) as err:
                 problems.append(intake_failure(self.config, err))
             else:
+                self._caught_up(index)
                 if added:
                     log.info("indexed %d new messages", added)
             finally:
@@ -301,7 +319,22 @@ class Daemon:
             return server.application(index.conn, self.config, self.me, outbox)
 
         listen = self.config.web.listen
-        return supervised("web", lambda: server.serve(make, listen, stop), stop)
+
+        async def endpoint() -> None:
+            # A port that cannot be bound (taken, not allowed) is a lasting
+            # problem of this part alone, said once and tried again: mail and
+            # digests go on, and a restart of the whole daemon would not help.
+            delay = RETRY_FIRST_SECONDS
+            while not stop.is_set():
+                try:
+                    await server.serve(make, listen, stop, self.problems)
+                except OSError as err:
+                    self.problems.failing("web", f"cannot listen on {listen} ({err})")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+        return supervised("web", endpoint, stop)
 
     async def _housekeeping(self, index: Index, stop: asyncio.Event) -> None:
         """Purge handled state past its retention, at start and every hour."""
@@ -319,8 +352,9 @@ class Daemon:
             expression = getattr(self.config.schedule, name)
             if not expression:
                 continue
-            with index.conn:
-                new = periodic.ensure(index.conn, name)
+            # Not started here: the index may not have caught up yet, and a
+            # new schedule starts at the archive's head (see _digest_job).
+            new = not periodic.exists(index.conn, name)
             scheduler.add_job(
                 self._digest_job,
                 cron.trigger(expression, self.config.schedule.seconds),
@@ -351,21 +385,47 @@ class Daemon:
         where it was, and the next run covers the range.
         """
         await self.indexed.wait()
+        check = f"digest {name}"  # one per schedule: a good daily run clears no weekly problem
+        if not self.caught_up and not periodic.exists(index.conn, name):
+            # Started at a head the index has not reached, its first digest
+            # would hold everything after it: wait for a catch-up that does.
+            log.info("the %s digest starts once the index has caught up", name)
+            return
         try:
             await periodic.run_off_loop(index.path, index.conn, self.config, outbox, self.env, name)
+        except periodic.Rebuilding as err:
+            log.info("%s", err)
+            return
         except (sqlite3.Error, OSError) as err:
-            self.problems.failing("digest", f"the {name} digest could not be made: {err}")
+            self.problems.failing(check, f"the {name} digest could not be made: {err}")
             return
         except Exception as err:
             log.exception("the %s digest could not be made", name)
-            self.problems.failing("digest", f"the {name} digest could not be made: {err!r}")
+            self.problems.failing(check, f"the {name} digest could not be made: {err!r}")
             return
-        self.problems.working("digest")
+        self.problems.working(check)
 
     async def _desk_worker(self, desk: Desk, stop: asyncio.Event) -> None:
+        """Answer command mail as it comes, and deferred mail when it is due.
+
+        The index that cannot be written (a full disk, a lock held too long,
+        damage) is a lasting problem, "commands", said once: the mail stays
+        queued, undone, and is answered once writes work again. A restart
+        would not help, so it never stops the daemon.
+        """
+        delay = RETRY_FIRST_SECONDS
         while not stop.is_set():
             desk.pending.clear()
-            await desk.process_off_loop()
+            try:
+                await desk.process_off_loop()
+            except sqlite3.DatabaseError as err:
+                self.problems.failing("commands", desk_failure(self.config, err))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            delay = RETRY_FIRST_SECONDS
+            self.problems.working("commands")
             waiters = {
                 asyncio.ensure_future(desk.pending.wait()),
                 asyncio.ensure_future(stop.wait()),
@@ -431,6 +491,33 @@ def intake_failure(config: Config, err: BaseException) -> str:
     return (
         f"cannot index new mail into {config.index_path} ({err}); free some disk space or "
         "fix its permissions: intake resumes by itself, from where it stopped"
+    )
+
+
+EXTEND_SECONDS = 120
+"""How much more start-up time each EXTEND_TIMEOUT_USEC asks of systemd."""
+
+
+async def starting(work: Awaitable[T]) -> T:
+    """Await start-up work that may outlast TimeoutStartSec (the first clone of a
+    large inbox): while it runs, systemd is asked for more time every minute, so
+    a long first clone is not killed and started again from nothing."""
+    job = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({job}, timeout=EXTEND_SECONDS / 2)
+        if done:
+            return job.result()
+        systemd.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_SECONDS * 1_000_000}")
+        log.info("still fetching the followed inbox for the first time")
+
+
+def desk_failure(config: Config, err: BaseException) -> str:
+    """One sentence for command mail that could not be handled for the index's sake."""
+    if damage.is_damage(err):
+        return damage.damaged_index(config.index_path, err)
+    return (
+        f"cannot store or answer command mail in {config.index_path} ({err}); free some "
+        "disk space or fix its permissions: the mail waits, and is answered once it can be"
     )
 
 

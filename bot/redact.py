@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 
-_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@?#]+@", re.IGNORECASE)
+# Up to the authority's last "@": a password may hold one (urllib splits so too).
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s?#]*@", re.IGNORECASE)
 SHOWN = "***"
 """What the userinfo of a URL is shown as."""
 

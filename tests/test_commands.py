@@ -50,6 +50,9 @@ class Bot:
                     "address": BOT,
                     "listen": f"127.0.0.1:{self.port}",
                     "per_hour": per_hour,
+                    # A conversation of more than the shipped five an hour;
+                    # the tests of the limits set their own.
+                    "per_address_per_hour": 10,
                     **commands,
                 },
                 "smtp": {"host": "127.0.0.1", "port": sink.port, "security": "none"},

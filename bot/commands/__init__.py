@@ -92,6 +92,15 @@ class Command:
     def run(self, ctx: Context, args: list[str]) -> str | None:
         raise NotImplementedError
 
+    def urgent(self, args: list[str]) -> bool:
+        """True when this request takes effect even past a limit on replies
+        (only its answer is dropped or put off): leaving, and confirming.
+
+        A forged sender can use up a mailbox's replies for the day; it must
+        not also keep that mailbox from unsubscribing.
+        """
+        return False
+
     def confirmed(self, ctx: Context, request: Pending) -> str | None:
         """Finish a request of this command that its owner confirmed (`confirm`).
 

@@ -11,6 +11,9 @@ class Confirm(Command):
     description = "complete a request with the token you were sent"
     examples = ("confirm 0123456789abcdef0123456789abcdef",)
 
+    def urgent(self, args: list[str]) -> bool:
+        return True  # the token proves the owner: what it confirms is done now
+
     def run(self, ctx: Context, args: list[str]) -> str | None:
         if len(args) != 1:
             raise CommandError("confirm takes the token from the confirmation mail")

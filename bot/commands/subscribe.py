@@ -34,6 +34,12 @@ class Subscribe(Command):
         schedule, style, rest = parse_choice(args)
         topic = topic_of(rest)
         current = subscribers.get(ctx.conn, ctx.sender)
+        if current is not None and current.status != "unsubscribed":
+            # A change of schedule or style keeps what was not named: the
+            # welcome says 'subscribe weekly brief' changes those two, and
+            # `topic none` is how a topic goes.
+            topic = topic if rest else current.topic
+            style = style or current.style
         if (
             current
             and current.status == "active"
@@ -88,6 +94,11 @@ class Unsubscribe(Command):
     name = "unsubscribe"
     description = "stop receiving the digest (confirmed by a token)"
     examples = ("unsubscribe",)
+
+    def urgent(self, args: list[str]) -> bool:
+        # The per-subscriber secret address (List-Unsubscribe) works at once,
+        # whatever the limits; a plain 'unsubscribe' needs its token mail.
+        return len(args) == 1
 
     def run(self, ctx: Context, args: list[str]) -> str | None:
         if len(args) == 1:

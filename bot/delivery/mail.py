@@ -313,7 +313,7 @@ def with_section(prepared: Prepared, section: str) -> Prepared | None:
     if prepared.top is None or not section.endswith("\n"):
         return None
     if prepared.cte == "8bit" and any(
-        len(line.encode()) > MAX_LINE for line in section.split("\n")
+        len(line) > MAX_LINE for line in section.encode("utf-8", "surrogateescape").splitlines()
     ):
         return None
     at = prepared.top
@@ -386,7 +386,10 @@ def _set_body(msg: EmailMessage, body: str) -> str:
     """UTF-8 text, 8bit, or quoted-printable when a line is too long for SMTP.
 
     Returns the transfer encoding used."""
-    too_long = any(len(line.encode()) > MAX_LINE for line in body.splitlines())
+    # As the wire splits lines (CR, LF), not as str.splitlines() does: it
+    # also splits at U+2028 and other separators a list post may hold.
+    data = body.encode("utf-8", "surrogateescape")
+    too_long = any(len(line) > MAX_LINE for line in data.splitlines())
     cte = "quoted-printable" if too_long else "8bit"
     msg.set_content(body, charset="utf-8", cte=cte)
     return cte

@@ -19,6 +19,7 @@ such stop duplicates at most `[smtp] connections` mails, each once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import sqlite3
@@ -96,13 +97,29 @@ class Outbox:
         self.wakeup.set()
 
     def due(self, limit: int) -> list[Queued]:
+        """Mail to send now; a digest whose reader left meanwhile is not sent.
+
+        A reader who unsubscribed (or was disabled) while a digest waited for
+        the relay (an outage, a long fan-out) gets no more of them: those
+        rows are failed, with the reason, counted against nobody.
+        """
         rows = self.conn.execute(
-            "SELECT id, kind, recipient, message_id, digest_id, message, attempts"
-            " FROM outbox WHERE status = 'queued' AND next_attempt <= ?"
-            " ORDER BY next_attempt, id LIMIT ?",
+            "SELECT o.id, o.kind, o.recipient, o.message_id, o.digest_id, o.message,"
+            " o.attempts, o.kind != 'digest' OR s.status = 'active'"
+            " FROM outbox o LEFT JOIN subscribers s ON s.address = o.recipient"
+            " WHERE o.status = 'queued' AND o.next_attempt <= ?"
+            " ORDER BY o.next_attempt, o.id LIMIT ?",
             (int(time.time()), limit),
         ).fetchall()
-        return [Queued(*row) for row in rows]
+        gone = [row[0] for row in rows if not row[-1]]
+        if gone:
+            # Not written (a full disk)? They are left out now, and tried again.
+            with contextlib.suppress(sqlite3.OperationalError), self.conn:
+                self.conn.executemany(
+                    "UPDATE outbox SET status = 'failed', last_error = ? WHERE id = ?",
+                    [("the reader left before it was sent", i) for i in gone],
+                )
+        return [Queued(*row[:-1]) for row in rows if row[-1]]
 
     def next_due(self) -> int | None:
         row = self.conn.execute(

@@ -47,6 +47,8 @@ from bot.digest import build as digestmod
 from bot.digest import personal, ranges
 from bot.digest.query import QueryError
 from bot.digest.ranges import Place, Range
+from bot.errors import DigestError
+from bot.store.index import rebuilding
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,16 @@ class Plan:
     """`[digest] style`, for readers who chose none."""
     feed: bool = False
     """The whole list's digest is kept even without readers (the web feed's entry)."""
+
+
+class Rebuilding(DigestError):
+    """The index is being rebuilt: no digest until it is at the archive's head."""
+
+
+def exists(conn: sqlite3.Connection, name: str) -> bool:
+    """True when the schedule has a place already (it has run, or been started)."""
+    row = conn.execute("SELECT 1 FROM schedules WHERE name = ?", (name,)).fetchone()
+    return row is not None
 
 
 def ensure(conn: sqlite3.Connection, name: str) -> bool:
@@ -222,6 +234,11 @@ def prepare_at(index_path: Path, config: Config, env: jinja2.Environment, name: 
 
 def prepare(conn: sqlite3.Connection, config: Config, env: jinja2.Environment, name: str) -> Plan:
     """Every digest the next run of `name` sends, rendered; reads only."""
+    if rebuilding(conn):
+        raise Rebuilding(
+            f"the index is being rebuilt from the archive; the {name} digest waits until "
+            "it is done (`kvm-digest health` shows the intake), then covers everything"
+        )
     since = place(conn, name)
     rng = ranges.after(conn, ranges.locate(conn, since))
     end = ranges.place_at(conn, rng.end_seq)
@@ -282,7 +299,13 @@ def _render(
         archive_url=config.list.archive_url,
         review_wait_days=config.digest.review_wait_days,
     )
-    own = for_you.sections(readers, d if not topic and style == "full" else None)
+    try:
+        own = for_you.sections(readers, d if not topic and style == "full" else None)
+    except Exception:
+        # One reader's section must not cost the group its digest: they get
+        # the digest everyone gets, without it.
+        log.exception("%s digest: no 'For you' sections this time", style)
+        own = {}
     nothing = bool(topic) and d.messages == 0 and not d.waiting and not config.schedule.send_empty
     if nothing and not own:
         return None

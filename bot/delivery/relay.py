@@ -36,6 +36,8 @@ STEPS = {
 }
 CLOSING = 421
 _ENHANCED = re.compile(r"^[45]\.(3\.4|6)\.?\d*\b")
+_POLICY = re.compile(r"^[45]\.7\.\d{1,3}\b")
+"""An RFC 3463 status code of security or policy: about us, not the mailbox."""
 """An RFC 3463 status code whose subject is the message itself (too big, content)."""
 """RFC 5321: the service is closing the session; about the session, whatever the step."""
 
@@ -57,8 +59,11 @@ class Refusal:
 
     @property
     def of_recipient(self) -> bool:
-        """True when the refusal names the recipient: RCPT, unless the session ends."""
-        return self.stage == "rcpt" and self.code != CLOSING
+        """True when the refusal names the recipient: RCPT, unless the session
+        ends or the reason is the relay's policy towards us (RFC 3463 X.7.x:
+        "relaying denied", "authentication required"), which every
+        recipient would meet alike, however few a run has."""
+        return self.stage == "rcpt" and self.code != CLOSING and not _POLICY.match(self.text)
 
     @property
     def of_content(self) -> bool:

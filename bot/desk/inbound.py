@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import re
 import sqlite3
@@ -71,7 +72,8 @@ MAX_ID = 250
 """The longest message id threaded under (RFC 5322 ids are short in practice)."""
 DAY = 86400
 _ARGUMENT = re.compile(
-    r"^([0-9a-f]{1,40}(\.\.[0-9a-f]{1,40})?"  # a commit id, a range, a token, a number
+    r"^(?!.*://)"  # never a URL
+    r"([0-9a-f]{1,40}(\.\.[0-9a-f]{1,40})?"  # a commit id, a range, a token, a number
     r"|\d{4}-\d\d-\d\d(t[\d:.]{2,15}([+-]\d\d:?\d\d|z)?)?"  # an ISO date (time)
     r"|[a-z]{1,12}"  # a keyword: daily, since, last, days...
     r"|[-(\"]*(?:[a-z]{1,12}:)?[\"(]*[\w./+*-]{0,60}[)\"]*)$",  # a topic word: dfn:arch/x86/
@@ -312,6 +314,20 @@ def shown(ctx: Context, name: str, args: list[str]) -> str:
     if ctx.quoted:
         return f"{line} ..."  # the words are quoted in the part below
     return f"{line} {ctx.quote(' '.join(args[plain:]), max(MAX_ECHO - len(line) - 1, 20))}"
+
+
+def unquoted(said: str, args: list[str]) -> str:
+    """An error sentence without the asker's own words in it.
+
+    The `> command` line above it quotes them (once, through Context.quote);
+    an error that repeats them ("'https://...' is not a date") would carry
+    them a second time. Ids, dates and keywords may stay: they carry no one's
+    text.
+    """
+    for arg in sorted(set(args), key=len, reverse=True):
+        if not _PLAIN.match(arg):
+            said = said.replace(repr(arg), "that").replace(arg, "that")
+    return said
 
 
 def not_understood(ctx: Context, stray: str | None) -> str:
@@ -622,19 +638,28 @@ class Desk:
             )
             with self.conn:
                 self._done(row_id, keys, 0, "dropped")
+        except sqlite3.DatabaseError as err:
+            if type(err) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+                # The index cannot be written (a full disk, a lock, damage): not
+                # this mail's fault. Its handling was rolled back; it stays
+                # queued, and the worker tries again once writes work.
+                raise
+            self._failed(row_id, keys, err)
         except Exception as err:
-            log.error(
-                "command mail %d failed: %s: %s", row_id, type(err).__name__, err, exc_info=err
-            )
-            with self.conn:
-                # The raw mail stays, for `kvm-digest failed`, until failed_retention_days.
-                self.conn.execute(
-                    "UPDATE inbound SET done = 1, handled = ?, error = ?, outcome = 'failed'"
-                    " WHERE id = ?",
-                    (int(time.time()), f"{type(err).__name__}: {err}"[:500], row_id),
-                )
-                self._remember(keys)
+            self._failed(row_id, keys, err)
         return True
+
+    def _failed(self, row_id: int, keys: list[bytes], err: Exception) -> None:
+        """Record that handling this mail failed, for `kvm-digest failed`; not run again."""
+        log.error("command mail %d failed: %s: %s", row_id, type(err).__name__, err, exc_info=err)
+        with self.conn:
+            # The raw mail stays, for `kvm-digest failed`, until failed_retention_days.
+            self.conn.execute(
+                "UPDATE inbound SET done = 1, handled = ?, error = ?, outcome = 'failed'"
+                " WHERE id = ?",
+                (int(time.time()), f"{type(err).__name__}: {err}"[:500], row_id),
+            )
+            self._remember(keys)
 
     def _tell_deferred(self, mail: Mail, until: int) -> None:
         """Tell a mailbox whose answer waits for its limit when it will come.
@@ -700,10 +725,22 @@ class Desk:
         lines, stray = command_lines(mail, set(self.commands), bare)
         asked = None if lines else self._digest_reply(mail)
         outcome = "reply" if lines else DIGEST_REPLY if asked else NOT_UNDERSTOOD
-        if not lines:
-            self._check_once_a_day(key, outcome)
-        self._check_caps(key)
-        self._check_limits(key)
+        if lines and all(self._urgent(line) for line in lines):
+            # Leaving, or confirming, is done whatever the limits: past one,
+            # only the answer is dropped or put off. Forged mail that used up
+            # a victim's (or a domain's) replies must not keep them subscribed.
+            try:
+                self._check_caps(key)
+                self._check_limits(key)
+            except (Dropped, Deferred) as why:
+                self._run(ctx, lines)
+                log.info("did what %s asked, without an answer: %s", mail.from_addr, why)
+                return 0, "unanswered"
+        else:
+            if not lines:
+                self._check_once_a_day(key, outcome)
+            self._check_caps(key)
+            self._check_limits(key)
         if asked:
             subject, body = asked
         else:
@@ -767,7 +804,7 @@ class Desk:
                     )
                 result = command.run(ctx, args)
             except CommandError as err:
-                result = f"Error: {err}."
+                result = f"Error: {unquoted(str(err), args)}."
                 if len(lines) == 1 and command.alone:
                     return f"{shown(ctx, name, args)}\n{result}\n"
             if result is None:
@@ -777,10 +814,21 @@ class Desk:
             parts.append(f"{shown(ctx, name, args)}\n{result}\n")
         return "\n".join(parts) if parts else None
 
-    def _replies_since(self, since: int, key: str = "", domain: str = "", outcome: str = "") -> int:
-        """Replies queued since `since`, to one mailbox or one domain, of one outcome."""
+    def _replies_since(
+        self,
+        since: int,
+        key: str = "",
+        domain: str = "",
+        outcome: str = "",
+        excluding: Collection[str] = (),
+    ) -> int:
+        """Replies queued since `since`, to one mailbox or one domain (but the
+        mailboxes `excluding`), of one outcome."""
         sql = "SELECT COUNT(*) FROM inbound WHERE answered > ? AND reply_bytes > 0"
         params: list[object] = [since]
+        if excluding:
+            sql += " AND limit_key NOT IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(sorted(excluding)))
         if key:
             sql += " AND limit_key = ?"
             params.append(key)
@@ -802,20 +850,46 @@ class Desk:
         if self._replies_since(int(time.time()) - DAY, key=key, outcome=outcome):
             raise Dropped("no command, and it was answered so less than a day ago")
 
+    def _urgent(self, line: str) -> bool:
+        """Whether a command line must take effect even past a limit (its answer may not)."""
+        name, *args = line.split()
+        command = self.commands.get(name.lower())
+        return command is not None and command.urgent(args)
+
     def _check_caps(self, key: str) -> None:
         """Raise Dropped when a reply to `key` would pass a daily cap.
 
         Mailman caps autoresponses per address per day and drops the rest;
         a cap per domain also bounds what forged senders at one domain
-        (a1@, a2@, ... a40@victim.example) can make the bot send there.
+        (a1@, a2@, ... a40@victim.example) can make the bot send to
+        strangers there. Subscribers are no strangers: their own mail counts
+        against their own cap only, and not against their domain's, so
+        readers at a large provider never share one budget.
         """
         limits = self.config.commands
         since = int(time.time()) - DAY
         if self._replies_since(since, key=key) >= limits.per_address_per_day:
             raise Dropped(f"{limits.per_address_per_day} replies went to it in the last day")
         domain = key.rpartition("@")[2]
-        if self._replies_since(since, domain=domain) >= limits.per_domain_per_day:
-            raise Dropped(f"{limits.per_domain_per_day} replies went to {domain} in the last day")
+        readers = self._subscribers_at(domain)
+        if key in readers:
+            return
+        strangers = self._replies_since(since, domain=domain, excluding=readers)
+        if strangers >= limits.per_domain_per_day:
+            raise Dropped(
+                f"{limits.per_domain_per_day} replies went to non-subscribers at {domain} "
+                "in the last day"
+            )
+
+    def _subscribers_at(self, domain: str) -> set[str]:
+        """The canonical mailboxes (limit keys) of the active subscribers at `domain`."""
+        return {
+            addresses.limit_key(address)
+            for (address,) in self.conn.execute(
+                "SELECT address FROM subscribers WHERE status = 'active' AND address LIKE ?",
+                (f"%@{domain}",),
+            )
+        }
 
     def _check_limits(self, key: str) -> None:
         """Raise Deferred when a reply to `key` now would break an hourly limit."""

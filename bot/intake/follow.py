@@ -201,7 +201,7 @@ def fetch(url: str, inbox: Path, bounds: Bounds, since: date | None = None) -> F
         done.updated.append(number)
     number, shallow = (have[-1][0] + 1, None) if have else (0, None)
     if not have and since is not None:
-        number, shallow = first_epoch(bare, since, inbox, env)
+        number, shallow = first_epoch(bare, since, inbox, env, bounds.max_epochs)
         done.since, done.skipped = since, number
     first = not have
     while True:
@@ -224,21 +224,27 @@ def fetch(url: str, inbox: Path, bounds: Bounds, since: date | None = None) -> F
         number, first, shallow = number + 1, False, None
 
 
-def first_epoch(url: str, since: date, inbox: Path, env: Env) -> tuple[int, list[str]]:
+def first_epoch(
+    url: str, since: date, inbox: Path, env: Env, max_epochs: int
+) -> tuple[int, list[str]]:
     """The first epoch holding mail from `since` on, and how to clone it shallow.
 
     Epochs are probed oldest first, each by its newest commit (a fetch of
     depth 1: one message), until one ends on or after `since`; if none does
     (nothing was posted since), the newest epoch is cloned at depth 1, so
-    that later fetches have somewhere to continue from.
+    that later fetches have somewhere to continue from. At most `max_epochs`
+    are probed: a server that answers every epoch number stops there too.
     """
     day = datetime(since.year, since.month, since.day, tzinfo=UTC)
     number = 0
-    while (newest := _newest(epoch_url(url, number), inbox, number == 0, env)) is not None:
+    while number < max_epochs:
+        newest = _newest(epoch_url(url, number), inbox, number == 0, env)
+        if newest is None:
+            break
         if newest >= day.timestamp():
             return number, [f"--shallow-since={day.strftime('%Y-%m-%d %H:%M:%S +0000')}"]
         number += 1
-    return number - 1, ["--depth=1"]
+    return max(number - 1, 0), ["--depth=1"]
 
 
 def _newest(url: str, inbox: Path, first: bool, env: Env) -> int | None:

@@ -390,6 +390,9 @@ class Index:
                 total += self._commit(items, progress)
                 if stop is not None and stop():
                     return total
+        if self.rebuilding():
+            with self.conn:
+                self.conn.execute("DELETE FROM meta WHERE key = 'rebuilding'")
         if refused:
             raise DigestError("; ".join(refused))
         return total
@@ -417,9 +420,17 @@ class Index:
             self._clear_derived()
 
     def _clear_derived(self) -> None:
+        if self.last_commit() is not None:
+            # Until a catch-up reaches the archive's head again, positions name
+            # a part of it only: periodic digests wait (bot/delivery/periodic.py).
+            self.set_meta("rebuilding", "1")
         for table in DERIVED_TABLES:
             self.conn.execute(f"DELETE FROM {table}")
         self.conn.execute("DELETE FROM meta WHERE key IN ('last_commit', 'base_commit')")
+
+    def rebuilding(self) -> bool:
+        """True while the index is rebuilt from the archive and not yet at its head."""
+        return rebuilding(self.conn)
 
     # -- reading ---------------------------------------------------------
 
@@ -465,6 +476,15 @@ def parsed_batches(
         raise
     if batch:
         yield batch
+
+
+def rebuilding(conn: sqlite3.Connection) -> bool:
+    """True while the index is rebuilt from the archive and not yet at its head.
+
+    A digest made meanwhile would start or end at a place the rebuild has
+    not reached: it would repeat mail, or move a schedule backwards.
+    """
+    return conn.execute("SELECT 1 FROM meta WHERE key = 'rebuilding'").fetchone() is not None
 
 
 def _tables_of(schema: str) -> dict[str, tuple[str, dict[str, str]]]:

@@ -21,6 +21,7 @@ from aiohttp import web
 from bot.config import Config
 from bot.delivery.mail import Identity
 from bot.delivery.outbox import Outbox
+from bot.health import Problems
 from bot.web import feed, unsubscribe
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,16 @@ def application(
     return app
 
 
-async def serve(make: Callable[[], web.Application], listen: str, stop: asyncio.Event) -> None:
+async def serve(
+    make: Callable[[], web.Application],
+    listen: str,
+    stop: asyncio.Event,
+    problems: Problems | None = None,
+) -> None:
     """Serve a fresh application on `listen` (host:port) until `stop`.
 
-    A bind that fails (the port is taken) raises: the supervisor logs it and
-    tries again with backoff.
+    A bind that fails (the port is taken) raises OSError: the daemon says so
+    once (problem "web") and tries again with backoff.
     """
     host, _, port = listen.rpartition(":")
     runner = web.AppRunner(make(), access_log=None, handle_signals=False)
@@ -119,6 +125,8 @@ async def serve(make: Callable[[], web.Application], listen: str, stop: asyncio.
         site = web.TCPSite(runner, host.strip("[]"), int(port))
         await site.start()
         log.info("web endpoint on http://%s", listen)
+        if problems is not None:
+            problems.working("web")
         await stop.wait()
     finally:
         await runner.cleanup()
