@@ -162,6 +162,18 @@ def statistics(conn: sqlite3.Connection, rng: Range, top: int, only: Collection[
     )
 
 
+def reply_counts(conn: sqlite3.Connection, rng: Range) -> dict[str, int]:
+    """Replies in the range, per series (the messages_replies index answers it)."""
+    return dict(
+        conn.execute(
+            """SELECT series_id, COUNT(*) FROM messages
+                WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
+                GROUP BY series_id""",
+            (rng.start_seq, rng.end_seq),
+        ).fetchall()
+    )
+
+
 def patch_list(
     conn: sqlite3.Connection, rng: Range, only: Collection[int] | None = None
 ) -> list[SeriesLine]:
@@ -175,14 +187,7 @@ def patch_list(
             ORDER BY seq""",
         (rng.start_seq, rng.end_seq),
     ).fetchall()
-    counts = dict(
-        conn.execute(
-            """SELECT series_id, COUNT(*) FROM messages
-            WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
-            GROUP BY series_id""",
-            (rng.start_seq, rng.end_seq),
-        ).fetchall()
-    )
+    counts = reply_counts(conn, rng)
     grouped: dict[str, list[tuple]] = {}
     if only is not None:
         rows = [row for row in rows if row[-1] in only]

@@ -111,14 +111,7 @@ def _own(
 ) -> None:
     """Each submitter's series with news: replies in the range (every
     discussion series has them), or a newer version that arrived in it."""
-    replied = dict(
-        conn.execute(
-            """SELECT series_id, COUNT(*) FROM messages
-                WHERE seq > ? AND seq <= ? AND kind = 'reply' AND series_id IS NOT NULL
-                GROUP BY series_id""",
-            (rng.start_seq, rng.end_seq),
-        ).fetchall()
-    )
+    replied = build.reply_counts(conn, rng)
     # Patch-list series are versioned in the patch list: a newer version in
     # the range shows there as "superseded by".
     news = [s for s in listed if replied.get(s) or "superseded by" in out.lines[s].facts]
@@ -178,27 +171,13 @@ def newly_superseded(
     ).fetchall()
     if not keys:
         return []
-    pairs = json.dumps(sorted({(fk, tk) for fk, tk, _ in keys}))
-    change_ids = json.dumps(sorted({cid for _, _, cid in keys if cid}))
-    found = [
-        r[0]
-        for r in conn.execute(
-            """WITH k(from_key, title_key) AS MATERIALIZED (
-                    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
-                      FROM json_each(?))
-               SELECT DISTINCT m.series_id
-                 FROM k CROSS JOIN works w
-                      ON w.from_key = k.from_key AND w.title_key = k.title_key
-                 CROSS JOIN messages m ON m.seq = w.seq
-                WHERE w.seq <= ? AND m.series_id IS NOT NULL
-               UNION
-               SELECT m.series_id FROM works w CROSS JOIN messages m ON m.seq = w.seq
-                WHERE w.change_id != '' AND w.change_id IN (SELECT value FROM json_each(?))
-                  AND w.seq <= ? AND m.series_id IS NOT NULL""",
-            (pairs, rng.start_seq, change_ids, rng.start_seq),
-        )
-        if r[0] not in skip
-    ]
+    earlier = versions.same_work(
+        conn,
+        {(fk, tk) for fk, tk, _ in keys},
+        {cid for _, _, cid in keys if cid},
+        rng.start_seq,
+    )
+    found = sorted(earlier - skip)
     if not found:
         return []
     shown = waiting.posted(conn, found, rng.start_seq)

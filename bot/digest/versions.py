@@ -57,33 +57,12 @@ def relations(conn: sqlite3.Connection, shown: dict[str, str], end_seq: int) -> 
     # Every series that ever had a patch or cover letter under one of these
     # titles (or change-ids), in two indexed look-ups; each then counts
     # only if that is its own title.
-    pairs = json.dumps(sorted({(fk, key) for fk, key, _, _ in mine.values()}))
-    change_ids = json.dumps(sorted({cid for _, _, cid, _ in mine.values() if cid}))
-    candidates = {
-        row[0]
-        for row in conn.execute(
-            """WITH k(from_key, title_key) AS MATERIALIZED (
-                    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
-                      FROM json_each(?))
-               SELECT DISTINCT m.series_id
-                 FROM k CROSS JOIN works w
-                      ON w.from_key = k.from_key AND w.title_key = k.title_key
-                 CROSS JOIN messages m ON m.seq = w.seq
-                WHERE w.seq <= ? AND m.series_id IS NOT NULL""",
-            (pairs, end_seq),
-        )
-    }
-    if change_ids != "[]":  # b4 users only: most series have no change-id
-        candidates |= {
-            row[0]
-            for row in conn.execute(
-                """SELECT DISTINCT m.series_id
-                     FROM works w CROSS JOIN messages m ON m.seq = w.seq
-                    WHERE w.change_id != '' AND w.change_id IN (SELECT value FROM json_each(?))
-                      AND w.seq <= ? AND m.series_id IS NOT NULL""",
-                (change_ids, end_seq),
-            )
-        }
+    candidates = same_work(
+        conn,
+        {(fk, key) for fk, key, _, _ in mine.values()},
+        {cid for _, _, cid, _ in mine.values() if cid},
+        end_seq,
+    )
     others = titles(conn, sorted(candidates - mine.keys()), end_seq) | mine
     by_title: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
     by_change: dict[str, dict[str, tuple[int, int]]] = {}
@@ -101,6 +80,43 @@ def relations(conn: sqlite3.Connection, shown: dict[str, str], end_seq: int) -> 
         _, when = same.pop(series_id, (version, 0))
         out[series_id] = _say((when, version), [(w, v) for v, w in same.values()])
     return out
+
+
+def same_work(
+    conn: sqlite3.Connection,
+    pairs: set[tuple[str, str]],
+    change_ids: set[str],
+    end_seq: int,
+) -> set[str]:
+    """Every series that had a patch or cover letter up to `end_seq` under one
+    of these (submitter, title key) pairs or b4 change-ids: two indexed
+    look-ups, whatever the number of series."""
+    found = {
+        row[0]
+        for row in conn.execute(
+            """WITH k(from_key, title_key) AS MATERIALIZED (
+                    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+                      FROM json_each(?))
+               SELECT DISTINCT m.series_id
+                 FROM k CROSS JOIN works w
+                      ON w.from_key = k.from_key AND w.title_key = k.title_key
+                 CROSS JOIN messages m ON m.seq = w.seq
+                WHERE w.seq <= ? AND m.series_id IS NOT NULL""",
+            (json.dumps(sorted(pairs)), end_seq),
+        )
+    }
+    if change_ids:  # b4 users only: most series have no change-id
+        found |= {
+            row[0]
+            for row in conn.execute(
+                """SELECT DISTINCT m.series_id
+                     FROM works w CROSS JOIN messages m ON m.seq = w.seq
+                    WHERE w.change_id != '' AND w.change_id IN (SELECT value FROM json_each(?))
+                      AND w.seq <= ? AND m.series_id IS NOT NULL""",
+                (json.dumps(sorted(change_ids)), end_seq),
+            )
+        }
+    return found
 
 
 def titles(
