@@ -36,7 +36,7 @@ def cmd_digest(args: argparse.Namespace, config: Config) -> int:
 
     if args.until and not args.since:
         raise DigestError("--until needs --since; give both dates")
-    env = digestmod.environment(config.digest.templates or None)
+    env = digestmod.environment(config.digest.templates or None, cached=True)
     found = for_reader(args.for_) if args.for_ else None
     index = reader(config)
     try:
