@@ -1,6 +1,6 @@
 """Fan-out through a real Postfix on loopback (issue 25, "Fan-out").
 
-    .venv/bin/python benchmarks/postfix.py                      # 10,000 readers, then 2,000 personal
+    .venv/bin/python benchmarks/postfix.py                    # 10,000 readers; 2,000 personal
     .venv/bin/python benchmarks/postfix.py --subscribers 2000   # quicker
 
 One digest to 10,000 subscribers through a private Postfix instance (its own
