@@ -8,16 +8,19 @@ printed as one line, exit 1. Adding a command touches its group's module.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sqlite3
-import sys
-from pathlib import Path
+from bot.cli.startup import no_collection
 
-from bot import config as configmod
-from bot import redact
-from bot.cli import admin, archive, checks, digest, health, service
-from bot.errors import DigestError
+with no_collection():
+    import argparse
+    import os
+    import sqlite3
+    import sys
+    from pathlib import Path
+
+    from bot import config as configmod
+    from bot import redact
+    from bot.cli import admin, archive, checks, digest, health, service
+    from bot.errors import DigestError
 
 GROUPS = (archive, digest, service, admin, checks, health)
 

@@ -32,7 +32,10 @@ def select_range(args: argparse.Namespace, index: Index) -> ranges.Range:
 
 
 def cmd_digest(args: argparse.Namespace, config: Config) -> int:
-    from bot.digest import build as digestmod
+    from bot.cli.startup import no_collection
+
+    with no_collection():
+        from bot.digest import build as digestmod
 
     if args.until and not args.since:
         raise DigestError("--until needs --since; give both dates")
