@@ -114,6 +114,10 @@ def with_for_you(
     return layout.insert(text, section) if section else text
 
 
+COMMANDS = ("digest",)
+"""The commands register() adds (the CLI registers only the group a command line names)."""
+
+
 def register(sub: Subparsers) -> None:
     p = add_command(
         sub,
