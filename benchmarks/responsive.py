@@ -198,12 +198,14 @@ class Daemon:
         raise SystemExit(f"no {text!r} in the daemon's log:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
+        """SIGTERM, as systemd stops it; its exit status is kept."""
         self.proc.terminate()
         try:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.code = self.proc.returncode
         self.log_file.close()
         kept = RESULTS / f"responsive-{self.log_path.parent.name}.log"
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -257,11 +259,12 @@ def scenario_catchup(cache: Path, commits: int) -> dict:
             ended = daemon.wait_log(f"indexed {commits} new messages", 3600)
             probe.recording.clear()
         finally:
+            daemon.stop()  # before the notify socket goes
             probe.close()
-            daemon.stop()
             relay.terminate()
             relay.wait()
         result = probe.figures(ended - began, began)
+    result["daemon_exit"] = daemon.code
     result["commits"] = commits
     result["commits_per_s"] = commits / result["seconds"]
     return result
@@ -337,12 +340,13 @@ def scenario_periodic(cache: Path, topics: int, new: int) -> dict:
             ended = time.monotonic()
             probe.recording.clear()
         finally:
+            daemon.stop()  # before the notify socket goes
             probe.close()
-            daemon.stop()
             relay.terminate()
             relay.wait()
         result = probe.figures(ended - began, began)
     result.update(
+        daemon_exit=daemon.code,
         topics=topics,
         new_messages=new,
         run_log=line.split("daily digest: ", 1)[1],
@@ -407,6 +411,7 @@ def main() -> None:
         )
         if name == "periodic":
             print(f"  periodic: {r['run_log']}; {r['sent']} sent")
+        print(f"  {name}: the daemon exited with {r['daemon_exit']} on SIGTERM (0: a clean stop)")
     # One scenario run alone keeps the other's last figures in the file.
     kept = RESULTS / "responsive.json"
     earlier = json.loads(kept.read_text()) if kept.exists() else {}
