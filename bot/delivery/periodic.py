@@ -219,13 +219,21 @@ async def run_off_loop(
     a quarter of a second for it with 2,000 topics. A worker process
     (spawned: forking a process with threads is unsafe) makes the plan and
     sends it back, its log lines going to the daemon's stderr; `env` is
-    made again there from the same templates. `conn` is the loop's
+    made again there from the same templates (`env` serves a run with
+    nothing new, made in a thread). `conn` is the loop's
     connection: it only makes the two short writes before and after, never
     a transaction held across the wait.
     """
-    del env  # the worker builds its own, from config.digest.templates
     with conn:
         ensure(conn, name)
+    if (
+        not config.schedule.send_empty
+        and ranges.after(conn, ranges.locate(conn, place(conn, name))).empty
+    ):
+        # Nothing new: nothing to render, no process to start (a snapshot
+        # taken in the thread still decides, should mail arrive meanwhile).
+        plan = await asyncio.to_thread(prepare_at, index_path, config, env, name)
+        return commit(conn, plan, outbox)
     level = logging.getLogger().getEffectiveLevel()
     loop = asyncio.get_running_loop()
     with concurrent.futures.ProcessPoolExecutor(
