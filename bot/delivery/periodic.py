@@ -19,9 +19,9 @@ endpoint, the whole list's digest in the configured style is rendered even
 when nobody reads it by mail: it is an entry of the Atom feed.
 
 Rendering is the slow part (2,000 topics are 2,000 digests), so the daemon
-does it in a worker thread, on a connection of its own whose read
+does it in a worker process, on a connection of its own whose read
 transaction is one consistent snapshot (`prepare`); what it made is then
-written in one short transaction on the event loop (`commit`). One group
+written in one transaction on the event loop (`commit`). One group
 (topic and style) that cannot be rendered is logged and skipped; the
 others go out and the schedule moves on.
 """
