@@ -236,10 +236,15 @@ async def run_off_loop(
         return commit(conn, plan, outbox)
     level = logging.getLogger().getEffectiveLevel()
     loop = asyncio.get_running_loop()
-    with concurrent.futures.ProcessPoolExecutor(
+    pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn")
-    ) as pool:
+    )
+    try:
         plan = await loop.run_in_executor(pool, prepare_elsewhere, index_path, config, name, level)
+    finally:
+        # Not waited for on the loop: the worker ends once its plan is sent
+        # (or, on a stop mid-run, once it is made, as a thread would).
+        pool.shutdown(wait=False)
     return commit(conn, plan, outbox)
 
 
