@@ -376,7 +376,7 @@ class Daemon:
         return scheduler
 
     async def _digest_job(self, index: Index, outbox: Outbox, name: str) -> None:
-        """One periodic run: rendered in a worker thread, stored on the loop.
+        """One periodic run: rendered in a worker process, stored on the loop.
 
         A coroutine, so APScheduler runs it on the event loop, where the
         index connection lives. It waits for intake's first catch-up (not a
