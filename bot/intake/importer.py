@@ -8,6 +8,7 @@ crash in between is healed by the index's catch-up on the next open.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import sqlite3
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from bot.errors import DigestError, MailError
 from bot.parse.message import ParsedMessage, parse_message
+from bot.parse.pool import parse_ahead
 from bot.store.archive import Archive
 from bot.store.gitread import Unread
 from bot.store.index import Index
@@ -50,10 +52,12 @@ def check(raw: bytes, max_size: int) -> ParsedMessage:
 class Importer:
     """Append new messages to the archive and index them, in batches."""
 
-    def __init__(self, archive: Archive, index: Index, max_size: int) -> None:
+    def __init__(self, archive: Archive, index: Index, max_size: int, workers: int = 1) -> None:
         self.archive = archive
         self.index = index
         self.max_size = max_size
+        self.workers = workers
+        """Processes that parse ahead of the writer in run() ([import] workers)."""
         self.counts = Counts()
         self.failed: list[tuple[int, str, str, bytes, str]] = []
         """Failures written to the index but not yet committed with a batch."""
@@ -69,15 +73,19 @@ class Importer:
 
         Batches overlap: while git writes batch N and its index rows wait
         uncommitted, batch N+1 is parsed; N is committed before N+1 is written.
+        With `workers` > 1 the parsing runs in that many processes, ahead of
+        this loop (bot/parse/pool.py); the results come back in source order,
+        so the archive and the index are written exactly as without them.
         """
         pending: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
         read = 0
         position = None
         inflight: Callable[[], None] | None = None
-        for position, raw in messages:
+        parse = functools.partial(check, max_size=self.max_size)
+        for position, raw, result in parse_ahead(messages, parse, self.workers):
             read += 1
-            parsed = self.accept(raw, f"{where} #{position}")
+            parsed = self.judged(raw, result, f"{where} #{position}")
             if parsed is not None and self.is_new(parsed, seen):
                 pending.append((raw, parsed))
             if read % BATCH == 0:
@@ -97,9 +105,16 @@ class Importer:
 
     def accept(self, raw: bytes | Unread, where: str) -> ParsedMessage | None:
         """Parse a message for the archive, or count, log and keep why not."""
+        return self.judged(raw, None if isinstance(raw, Unread) else self.parse(raw), where)
+
+    def judged(
+        self, raw: bytes | Unread, result: ParsedMessage | Exception | None, where: str
+    ) -> ParsedMessage | None:
+        """judge() for a message parsed anywhere; an Unread one is rejected with its reason."""
         if isinstance(raw, Unread):  # a git source's message not read: too large
             return self.judge(b"", where, MailError(raw.reason))
-        return self.judge(raw, where, self.parse(raw))
+        assert result is not None
+        return self.judge(raw, where, result)
 
     def parse(self, raw: bytes) -> ParsedMessage | Exception:
         """Parse without side effects (safe in a worker thread); errors are returned."""
