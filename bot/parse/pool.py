@@ -23,6 +23,7 @@ nothing waits forever.
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import os
 import pickle
@@ -39,6 +40,8 @@ from bot.errors import DigestError
 K = TypeVar("K")
 V = TypeVar("V")
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 CHUNK = 32
 """Messages per task: enough to make the round trip cheap, few enough to keep
@@ -119,7 +122,7 @@ def _pooled(
     inflight: collections.deque[tuple[list[tuple[K, V]], Future | None]] = collections.deque()
     pending: list[tuple[K, V]] | None = head
     error: Exception | None = None
-    done = False
+    done = said = False
     try:
         while True:
             # No new chunk while lost ones are parsed one by one: a crash then
@@ -133,6 +136,10 @@ def _pooled(
                     inflight.append((part, pool.submit(parse, _raws(part))))
             if not inflight:
                 break
+            if not said:
+                said = True  # once the pool is full: every worker is started by then
+                pids = ", ".join(str(p.pid) for p in multiprocessing.active_children())
+                log.debug("parsing ahead in %d worker processes (pids %s)", workers, pids)
             part, future = inflight.popleft()
             results = None
             if future is not None:
