@@ -8,6 +8,7 @@ crash in between is healed by the index's catch-up on the next open.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -83,18 +84,20 @@ class Importer:
         position = None
         inflight: Callable[[], None] | None = None
         parse = functools.partial(check, max_size=self.max_size)
-        for position, raw, result in parse_ahead(messages, parse, self.workers):
-            read += 1
-            parsed = self.judged(raw, result, f"{where} #{position}")
-            if parsed is not None and self.is_new(parsed, seen):
-                pending.append((raw, parsed))
-            if read % BATCH == 0:
-                if inflight:
-                    inflight()
-                inflight = self.begin(pending, _saver(save_position, position))
-                pending, seen = [], set()
-                if progress:
-                    progress(BATCH)
+        # Closed on any way out, so a failure here stops the workers at once.
+        with contextlib.closing(parse_ahead(messages, parse, self.workers)) as parsed_ahead:
+            for position, raw, result in parsed_ahead:
+                read += 1
+                parsed = self.judged(raw, result, f"{where} #{position}")
+                if parsed is not None and self.is_new(parsed, seen):
+                    pending.append((raw, parsed))
+                if read % BATCH == 0:
+                    if inflight:
+                        inflight()
+                    inflight = self.begin(pending, _saver(save_position, position))
+                    pending, seen = [], set()
+                    if progress:
+                        progress(BATCH)
         if inflight:
             inflight()
         if position is not None:
