@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot.errors import DigestError, MailError
-from bot.parse.message import ParsedMessage, parse_message
+from bot.parse.message import ParsedMessage, parse_within
 from bot.parse.pool import parse_ahead
 from bot.store.archive import Archive
 from bot.store.gitread import Unread
@@ -43,11 +43,7 @@ class Counts:
 
 def check(raw: bytes, max_size: int) -> ParsedMessage:
     """Parse a message for the archive; raise MailError with the reason not to."""
-    if len(raw) > max_size:
-        raise MailError(
-            f"it is {len(raw)} bytes, more than the limit of {max_size} ([import] max_message_size)"
-        )
-    return parse_message(raw)
+    return parse_within(raw, max_size)
 
 
 class Importer:
@@ -83,7 +79,7 @@ class Importer:
         read = 0
         position = None
         inflight: Callable[[], None] | None = None
-        parse = functools.partial(check, max_size=self.max_size)
+        parse = functools.partial(parse_within, max_size=self.max_size)
         # Closed on any way out, so a failure here stops the workers at once.
         with contextlib.closing(parse_ahead(messages, parse, self.workers)) as parsed_ahead:
             for position, raw, result in parsed_ahead:

@@ -239,6 +239,19 @@ def _list_id(value: str | None) -> str:
     return (m.group(1) if m else text).strip().lower()
 
 
+def parse_within(raw: bytes, max_size: int) -> ParsedMessage:
+    """Parse a message for the archive; a MailError says why not (too large, not mail).
+
+    Here, with the parser, and not in the importer: the importer's parser
+    workers (bot/parse/pool.py) then load only the parser, not git.
+    """
+    if len(raw) > max_size:
+        raise MailError(
+            f"it is {len(raw)} bytes, more than the limit of {max_size} ([import] max_message_size)"
+        )
+    return parse_message(raw)
+
+
 def parse_lenient(raw: bytes) -> ParsedMessage:
     """Parse a message already in the archive; never raises.
 
