@@ -23,6 +23,7 @@ nothing waits forever.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import multiprocessing
 import os
@@ -120,7 +121,7 @@ def _pooled(
 ) -> Iterator[tuple[K, V, R | Exception | None]]:
     pool = _Pool(workers)
     inflight: collections.deque[tuple[list[tuple[K, V]], Future | None]] = collections.deque()
-    pending: list[tuple[K, V]] | None = head
+    feed = itertools.chain(head, source)
     error: Exception | None = None
     done = said = False
     try:
@@ -128,9 +129,7 @@ def _pooled(
             # No new chunk while lost ones are parsed one by one: a crash then
             # is theirs alone.
             while not done and len(inflight) < workers * AHEAD and _none_lost(inflight):
-                if pending is None:
-                    pending, error = _take(source, chunk)
-                part, pending = pending, None
+                part, error = _take(feed, chunk)
                 done = error is not None or len(part) < chunk
                 if part:
                     inflight.append((part, pool.submit(parse, _raws(part))))
