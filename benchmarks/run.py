@@ -598,12 +598,36 @@ def bench_live(count: int) -> dict:
 # -- 4. fan-out ----------------------------------------------------------------
 
 
-async def fan_out(count: int, personal_share: float = 0.0) -> dict:
+class SinkRelay:
+    """aiosmtpd's own Sink handler in a process of its own, as a real relay
+    would be (in-process it would share our GIL)."""
+
+    def __init__(self) -> None:
+        from tests.dovecot import free_port
+        from tests.smtpsink import relay_process
+
+        self.port = free_port()
+        self.proc = relay_process(self.port)
+        self.cpu_at_start = 0.0
+
+    def cpu_seconds(self) -> float:
+        """CPU so far (user + system); the process's start included."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+async def fan_out(count: int, personal_share: float = 0.0, relay: object = None) -> dict:
     """Queue one digest for `count` subscribers; time until all are sent.
 
-    The relay is aiosmtpd's own Sink handler in a process of its own, as a
-    real relay would be (in-process it would share our GIL); completion is
-    read from the outbox, where each mail is marked sent after the 250.
+    The relay (`relay`: a port, cpu_seconds() and stop(); by default a
+    SinkRelay) runs in processes of its own; completion is read from the
+    outbox, where each mail is marked sent after the 250. Its CPU is
+    counted from when sending starts.
     `personal_share` of the subscribers get "For you": plus addresses of the
     slice's most addressed people (not its lists), so each has a real section.
     """
@@ -612,12 +636,10 @@ async def fan_out(count: int, personal_share: float = 0.0) -> dict:
     from bot.delivery.mail import Identity
     from bot.delivery.outbox import Outbox, Queued
     from bot.delivery.sender import Sender
-    from tests.dovecot import free_port
     from tests.mailfactory import DATA, Store
-    from tests.smtpsink import relay_process
 
-    port = free_port()
-    relay = relay_process(port)
+    relay = relay if relay is not None else SinkRelay()
+    port = relay.port  # type: ignore[attr-defined]
     root = Path(tempfile.mkdtemp(prefix="kvm-digest-fanout-"))
     config = from_table(
         {
@@ -685,6 +707,7 @@ async def fan_out(count: int, personal_share: float = 0.0) -> dict:
             await asyncio.sleep(0.05)
     sender = Sender(outbox, config.smtp)
     stop = asyncio.Event()
+    relay_cpu = relay.cpu_seconds()  # type: ignore[attr-defined]
     started, cpu = time.perf_counter(), time.process_time()
     task = asyncio.create_task(sender.run(stop))
     while outbox.done < count:
@@ -693,9 +716,9 @@ async def fan_out(count: int, personal_share: float = 0.0) -> dict:
     elapsed, our_cpu = time.perf_counter() - started, time.process_time() - cpu
     stop.set()
     await task
+    relay_cpu = relay.cpu_seconds() - relay_cpu  # type: ignore[attr-defined]
     assert outbox.counts().get("sent", 0) == count, outbox.counts()
-    relay.terminate()
-    _, _, usage = os.wait4(relay.pid, 0)
+    relay.stop()  # type: ignore[attr-defined]
     return {
         "subscribers": count,
         "personal": personal,
@@ -706,7 +729,7 @@ async def fan_out(count: int, personal_share: float = 0.0) -> dict:
         "msg_per_s": count / elapsed,
         "digest_bytes": size,
         "our_cpu_s": our_cpu,
-        "relay_cpu_s": usage.ru_utime + usage.ru_stime,
+        "relay_cpu_s": relay_cpu,
     }
 
 
@@ -734,7 +757,7 @@ def bench_fanout(count: int, personal_share: float) -> dict:
         r = runs[1]
         print(f"  {r['sections']} 'For you' sections, {r['section_bytes']:,.0f} bytes on average")
     verdict = "met" if runs[-1]["msg_per_s"] >= FANOUT_GOAL else "missed"
-    print(f"  goal {FANOUT_GOAL} mails/s: {verdict} (the relay's CPU includes its start)")
+    print(f"  goal {FANOUT_GOAL} mails/s: {verdict}")
     result = {**runs[0], "with_personal": runs[1] if personal_share else None}
     save("fanout", result)
     return result

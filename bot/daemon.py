@@ -172,9 +172,16 @@ class Daemon:
             return
         self.caught_up = True
         with index.conn:
-            for name in SCHEDULES:
-                if getattr(self.config.schedule, name):
-                    periodic.ensure(index.conn, name)
+            started = [
+                name
+                for name in SCHEDULES
+                if getattr(self.config.schedule, name) and periodic.ensure(index.conn, name)
+            ]
+        for name in started:
+            # Where a new schedule's first digest begins: mail before it is in none.
+            head = periodic.place(index.conn, name)
+            after = head.commit_id[:12] or "the archive's start"
+            log.info("the %s digest starts after %s", name, after)
 
     async def _intake(self, index: Index, desk: Desk, stop: asyncio.Event) -> None:
         """The supervised intake: catch the index up, then take new mail as it comes.
@@ -377,7 +384,7 @@ class Daemon:
         return scheduler
 
     async def _digest_job(self, index: Index, outbox: Outbox, name: str) -> None:
-        """One periodic run: rendered in a worker thread, stored on the loop.
+        """One periodic run: rendered in a worker process, stored on the loop.
 
         A coroutine, so APScheduler runs it on the event loop, where the
         index connection lives. It waits for intake's first catch-up (not a

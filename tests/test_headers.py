@@ -153,3 +153,27 @@ def test_a_non_ascii_title_is_encoded_in_the_subject_and_plain_in_list_id():
     rfcmail.check(head)
     assert rfcmail.field(head, "List-Id").value == "KVM Unicode digest <kvm-digest.example.org>"
     assert list_id_field(me).isascii()
+
+
+def test_a_readers_fields_are_what_the_email_package_writes():
+    """The fan-out writes To, Date and Message-ID itself for plain addresses:
+    byte for byte what the email package makes of them, for every shape of
+    address an addr-spec allows (and long or odd ones go through it)."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+    from email.utils import formatdate, make_msgid
+
+    from bot.delivery.mail import reader_fields
+
+    date = formatdate(usegmt=True)
+    ids = [make_msgid(domain="digest.example.org"), "<a.b@x>", "<" + "l" * 70 + "@x>"]
+    locals_ = ["reader1", "a+b", "o'neil", "x!#$%&*/=?^_`{|}~-y", "d.o.t", "q" * 64, "Big.Case"]
+    domains = ["example.org", "sub.example-1.org", "e" * 60 + ".org"]
+    for local in locals_:
+        for domain in domains:
+            for mid in ids:
+                to = f"{local}@{domain}"
+                own = EmailMessage(policy=SMTP)
+                own["To"], own["Date"], own["Message-ID"] = to, date, mid
+                data = own.as_bytes()
+                assert reader_fields(to, False, date, mid) == data[: data.index(b"\r\n\r\n") + 2]

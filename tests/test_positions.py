@@ -191,6 +191,7 @@ def test_the_daemon_follows_a_rewritten_mirror_without_losing_a_message(tmp_path
     daemon = DaemonProcess(config)
     try:
         daemon.wait_log("kvm-digest is running")
+        daemon.wait_log("the daily digest starts after")  # mail from now on is in it
         archive.append((raw, parse_lenient(raw)) for raw in map(post, range(10)))
         daemon.expect(sink.wait_until, lambda _: len(titles(sink, "reader@example.org")) >= 10)
         purge(epoch, "m3@x")

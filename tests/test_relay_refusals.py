@@ -313,6 +313,7 @@ def test_the_daemon_stops_at_a_relay_refusal_and_disables_nobody(tmp_path, sink,
     daemon = DaemonProcess(config)
     try:
         daemon.wait_log("kvm-digest is running")
+        daemon.wait_log("the daily digest starts after")  # mail from now on is in it
         for day in range(3):  # three digests meet the refusal
             raw = mail(f"[PATCH] day {day}", f"d{day}@x", minutes=day)
             archive.append([(raw, parse_lenient(raw))])

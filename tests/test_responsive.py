@@ -2,7 +2,7 @@
 
 A periodic run renders one digest per topic its subscribers chose: 2,000
 distinct topics kept LMTP silent for 16 s, as the run held the event loop.
-Now the rendering happens in a worker thread, on a read connection of its
+Now the rendering happens in a worker process, on a read connection of its
 own, and only the short write of what it made runs on the loop. The test
 runs the daemon, starts such a run, and opens LMTP sessions while it
 renders: the events (the run's first and last log lines, each greeting)

@@ -125,3 +125,54 @@ def test_a_bad_cron_is_a_config_error_wherever_the_schedule_is_used(tmp_path):
     out = kvm_digest(*base, "digest", "--all")
     assert out.returncode == 1
     assert "[schedule] weekly = 'every monday' is not a cron expression" in out.stderr
+
+
+def test_each_group_registers_exactly_the_commands_it_names():
+    """The CLI registers only the group a command line names: each group's
+    COMMANDS must be what its register() adds, or a command would vanish."""
+    from bot import cli
+
+    everything = set()
+    for group in cli.GROUPS:
+        parser = cli.build_parser(group.COMMANDS[0])
+        (sub,) = [a for a in parser._actions if a.dest == "command"]
+        assert tuple(sub.choices) == group.COMMANDS, group.__name__
+        everything |= set(sub.choices)
+    (sub,) = [a for a in cli.build_parser()._actions if a.dest == "command"]
+    assert set(sub.choices) == everything
+
+
+def test_the_command_is_found_past_global_options_or_not_at_all():
+    from bot.cli import named_command
+
+    assert named_command(["--data-dir", "x", "digest", "--all"]) == "digest"
+    assert named_command(["--config=c.toml", "-vv", "--archive", "a", "run"]) == "run"
+    assert named_command(["-v", "--verbose", "import", "f"]) == "import"
+    # Abbreviated or unknown options, --help: argparse reads them, every command known.
+    assert named_command(["--conf", "digest", "import", "f"]) is None
+    assert named_command(["--help"]) is None
+    assert named_command([]) is None
+
+
+def test_a_command_line_with_one_group_parses_as_with_all(capsys):
+    """What argparse makes of a command line, or says against it, is the
+    same with only the named group registered as with every command."""
+    from bot.cli import build_parser, named_command
+
+    lines = [
+        ["--data-dir", "d", "digest", "--since", "2021-03-01", "--style", "brief"],
+        ["digest", "--all", "--bogus"],
+        ["digest"],
+        ["-v", "outbox", "retry", "3"],
+        ["subscribers", "add", "a@example.org"],
+    ]
+    for argv in lines:
+        said = []
+        for parser in (build_parser(), build_parser(named_command(argv))):
+            try:
+                args = vars(parser.parse_args(argv))
+            except SystemExit as stop:
+                args = {"exit": stop.code}
+            args.pop("func", None)
+            said.append((args, capsys.readouterr().err))
+        assert said[0] == said[1], argv

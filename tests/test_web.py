@@ -263,6 +263,7 @@ seconds = true
     try:
         daemon.wait_log(f"web endpoint on http://127.0.0.1:{web_port}")
         daemon.wait_log("kvm-digest is running")
+        daemon.wait_log("the daily digest starts after")  # mail from now on is in it
         later = DATA / "reference" / "000.mbox"
         subprocess.run(
             [sys.executable, "-m", "bot.cli", "--data-dir", str(upstream), "import", str(later)],

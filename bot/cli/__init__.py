@@ -8,16 +8,19 @@ printed as one line, exit 1. Adding a command touches its group's module.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sqlite3
-import sys
-from pathlib import Path
+from bot.cli.startup import no_collection
 
-from bot import config as configmod
-from bot import redact
-from bot.cli import admin, archive, checks, digest, health, service
-from bot.errors import DigestError
+with no_collection():
+    import argparse
+    import os
+    import sqlite3
+    import sys
+    from pathlib import Path
+
+    from bot import config as configmod
+    from bot import redact
+    from bot.cli import admin, archive, checks, digest, health, service
+    from bot.errors import DigestError
 
 GROUPS = (archive, digest, service, admin, checks, health)
 
@@ -39,7 +42,33 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+GLOBAL_WITH_VALUE = ("--config", "--data-dir", "--archive")
+
+
+def named_command(argv: list[str]) -> str | None:
+    """The command a command line names, read past the global options; None
+    when they are not spelled out exactly (an abbreviation, --help), so that
+    argparse, with every command registered, reads them."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in GLOBAL_WITH_VALUE:
+            i += 2
+        elif arg.partition("=")[0] in GLOBAL_WITH_VALUE or _verbose(arg):
+            i += 1
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def _verbose(arg: str) -> bool:
+    return arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"})
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command`, only the group that has it (if
+    one does): registering every command's options costs a digest a twelfth
+    of its start-up, and its parsing and --help are the same."""
     parser = argparse.ArgumentParser(
         prog="kvm-digest",
         description="Archive a mailing list, thread its patch series and mail digests.",
@@ -61,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in GROUPS:
+    for group in [g for g in GROUPS if command in g.COMMANDS] or GROUPS:
         group.register(sub)
     return parser
 
@@ -78,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    parser = build_parser(named_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     setup_logging(args.verbose + (1 if args.command in service.LONG_RUNNING else 0))
     config = None

@@ -127,6 +127,10 @@ def cmd_backup(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+COMMANDS = ("subscribers", "send-now", "outbox", "backup")
+"""The commands register() adds (the CLI registers only the group a command line names)."""
+
+
 def register(sub: Subparsers) -> None:
     p = add_command(
         sub,

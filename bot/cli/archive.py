@@ -206,6 +206,10 @@ def cmd_failed(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+COMMANDS = ("import", "fetch", "reindex", "repair", "failed", "fsck")
+"""The commands register() adds (the CLI registers only the group a command line names)."""
+
+
 def register(sub: Subparsers) -> None:
     p = add_command(
         sub,

@@ -15,6 +15,10 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     return checkconfig.run(config, args.connect, args.credentials)
 
 
+COMMANDS = ("check-config",)
+"""The commands register() adds (the CLI registers only the group a command line names)."""
+
+
 def register(sub: Subparsers) -> None:
     p = add_command(
         sub,

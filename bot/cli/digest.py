@@ -32,11 +32,14 @@ def select_range(args: argparse.Namespace, index: Index) -> ranges.Range:
 
 
 def cmd_digest(args: argparse.Namespace, config: Config) -> int:
-    from bot.digest import build as digestmod
+    from bot.cli.startup import no_collection
+
+    with no_collection():
+        from bot.digest import build as digestmod
 
     if args.until and not args.since:
         raise DigestError("--until needs --since; give both dates")
-    env = digestmod.environment(config.digest.templates or None)
+    env = digestmod.environment(config.digest.templates or None, cached=True)
     found = for_reader(args.for_) if args.for_ else None
     index = reader(config)
     try:
@@ -109,6 +112,10 @@ def with_for_you(
     pool = personal.pool(index.conn, rng, config.list.archive_url, full)
     section = personal.render(pool.groups(key), shown, env)
     return layout.insert(text, section) if section else text
+
+
+COMMANDS = ("digest",)
+"""The commands register() adds (the CLI registers only the group a command line names)."""
 
 
 def register(sub: Subparsers) -> None:

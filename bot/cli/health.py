@@ -28,6 +28,10 @@ def cmd_health(args: argparse.Namespace, config: Config) -> int:
     return status
 
 
+COMMANDS = ("health",)
+"""The commands register() adds (the CLI registers only the group a command line names)."""
+
+
 def register(sub: Subparsers) -> None:
     p = add_command(
         sub,

@@ -80,6 +80,10 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+COMMANDS = ("listen", "run")
+"""The commands register() adds (the CLI registers only the group a command line names)."""
+
+
 def register(sub: Subparsers) -> None:
     p = add_command(
         sub,

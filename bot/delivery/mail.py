@@ -340,15 +340,43 @@ def address(
     body is.
     """
     to, utf8 = wire_address(to)
-    own = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
-    own["To"] = to
-    own["Date"] = formatdate(usegmt=True)
-    own["Message-ID"] = message_id
-    headers = own.as_bytes()
-    headers = headers[: headers.index(b"\r\n\r\n") + 2] + unsubscribe_fields(me, secret)
+    headers = reader_fields(to, utf8, formatdate(usegmt=True), message_id)
+    headers += unsubscribe_fields(me, secret)
     if footer and not prepared.blank_end:
         footer = "\n" + footer
     return headers + prepared.head + prepared.body + _encoded(footer, prepared.cte)
+
+
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+")
+_MESSAGE_ID = re.compile(r"<[!-;=?-~]+>")
+
+
+def reader_fields(to: str, utf8: bool, date: str, message_id: str) -> bytes:
+    """To, Date and Message-ID of one reader's copy, as the stdlib writes them.
+
+    Once per mail of a fan-out: a plain ASCII address and id on lines
+    that need no folding (every real one) are written directly, byte for
+    byte what the email package makes of them, at a tenth of its cost;
+    anything else goes through the email package.
+    """
+    # The email package writes a GMT date as the offset +0000.
+    stamp = date[:-4] + " +0000" if date.endswith(" GMT") else date
+    fields = f"To: {to}\r\nDate: {stamp}\r\nMessage-ID: {message_id}\r\n"
+    if (
+        date.endswith(" GMT")
+        and not utf8
+        and _DOT_ATOM.fullmatch(to)
+        and _MESSAGE_ID.fullmatch(message_id)
+        and len(to) <= 74
+        and len(message_id) <= 66
+    ):
+        return fields.encode("ascii")
+    own = EmailMessage(policy=SMTPUTF8 if utf8 else SMTP)
+    own["To"] = to
+    own["Date"] = date
+    own["Message-ID"] = message_id
+    headers = own.as_bytes()
+    return headers[: headers.index(b"\r\n\r\n") + 2]
 
 
 def unsubscribe_fields(me: Identity, secret: str | None) -> bytes:

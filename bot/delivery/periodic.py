@@ -19,9 +19,9 @@ endpoint, the whole list's digest in the configured style is rendered even
 when nobody reads it by mail: it is an entry of the Atom feed.
 
 Rendering is the slow part (2,000 topics are 2,000 digests), so the daemon
-does it in a worker thread, on a connection of its own whose read
+does it in a worker process, on a connection of its own whose read
 transaction is one consistent snapshot (`prepare`); what it made is then
-written in one short transaction on the event loop (`commit`). One group
+written in one transaction on the event loop (`commit`). One group
 (topic and style) that cannot be rendered is logged and skipped; the
 others go out and the schedule moves on.
 """
@@ -29,7 +29,9 @@ others go out and the schedule moves on.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import multiprocessing
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -210,15 +212,49 @@ async def run_off_loop(
     env: jinja2.Environment,
     name: str,
 ) -> Run:
-    """As run(), with the rendering in a worker thread: the event loop goes on.
+    """As run(), with the rendering in a process of its own: the event loop goes on.
 
-    `conn` is the loop's connection: it only makes the two short writes
-    before and after, never a transaction held across the wait.
+    Rendering is pure Python (Jinja2, the digest's look-ups): in a thread
+    it would hold the GIL the loop needs, and LMTP's greetings waited up to
+    a quarter of a second for it with 2,000 topics. A worker process
+    (spawned: forking a process with threads is unsafe) makes the plan and
+    sends it back, its log lines going to the daemon's stderr; `env` is
+    made again there from the same templates (`env` serves a run with
+    nothing new, made in a thread). `conn` is the loop's
+    connection: it only makes the two short writes before and after, never
+    a transaction held across the wait.
     """
     with conn:
         ensure(conn, name)
-    plan = await asyncio.to_thread(prepare_at, index_path, config, env, name)
+    if (
+        not config.schedule.send_empty
+        and ranges.after(conn, ranges.locate(conn, place(conn, name))).empty
+    ):
+        # Nothing new: nothing to render, no process to start (a snapshot
+        # taken in the thread still decides, should mail arrive meanwhile).
+        plan = await asyncio.to_thread(prepare_at, index_path, config, env, name)
+        return commit(conn, plan, outbox)
+    level = logging.getLogger().getEffectiveLevel()
+    loop = asyncio.get_running_loop()
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+    )
+    try:
+        plan = await loop.run_in_executor(pool, prepare_elsewhere, index_path, config, name, level)
+    finally:
+        # Not waited for on the loop: the worker ends once its plan is sent
+        # (or, on a stop mid-run, once it is made, as a thread would).
+        pool.shutdown(wait=False)
     return commit(conn, plan, outbox)
+
+
+def prepare_elsewhere(index_path: Path, config: Config, name: str, level: int) -> Plan:
+    """prepare_at() in a worker process: logging as the daemon's, the same templates."""
+    from bot import logsetup
+
+    logsetup.configure(max(0, (logging.WARNING - level) // 10))
+    env = digestmod.environment(config.digest.templates or None)
+    return prepare_at(index_path, config, env, name)
 
 
 def prepare_at(index_path: Path, config: Config, env: jinja2.Environment, name: str) -> Plan:

@@ -506,12 +506,13 @@ def build(
     )
 
 
-def environment(extra_dir: str | Path | None = None) -> jinja2.Environment:
+def environment(extra_dir: str | Path | None = None, cached: bool = False) -> jinja2.Environment:
     """The Jinja2 environment for plain-text mail templates.
 
     Templates come from the configured directory first, then the shipped
     `templates/` (inside the package when installed, beside it in a checkout).
     User text is only ever passed as data, never compiled as a template.
+    `cached`: compiled templates are kept between processes (template_cache).
     """
     package = Path(__file__).resolve().parents[1]
     dirs = [
@@ -526,7 +527,33 @@ def environment(extra_dir: str | Path | None = None) -> jinja2.Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        bytecode_cache=template_cache() if cached else None,
     )
+
+
+def template_cache() -> jinja2.BytecodeCache | None:
+    """Jinja2's compiled-template cache, so a one-shot command does not recompile.
+
+    Compiling the digest template costs more than building a day's digest;
+    the daemon compiles once, but each `kvm-digest digest` is a new process.
+    Jinja2 keeps the cache in a per-user directory of the temp dir that it
+    checks is ours and private, and keys entries on the template's name and
+    source, so an edited template is compiled again. Without a usable
+    directory: no cache, and the same digest.
+    """
+
+    class Quiet(jinja2.FileSystemBytecodeCache):
+        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+            try:
+                super().dump_bytecode(bucket)
+            except OSError as err:  # a full temp dir costs speed, never the digest
+                log.debug("not caching the compiled template: %s", err)
+
+    try:
+        return Quiet()
+    except (OSError, RuntimeError) as err:  # RuntimeError: no private temp dir
+        log.debug("no template cache: %s", err)
+        return None
 
 
 def render(digest: Digest, env: jinja2.Environment) -> str:
