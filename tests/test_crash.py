@@ -75,6 +75,27 @@ def test_fsck_reports_an_index_that_disagrees(cli, data_dir):
     assert cli("fsck").code == 0
 
 
+def test_fsck_calls_an_index_behind_the_archive_no_damage(cli, data_dir):
+    """A restored backup, or a daemon still catching up: behind, not broken."""
+    from tests.mailfactory import DATA
+
+    assert cli("import", DATA / "kvmarm-slice.mbox").code == 0
+    from bot.store.index import Index
+
+    index = Index(data_dir / "index.sqlite3")
+    with index.conn:
+        (last,) = index.conn.execute("SELECT commit_id FROM messages WHERE seq = 24").fetchone()
+        index.conn.execute("DELETE FROM messages WHERE seq > 24")
+        index.set_meta("last_commit", last)
+    index.close()
+    result = cli("fsck")
+    assert result.code == 0, result.out
+    assert "note: the index is 3 messages behind the archive" in result.out
+    assert "problem" not in result.out
+    assert cli("digest", "--all").code == 0  # which indexes them
+    assert cli("fsck").out.strip() == "ok: 27 messages; the archive and the index agree"
+
+
 def run_limited(command: list[str], fsize: int) -> subprocess.CompletedProcess:
     """Run a command that may not write any file past `fsize` bytes (a full disk)."""
     import resource

@@ -238,6 +238,8 @@ def test_backup_while_the_daemon_writes_and_restore(
     subscribe(config, "reader@example.org")
     daemon = DaemonProcess(config)
     busy = threading.Event()
+    stored = threading.Condition()
+    answered = [0]  # command mails the desk said 250 to: on disk
     try:
         daemon.wait_log("kvm-digest is running")
 
@@ -252,6 +254,9 @@ def test_backup_while_the_daemon_writes_and_restore(
                         f"From: u{n}@example.org\r\nTo: {BOT}\r\nSubject: help\r\n"
                         f"Message-ID: <b{n}@example.org>\r\n\r\n".encode(),
                     )
+                with stored:
+                    answered[0] += 1
+                    stored.notify_all()
                 dovecot.append(SLICE[n % len(SLICE)])
                 n += 1
 
@@ -269,6 +274,9 @@ def test_backup_while_the_daemon_writes_and_restore(
         assert (data / "index.sqlite3-wal").stat().st_size > 0
         seen = []
         for n in range(5):
+            with stored:  # one more command mail on disk since the last copy, however slow
+                since = answered[0]
+                assert stored.wait_for(lambda since=since: answered[0] > since, timeout=60)
             dest = tmp_path / "backups" / f"index-{n}.sqlite3"
             dest.parent.mkdir(exist_ok=True)
             result = backup(config, dest)

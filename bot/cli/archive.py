@@ -154,6 +154,11 @@ def cmd_fsck(args: argparse.Namespace, config: Config) -> int:
         index.close()
     if gap:
         print(f"note: {gap}")
+    if report.behind:
+        print(
+            f"note: the index is {report.behind} messages behind the archive; the daemon, "
+            "or any command that reads the archive, indexes them"
+        )
     if report.ok:
         print(f"ok: {report.messages} messages; the archive and the index agree")
         return 0
