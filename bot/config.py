@@ -138,9 +138,31 @@ class DigestSection:
             )
 
 
+MAX_WORKERS = 64
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class ImportSection:
     max_message_size: int = 10 * 1024 * 1024
+    workers: int = field(default_factory=cores)
+    """Processes that parse mail ahead of the writer in imports and indexing
+    (bot/parse/pool.py); 1 parses in the writer's own process."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(
+                f"[import] workers must be a number of processes from 1 to {MAX_WORKERS} "
+                f"(1 parses in the importing process; leave it out for one per core, "
+                f"{cores()} here), not {self.workers}"
+            )
 
 
 @dataclass(frozen=True)

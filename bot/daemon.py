@@ -145,6 +145,7 @@ class Daemon:
                 max_size=config.import_.max_message_size,
                 stop=halt.is_set,
                 batch=CATCH_UP_BATCH,
+                workers=config.import_.workers,
             )
         finally:
             index.close()

@@ -38,16 +38,16 @@ HOSTILE = DATA / "hostile"
 
 def test_import_records_what_it_cannot_take_and_goes_on(cli, tmp_path, monkeypatch):
     """A parser bug on one message: kept in `failures`, the import goes on."""
-    from bot.intake import importer
+    from bot.parse import message
 
-    real = importer.parse_message
+    real = message.parse_message
 
     def flaky(raw: bytes):
         if b"poison" in raw:
             raise IndexError("string index out of range")
         return real(raw)
 
-    monkeypatch.setattr(importer, "parse_message", flaky)
+    monkeypatch.setattr(message, "parse_message", flaky)
     box = tmp_path / "in.mbox"
     box.write_bytes(
         b"From x Thu Jan  1 00:00:00 1970\n"

@@ -31,7 +31,9 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     failed = False
     with writer(config, "import") as (archive, index):
         for source in sources:
-            importer = Importer(archive, index, config.import_.max_message_size)
+            importer = Importer(
+                archive, index, config.import_.max_message_size, config.import_.workers
+            )
             start = index.source_position(source.key) if source.resumable else None
             with progress_bar(
                 functools.partial(source.count, start), Path(source.label).name
@@ -97,7 +99,12 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
         index = Index(config.index_path)
         index.clear()
         with progress_bar(archive.count, "reindexing") as bar:
-            count = index.catch_up(archive, bar, max_size=config.import_.max_message_size)
+            count = index.catch_up(
+                archive,
+                bar,
+                max_size=config.import_.max_message_size,
+                workers=config.import_.workers,
+            )
         index.close()
     print(f"indexed {count} messages")
     return 0

@@ -102,7 +102,7 @@ def catch_up(archive: Archive | Inbox, index: Index, config: Config) -> int:
     if archive.head() == index.last_commit():
         return index.catch_up(archive, max_size=limit)  # nothing to read; a refusal is said
     with progress_bar(lambda: archive.count(index.last_commit()), "indexing") as bar:
-        return index.catch_up(archive, bar, max_size=limit)
+        return index.catch_up(archive, bar, max_size=limit, workers=config.import_.workers)
 
 
 def reader(config: Config) -> Index:

@@ -8,6 +8,8 @@ crash in between is healed by the index's catch-up on the next open.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import sqlite3
@@ -16,7 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot.errors import DigestError, MailError
-from bot.parse.message import ParsedMessage, parse_message
+from bot.parse.message import ParsedMessage, parse_within
+from bot.parse.pool import parse_ahead
 from bot.store.archive import Archive
 from bot.store.gitread import Unread
 from bot.store.index import Index
@@ -40,20 +43,18 @@ class Counts:
 
 def check(raw: bytes, max_size: int) -> ParsedMessage:
     """Parse a message for the archive; raise MailError with the reason not to."""
-    if len(raw) > max_size:
-        raise MailError(
-            f"it is {len(raw)} bytes, more than the limit of {max_size} ([import] max_message_size)"
-        )
-    return parse_message(raw)
+    return parse_within(raw, max_size)
 
 
 class Importer:
     """Append new messages to the archive and index them, in batches."""
 
-    def __init__(self, archive: Archive, index: Index, max_size: int) -> None:
+    def __init__(self, archive: Archive, index: Index, max_size: int, workers: int = 1) -> None:
         self.archive = archive
         self.index = index
         self.max_size = max_size
+        self.workers = workers
+        """Processes that parse ahead of the writer in run() ([import] workers)."""
         self.counts = Counts()
         self.failed: list[tuple[int, str, str, bytes, str]] = []
         """Failures written to the index but not yet committed with a batch."""
@@ -69,24 +70,30 @@ class Importer:
 
         Batches overlap: while git writes batch N and its index rows wait
         uncommitted, batch N+1 is parsed; N is committed before N+1 is written.
+        With `workers` > 1 the parsing runs in that many processes, ahead of
+        this loop (bot/parse/pool.py); the results come back in source order,
+        so the archive and the index are written exactly as without them.
         """
         pending: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
         read = 0
         position = None
         inflight: Callable[[], None] | None = None
-        for position, raw in messages:
-            read += 1
-            parsed = self.accept(raw, f"{where} #{position}")
-            if parsed is not None and self.is_new(parsed, seen):
-                pending.append((raw, parsed))
-            if read % BATCH == 0:
-                if inflight:
-                    inflight()
-                inflight = self.begin(pending, _saver(save_position, position))
-                pending, seen = [], set()
-                if progress:
-                    progress(BATCH)
+        parse = functools.partial(parse_within, max_size=self.max_size)
+        # Closed on any way out, so a failure here stops the workers at once.
+        with contextlib.closing(parse_ahead(messages, parse, self.workers)) as parsed_ahead:
+            for position, raw, result in parsed_ahead:
+                read += 1
+                parsed = self.judged(raw, result, f"{where} #{position}")
+                if parsed is not None and self.is_new(parsed, seen):
+                    pending.append((raw, parsed))
+                if read % BATCH == 0:
+                    if inflight:
+                        inflight()
+                    inflight = self.begin(pending, _saver(save_position, position))
+                    pending, seen = [], set()
+                    if progress:
+                        progress(BATCH)
         if inflight:
             inflight()
         if position is not None:
@@ -97,9 +104,16 @@ class Importer:
 
     def accept(self, raw: bytes | Unread, where: str) -> ParsedMessage | None:
         """Parse a message for the archive, or count, log and keep why not."""
+        return self.judged(raw, None if isinstance(raw, Unread) else self.parse(raw), where)
+
+    def judged(
+        self, raw: bytes | Unread, result: ParsedMessage | Exception | None, where: str
+    ) -> ParsedMessage | None:
+        """judge() for a message parsed anywhere; an Unread one is rejected with its reason."""
         if isinstance(raw, Unread):  # a git source's message not read: too large
             return self.judge(b"", where, MailError(raw.reason))
-        return self.judge(raw, where, self.parse(raw))
+        assert result is not None
+        return self.judge(raw, where, result)
 
     def parse(self, raw: bytes) -> ParsedMessage | Exception:
         """Parse without side effects (safe in a worker thread); errors are returned."""

@@ -239,6 +239,19 @@ def _list_id(value: str | None) -> str:
     return (m.group(1) if m else text).strip().lower()
 
 
+def parse_within(raw: bytes, max_size: int) -> ParsedMessage:
+    """Parse a message for the archive; a MailError says why not (too large, not mail).
+
+    Here, with the parser, and not in the importer: the importer's parser
+    workers (bot/parse/pool.py) then load only the parser, not git.
+    """
+    if len(raw) > max_size:
+        raise MailError(
+            f"it is {len(raw)} bytes, more than the limit of {max_size} ([import] max_message_size)"
+        )
+    return parse_message(raw)
+
+
 def parse_lenient(raw: bytes) -> ParsedMessage:
     """Parse a message already in the archive; never raises.
 
@@ -247,25 +260,38 @@ def parse_lenient(raw: bytes) -> ParsedMessage:
     archive positions and ranges stay whole.
     """
     try:
-        return parse_message(raw)
-    except Exception as err:
-        if not isinstance(err, MailError):
-            log.error(
-                "could not parse an archived message: %s: %s", type(err).__name__, err, exc_info=err
-            )
-        digest = hashlib.sha256(raw).hexdigest()
-        return ParsedMessage(
-            message_id=f"{digest[:40]}@kvm-digest.invalid",
-            content_hash=digest,
-            subject=parse_subject(""),
-            from_name="",
-            from_addr="",
-            author_name="",
-            author_addr="",
-            date=None,
-            date_offset=0,
-            received=None,
-            list_id="",
-            kind="other",
-            size=len(raw),
+        result: ParsedMessage | Exception = parse_message(raw)
+    except Exception as err:  # judged by lenient(): logged, and indexed as "other"
+        result = err
+    return lenient(raw, result)
+
+
+def lenient(raw: bytes, result: ParsedMessage | Exception) -> ParsedMessage:
+    """parse_lenient's answer from parse_message's result (or error), parsed anywhere.
+
+    The error is logged here, in the process that writes the index, however
+    far away the parse ran (bot/parse/pool.py).
+    """
+    if isinstance(result, ParsedMessage):
+        return result
+    err = result
+    if not isinstance(err, MailError):
+        log.error(
+            "could not parse an archived message: %s: %s", type(err).__name__, err, exc_info=err
         )
+    digest = hashlib.sha256(raw).hexdigest()
+    return ParsedMessage(
+        message_id=f"{digest[:40]}@kvm-digest.invalid",
+        content_hash=digest,
+        subject=parse_subject(""),
+        from_name="",
+        from_addr="",
+        author_name="",
+        author_addr="",
+        date=None,
+        date_offset=0,
+        received=None,
+        list_id="",
+        kind="other",
+        size=len(raw),
+    )

@@ -8,6 +8,7 @@ archive and updating the index heals itself; `reindex` rebuilds it whole.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -356,6 +357,7 @@ class Index:
         max_size: int | None,
         stop: Callable[[], bool] | None = None,
         batch: int = BATCH,
+        workers: int = 1,
     ) -> int:
         """Index archive commits the index has not seen; return how many.
 
@@ -367,6 +369,7 @@ class Index:
         daemon's LMTP queue) never waits long; `stop` is asked between
         them. A git failure (ArchiveError) is raised after the commits read
         before it are committed: the position stays before the damage.
+        `workers` processes parse ahead of the writer ([import] workers).
         """
         last = self.last_commit()
         if last and not archive.contains(last):
@@ -386,10 +389,13 @@ class Index:
                     self.conn.execute("DELETE FROM meta WHERE key = 'base_commit'")
         total = 0
         if archive.head() != last:
-            for items in parsed_batches(archive.walk(last, limit), batch):
-                total += self._commit(items, progress)
-                if stop is not None and stop():
-                    return total
+            with contextlib.closing(parsed_batches(archive.walk(last, limit), batch, workers)) as (
+                batches
+            ):
+                for items in batches:
+                    total += self._commit(items, progress)
+                    if stop is not None and stop():
+                        return total  # the workers are stopped on the way out
         if self.rebuilding():
             with self.conn:
                 self.conn.execute("DELETE FROM meta WHERE key = 'rebuilding'")
@@ -453,20 +459,22 @@ class Index:
 
 
 def parsed_batches(
-    commits: Iterable[tuple[str, bytes | Unread | None]], size: int
+    commits: Iterable[tuple[str, bytes | Unread | None]], size: int, workers: int = 1
 ) -> Iterator[list[tuple[str, ParsedMessage | Unread | None]]]:
     """The catch-up's producer: archive commits, parsed, in batches, in order.
 
-    One writer (Index._commit) takes each batch as one transaction. When
-    reading the archive fails, the commits read before the failure come out
-    first, then the error is raised.
+    One writer (Index._commit) takes each batch as one transaction; the
+    parsing may run in `workers` processes ahead of it (bot/parse/pool.py).
+    When reading the archive fails, the commits read before the failure come
+    out first, then the error is raised.
     """
-    from bot.parse.message import parse_lenient
+    from bot.parse.message import lenient, parse_message
+    from bot.parse.pool import parse_ahead
 
     batch: list[tuple[str, ParsedMessage | Unread | None]] = []
     try:
-        for commit_id, raw in commits:
-            batch.append((commit_id, parse_lenient(raw) if isinstance(raw, bytes) else raw))
+        for commit_id, raw, result in parse_ahead(commits, parse_message, workers):
+            batch.append((commit_id, lenient(raw, result) if isinstance(raw, bytes) else raw))
             if len(batch) >= size:
                 yield batch
                 batch = []

@@ -1,0 +1,257 @@
+"""Parsing ahead of the writer, in worker processes.
+
+Parsing is most of an import's CPU and each message parses alone, so it can
+spread over the cores; what it feeds, the archive append and the index rows,
+must stay in one process and in archive order. `parse_ahead` keeps both: it
+submits chunks of messages in order to a pool of processes and hands the
+results back in the same order, with never more than a few chunks in
+flight, so memory stays flat however long the source is.
+
+Workers are started with "spawn": a fresh interpreter, which inherits no
+SQLite connection, git pipe or lock of ours. Each one watches its parent and
+exits when it dies, so a SIGKILL of the importer leaves no orphan behind,
+and ignores SIGINT, which the parent handles for all of them.
+
+A worker that dies (a crash in a C extension, the OOM killer) breaks the
+pool. The chunks that were in flight are then parsed again in a new pool,
+one message at a time, so the message that kills its worker again is known:
+its result is a WorkerDied error, which callers treat as any other parser
+error, and every other message is parsed as usual. Nothing is skipped and
+nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+from bot.errors import DigestError
+
+K = TypeVar("K")
+V = TypeVar("V")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+CHUNK = 32
+"""Messages per task: enough to make the round trip cheap, few enough to keep
+every worker busy to the end."""
+AHEAD = 4
+"""Chunks in flight per worker: the writer never waits for a parse, and no
+more than this many chunks are held in memory."""
+
+
+class WorkerDied(Exception):
+    """The worker process parsing this message died, twice, on it alone."""
+
+
+class RemoteTraceback(Exception):
+    """Where a worker's parser raised: set as the error's cause, for the log."""
+
+    def __str__(self) -> str:
+        return f"\n{self.args[0]}"
+
+
+def parse_ahead(
+    items: Iterable[tuple[K, V]], parse: Callable[[bytes], R], workers: int, chunk: int = CHUNK
+) -> Iterator[tuple[K, V, R | Exception | None]]:
+    """(key, value, parse(value)) for each item, in order; None for a non-bytes value.
+
+    An exception `parse` raises is the result, not raised. `parse` must be
+    picklable (a module's function, or a functools.partial of one). With
+    `workers` <= 1, or a source too short to pay for starting processes,
+    everything is parsed here. An error raised by `items` itself comes
+    after the results of every item read before it.
+    """
+    source = iter(items)
+    head: list[tuple[K, V]] = []
+    error: Exception | None = None
+    if workers > 1:
+        head, error = _take(source, workers * chunk)
+        if error is None and len(head) == workers * chunk:
+            yield from _pooled(head, source, parse, workers, chunk)
+            return
+    for key, value in head:
+        yield key, value, _parse_here(parse, value)
+    if error is not None:
+        raise error
+    for key, value in source:
+        yield key, value, _parse_here(parse, value)
+
+
+def _take(source: Iterator[tuple[K, V]], count: int) -> tuple[list[tuple[K, V]], Exception | None]:
+    """Up to `count` items, and the error that stopped the source early, if any."""
+    items: list[tuple[K, V]] = []
+    try:
+        for item in source:
+            items.append(item)
+            if len(items) >= count:
+                break
+    except Exception as err:  # raised by parse_ahead once what came before is handed on
+        return items, err
+    return items, None
+
+
+def _parse_here(parse: Callable[[bytes], R], value: object) -> R | Exception | None:
+    if not isinstance(value, bytes):
+        return None
+    try:
+        return parse(value)
+    except Exception as err:  # the result: callers judge it (rejected, or kept as a failure)
+        return err
+
+
+def _pooled(
+    head: list[tuple[K, V]],
+    source: Iterator[tuple[K, V]],
+    parse: Callable[[bytes], R],
+    workers: int,
+    chunk: int,
+) -> Iterator[tuple[K, V, R | Exception | None]]:
+    pool = _Pool(workers)
+    inflight: collections.deque[tuple[list[tuple[K, V]], Future | None]] = collections.deque()
+    feed = itertools.chain(head, source)
+    error: Exception | None = None
+    done = said = False
+    try:
+        while True:
+            # No new chunk while lost ones are parsed one by one: a crash then
+            # is theirs alone.
+            while not done and len(inflight) < workers * AHEAD and _none_lost(inflight):
+                part, error = _take(feed, chunk)
+                done = error is not None or len(part) < chunk
+                if part:
+                    inflight.append((part, pool.submit(parse, _raws(part))))
+            if not inflight:
+                break
+            if not said:
+                said = True  # once the pool is full: every worker is started by then
+                pids = ", ".join(str(p.pid) for p in multiprocessing.active_children())
+                log.debug("parsing ahead in %d worker processes (pids %s)", workers, pids)
+            part, future = inflight.popleft()
+            results = None
+            if future is not None:
+                try:
+                    results = _unpack(future.result())
+                except BrokenProcessPool:
+                    # Every chunk in flight is lost with the pool: parse them
+                    # again one message at a time, to find the one that kills.
+                    pool.restart()
+                    inflight = collections.deque((p, None) for p, _ in inflight)
+            if results is None:
+                results = pool.one_by_one(parse, _raws(part))
+            values = iter(results)
+            for key, value in part:
+                yield key, value, next(values) if isinstance(value, bytes) else None
+        if error is not None:
+            raise error
+    finally:
+        pool.close()
+
+
+def _none_lost(inflight: collections.deque[tuple[list, Future | None]]) -> bool:
+    """True unless a chunk lost with a broken pool waits to be parsed again."""
+    return all(future is not None for _, future in inflight)
+
+
+def _raws(part: list[tuple[K, V]]) -> list[bytes]:
+    return [value for _, value in part if isinstance(value, bytes)]
+
+
+def _unpack(results: list[tuple[object, str | None]]) -> list:
+    out = []
+    for result, where in results:
+        if where is not None and isinstance(result, BaseException):
+            result.__cause__ = RemoteTraceback(where)
+        out.append(result)
+    return out
+
+
+class _Pool:
+    """A ProcessPoolExecutor that can be started again after a worker died."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_started,
+        )
+
+    def submit(self, parse: Callable[[bytes], R], raws: list[bytes]) -> Future:
+        return self.executor.submit(_parse_all, parse, raws)
+
+    def restart(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = self._start()
+
+    def one_by_one(self, parse: Callable[[bytes], R], raws: list[bytes]) -> list:
+        """Each message in a task of its own, one at a time; WorkerDied for a killer."""
+        results = []
+        for raw in raws:
+            try:
+                results.extend(_unpack(self.submit(parse, [raw]).result()))
+                continue
+            except BrokenProcessPool:
+                self.restart()
+            try:  # was it the message, or can no worker run at all?
+                self.executor.submit(os.getpid).result()
+            except BrokenProcessPool as err:
+                raise DigestError(
+                    "the parser's worker processes die as they start; see the log above, "
+                    "or set [import] workers = 1 to parse in this process"
+                ) from err
+            results.append(
+                WorkerDied("the process parsing it died (a crash in the parser, or out of memory)")
+            )
+        return results
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _parse_all(parse: Callable[[bytes], R], raws: list[bytes]) -> list[tuple[object, str | None]]:
+    """In a worker: parse each message; an error is a result, with where it was raised."""
+    out: list[tuple[object, str | None]] = []
+    for raw in raws:
+        try:
+            out.append((parse(raw), None))
+        except Exception as err:  # sent back as the message's result, judged by the caller
+            out.append((_portable(err), "".join(traceback.format_exception(err))))
+    return out
+
+
+def _portable(err: Exception) -> Exception:
+    """The error itself when it survives pickling, else one that says the same."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:  # an exception class pickle cannot rebuild: keep its words
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
+
+
+def _worker_started() -> None:
+    """In a new worker: leave SIGINT to the parent, and die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns once the parent's end of its pipe is closed: it has exited
+    os._exit(1)
