@@ -29,9 +29,7 @@ others go out and the schedule moves on.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import multiprocessing
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -51,6 +49,7 @@ from bot.digest.query import QueryError
 from bot.digest.ranges import Place, Range
 from bot.errors import DigestError
 from bot.store.index import rebuilding
+from bot.workers import spawned_pool
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +235,7 @@ async def run_off_loop(
         return commit(conn, plan, outbox)
     level = logging.getLogger().getEffectiveLevel()
     loop = asyncio.get_running_loop()
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn")
-    )
+    pool = spawned_pool(1)
     try:
         plan = await loop.run_in_executor(pool, prepare_elsewhere, index_path, config, name, level)
     finally:

@@ -28,8 +28,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import signal
-import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -37,6 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from bot.errors import DigestError
+from bot.workers import spawned_pool
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -186,11 +185,7 @@ class _Pool:
         self.executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_started,
-        )
+        return spawned_pool(self.workers)
 
     def submit(self, parse: Callable[[bytes], R], raws: list[bytes]) -> Future:
         return self.executor.submit(_parse_all, parse, raws)
@@ -242,16 +237,3 @@ def _portable(err: Exception) -> Exception:
     except Exception:  # an exception class pickle cannot rebuild: keep its words
         return RuntimeError(f"{type(err).__name__}: {err}")
     return err
-
-
-def _worker_started() -> None:
-    """In a new worker: leave SIGINT to the parent, and die with it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
-    parent.join()  # returns once the parent's end of its pipe is closed: it has exited
-    os._exit(1)

@@ -1,0 +1,38 @@
+"""Worker processes: spawned fresh, SIGINT left to the parent, dying with it.
+
+Parsing (bot/parse/pool.py) and a periodic digest's rendering
+(bot/delivery/periodic.py) run in processes of their own so that the one
+writer and the event loop go on. Spawned, not forked: the parent has
+threads, SQLite connections and git pipes that a fork would copy. Each
+worker exits when its parent does, however it ended (SIGKILL included):
+a worker left behind would hold its memory and, for a renderer, a read
+transaction on the index.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from concurrent.futures import ProcessPoolExecutor
+
+
+def spawned_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` spawned processes that die with this one."""
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=started
+    )
+
+
+def started() -> None:
+    """In a new worker: leave SIGINT to the parent, and die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns once the parent's end of its pipe is closed: it has exited
+    os._exit(1)
