@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -538,6 +537,8 @@ def load(
     path = explicit or DEFAULT_PATH
     table: dict[str, typing.Any] = {}
     if path.exists():
+        import tomllib  # only with a file to read: a twentieth of a digest's start-up
+
         try:
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

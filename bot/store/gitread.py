@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,11 @@ class CatFile:
     """One `git cat-file --batch` or `--batch-check` process in a repository."""
 
     def __init__(self, repo: Path, mode: str) -> None:
+        # Here, not at the top: the index imports this module for Unread, and
+        # a digest from a caught-up index starts no git (subprocess is a
+        # twentieth of its start-up).
+        import subprocess
+
         self.repo = repo
         # git's complaint, read when it stops answering; closed with the process.
         # In memory, not in /tmp: the service's /tmp may be read-only.
