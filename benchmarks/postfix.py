@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import FANOUT_GOAL, fan_out, save, table  # noqa: E402
+from run import FANOUT_GOAL, fan_out, fanout_rows, save, table  # noqa: E402
 
 from tests.test_postfix import POSTFIX, Postfix  # noqa: E402
 
@@ -99,17 +99,7 @@ def main() -> None:
         f"Fan-out through Postfix {postfix_version()}: one digest ({runs[0]['digest_bytes']:,}"
         f" bytes) to {count:,} subscribers",
         ["readers", "queue s", "send s", "mails/s", "our CPU ms/mail", "Postfix CPU ms/mail"],
-        [
-            [
-                f"{r['personal']:,} personal" if r["personal"] else "none personal",
-                f"{r['queue_seconds']:.2f}",
-                f"{r['seconds']:.2f}",
-                f"{r['msg_per_s']:,.0f}",
-                f"{r['our_cpu_s'] / count * 1000:.2f}",
-                f"{r['relay_cpu_s'] / count * 1000:.2f}",
-            ]
-            for r in runs
-        ],
+        fanout_rows(runs, count),
     )
     r = runs[1]
     print(f"  {r['sections']:,} 'For you' sections, {r['section_bytes']:,.0f} bytes on average")

@@ -25,6 +25,7 @@ benchmarks/results/responsive.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +121,8 @@ class Probe:
 
     def figures(self, seconds: float, began: float) -> dict:
         g = sorted(self.greetings)
-        q = statistics.quantiles(g, n=100) if len(g) >= 2 else g * 99
+        # Inclusive: a p99 of few samples is not extrapolated past the slowest.
+        q = statistics.quantiles(g, n=100, method="inclusive") if len(g) >= 2 else g * 99
         gaps = [b - a for a, b in zip(self.pings, self.pings[1:], strict=False)]
         return {
             "seconds": seconds,
@@ -242,27 +245,34 @@ def big_archive(cache: Path, commits: int) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def probed(tmp: Path, mirror: Path, daily: str) -> Iterator[tuple[Daemon, Probe]]:
+    """The daemon on `mirror` with a relay of its own, probed once it runs."""
+    relay_port = free_port()
+    relay = relay_process(relay_port)
+    config, lmtp = config_file(tmp, mirror, relay_port, daily)
+    notify = tmp / "notify"
+    probe = Probe(lmtp, notify)
+    daemon = Daemon(config, notify, tmp / "daemon.log")
+    try:
+        daemon.wait_log("kvm-digest is running", 60)
+        yield daemon, probe
+    finally:
+        daemon.stop()  # before the notify socket goes
+        probe.close()
+        relay.terminate()
+        relay.wait()
+
+
 def scenario_catchup(cache: Path, commits: int) -> dict:
     mirror = big_archive(cache, commits)
     with tempfile.TemporaryDirectory(prefix="kvm-digest-responsive-") as tmp_:
         tmp = Path(tmp_)
-        relay_port = free_port()
-        relay = relay_process(relay_port)
-        config, lmtp = config_file(tmp, mirror, relay_port, "0 0 6 1 1 *")
-        notify = tmp / "notify"
-        probe = Probe(lmtp, notify)
-        daemon = Daemon(config, notify, tmp / "daemon.log")
-        try:
-            daemon.wait_log("kvm-digest is running", 60)
+        with probed(tmp, mirror, "0 0 6 1 1 *") as (daemon, probe):
             probe.recording.set()
             began = time.monotonic()
             ended = daemon.wait_log(f"indexed {commits} new messages", 3600)
             probe.recording.clear()
-        finally:
-            daemon.stop()  # before the notify socket goes
-            probe.close()
-            relay.terminate()
-            relay.wait()
         result = probe.figures(ended - began, began)
     result["daemon_exit"] = daemon.code
     result["commits"] = commits
@@ -311,14 +321,7 @@ def scenario_periodic(cache: Path, topics: int, new: int) -> dict:
                 subscribers.subscribe(index.conn, f"reader{i:05d}@example.org", topic=topic)
         index.close()
         head_at(revs[-1])
-        relay_port = free_port()
-        relay = relay_process(relay_port)
-        config, lmtp = config_file(tmp, mirror, relay_port, "*/3 * * * * *")
-        notify = tmp / "notify"
-        probe = Probe(lmtp, notify)
-        daemon = Daemon(config, notify, tmp / "daemon.log")
-        try:
-            daemon.wait_log("kvm-digest is running", 60)
+        with probed(tmp, mirror, "*/3 * * * * *") as (daemon, probe):
             probe.recording.set()
             began = time.monotonic()
             daemon.wait_log("daily digest: ", 3600)
@@ -339,11 +342,6 @@ def scenario_periodic(cache: Path, topics: int, new: int) -> dict:
             counts.close()
             ended = time.monotonic()
             probe.recording.clear()
-        finally:
-            daemon.stop()  # before the notify socket goes
-            probe.close()
-            relay.terminate()
-            relay.wait()
         result = probe.figures(ended - began, began)
     result.update(
         daemon_exit=daemon.code,

@@ -77,6 +77,21 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
         print("  " + "  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
 
 
+def fanout_rows(runs: list[dict], count: int) -> list[list[str]]:
+    """A row per fan-out run: who was personal, queueing, sending, the rate, CPU a mail."""
+    return [
+        [
+            f"{r['personal']:,} personal" if r["personal"] else "none personal",
+            f"{r['queue_seconds']:.2f}",
+            f"{r['seconds']:.2f}",
+            f"{r['msg_per_s']:,.0f}",
+            f"{r['our_cpu_s'] / count * 1000:.2f}",
+            f"{r['relay_cpu_s'] / count * 1000:.2f}",
+        ]
+        for r in runs
+    ]
+
+
 def save(part: str, data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{part}.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -741,17 +756,7 @@ def bench_fanout(count: int, personal_share: float) -> dict:
         f"Fan-out: one digest ({runs[0]['digest_bytes']:,} bytes) to {count} subscribers,"
         " aiosmtpd relay",
         ["readers", "queue s", "seconds", "msg/s", "our CPU ms/mail", "relay CPU ms/mail"],
-        [
-            [
-                f"{r['personal']} personal" if r["personal"] else "none personal",
-                f"{r['queue_seconds']:.2f}",
-                f"{r['seconds']:.2f}",
-                f"{r['msg_per_s']:,.0f}",
-                f"{r['our_cpu_s'] / count * 1000:.2f}",
-                f"{r['relay_cpu_s'] / count * 1000:.2f}",
-            ]
-            for r in runs
-        ],
+        fanout_rows(runs, count),
     )
     if personal_share:
         r = runs[1]

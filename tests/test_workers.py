@@ -114,6 +114,30 @@ def faulty_parse(raw: bytes) -> str:
     return parse_message(raw).message_id
 
 
+def test_a_pool_broken_between_two_chunks_blames_neither_of_the_next():
+    """A worker dies while the next chunks are sent: they are lost, not guilty.
+
+    (The race a CI run met: the pool broke between two submissions, and
+    submit() itself raised.)
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    from bot.parse.pool import _Pool
+
+    pool = _Pool(1)
+    try:
+        killer = pool.submit(faulty_parse, [b"Subject: kill-the-worker\n\nbody\n"])
+        with pytest.raises(BrokenProcessPool):
+            killer.result()
+        good = [mail(f"[PATCH] after {n}", f"after{n}@x", minutes=n) for n in range(3)]
+        assert pool.submit(faulty_parse, good) is None  # lost with the broken pool
+        assert pool.broken
+        assert pool.one_by_one(faulty_parse, good) == ["after0@x", "after1@x", "after2@x"]
+        assert not pool.broken
+    finally:
+        pool.close()
+
+
 def test_a_worker_that_dies_costs_only_its_message(tmp_path):
     items = [(n, mail(f"[PATCH] number {n}", f"m{n}@x", minutes=n)) for n in range(300)]
     items[37] = (37, b"Subject: kill-the-worker\n\nbody\n")

@@ -183,23 +183,38 @@ class _Pool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.executor = self._start()
+        self.broken = False
+        """A worker died: every task sent since is lost, and the pool needs restarting."""
 
     def _start(self) -> ProcessPoolExecutor:
         return spawned_pool(self.workers)
 
-    def submit(self, parse: Callable[[bytes], R], raws: list[bytes]) -> Future:
-        return self.executor.submit(_parse_all, parse, raws)
+    def submit(self, parse: Callable[[bytes], R], raws: list[bytes]) -> Future | None:
+        """The chunk's task; None when the pool broke before it could be sent.
+
+        A worker may die between two submissions (its chunk was parsed while
+        the next ones were sent): the chunk is then lost with the others in
+        flight, and parsed again one message at a time.
+        """
+        try:
+            return self.executor.submit(_parse_all, parse, raws)
+        except BrokenProcessPool:
+            self.broken = True
+            return None
 
     def restart(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.executor = self._start()
+        self.broken = False
 
     def one_by_one(self, parse: Callable[[bytes], R], raws: list[bytes]) -> list:
         """Each message in a task of its own, one at a time; WorkerDied for a killer."""
+        if self.broken:  # by a chunk before these: none of them is to blame
+            self.restart()
         results = []
         for raw in raws:
             try:
-                results.extend(_unpack(self.submit(parse, [raw]).result()))
+                results.extend(_unpack(self.executor.submit(_parse_all, parse, [raw]).result()))
                 continue
             except BrokenProcessPool:
                 self.restart()
