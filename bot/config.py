@@ -151,7 +151,7 @@ def cores() -> int:
 @dataclass(frozen=True)
 class ImportSection:
     max_message_size: int = 10 * 1024 * 1024
-    workers: int = field(default_factory=cores)
+    workers: int = field(default_factory=lambda: min(cores(), MAX_WORKERS))
     """Processes that parse mail ahead of the writer in imports and indexing
     (bot/parse/pool.py); 1 parses in the writer's own process."""
 
@@ -160,7 +160,7 @@ class ImportSection:
             raise ConfigError(
                 f"[import] workers must be a number of processes from 1 to {MAX_WORKERS} "
                 f"(1 parses in the importing process; leave it out for one per core, "
-                f"{cores()} here), not {self.workers}"
+                f"{min(cores(), MAX_WORKERS)} here), not {self.workers}"
             )
 
 

@@ -44,6 +44,7 @@ from bot.delivery.sender import Sender
 from bot.desk.inbound import Desk
 from bot.desk.lmtp import serve
 from bot.digest.build import environment
+from bot.digest.ranges import NULL_ID
 from bot.errors import DigestError
 from bot.health import Problems
 from bot.intake import follow
@@ -180,7 +181,7 @@ class Daemon:
         for name in started:
             # Where a new schedule's first digest begins: mail before it is in none.
             head = periodic.place(index.conn, name)
-            after = head.commit_id[:12] or "the archive's start"
+            after = "the archive's start" if head.commit_id == NULL_ID else head.commit_id[:12]
             log.info("the %s digest starts after %s", name, after)
 
     async def _intake(self, index: Index, desk: Desk, stop: asyncio.Event) -> None:

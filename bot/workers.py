@@ -1,4 +1,4 @@
-"""Worker processes: spawned fresh, SIGINT left to the parent, dying with it.
+"""Worker processes: spawned fresh, signals left to the parent, dying with it.
 
 Parsing (bot/parse/pool.py) and a periodic digest's rendering
 (bot/delivery/periodic.py) run in processes of their own so that the one
@@ -26,8 +26,14 @@ def spawned_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def started() -> None:
-    """In a new worker: leave SIGINT to the parent, and die with it."""
+    """In a new worker: leave SIGINT and SIGTERM to the parent, and die with it.
+
+    systemd stops a service by sending SIGTERM to every process in it: a
+    renderer or parser killed then would read as a failed digest or a lost
+    chunk. The parent decides; a worker ends when its work or its parent does.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()

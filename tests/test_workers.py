@@ -240,3 +240,32 @@ def test_workers_default_to_the_cores_and_are_checked():
         configmod.from_table({"import": {"workers": "all"}})
     with pytest.raises(ConfigError, match="from 1 to 64"):
         configmod.from_table({"import": {"workers": 65}})
+
+
+def test_a_machine_of_many_cores_gets_the_most_workers_not_an_error(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
+    assert configmod.from_table({}).import_.workers == 64
+
+
+def test_big_mail_is_parsed_a_budget_at_a_time_in_order(monkeypatch):
+    """Bytes in flight are bounded too: chunks of big mail wait for room."""
+    import bot.parse.pool as pool
+
+    monkeypatch.setattr(pool, "BUDGET", 200_000)
+    body = "x" * 100_000 + "\n"
+    items = [(n, mail(f"[PATCH] big {n}", f"big{n}@x", minutes=n, body=body)) for n in range(40)]
+    out = list(parse_ahead(items, faulty_parse, workers=2, chunk=4))
+    assert [key for key, _, _ in out] == list(range(40))
+    assert [result for _, _, result in out] == [f"big{n}@x" for n in range(40)]
+
+
+def test_a_worker_outlives_the_sigterm_systemd_sends_to_the_whole_service():
+    from bot.workers import spawned_pool
+
+    workers = spawned_pool(1)
+    try:
+        pid = workers.submit(os.getpid).result(timeout=60)
+        os.kill(pid, signal.SIGTERM)
+        assert workers.submit(os.getpid).result(timeout=60) == pid  # the same one, working
+    finally:
+        workers.shutdown()

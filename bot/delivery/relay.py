@@ -179,7 +179,10 @@ class Relay:
         address, utf8 = wire_address(recipient)
         try:
             if client.is_ehlo_or_helo_needed:
-                await client.ehlo()
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:  # an old relay: HELO, as sendmail() did
+                    await client.helo()
             options = []
             if utf8:
                 if not client.supports_extension("smtputf8"):

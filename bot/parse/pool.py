@@ -47,6 +47,10 @@ CHUNK = 32
 """Messages per task: enough to make the round trip cheap, few enough to keep
 every worker busy to the end."""
 AHEAD = 4
+BUDGET = 64 * 1024 * 1024
+"""Bytes of mail in flight at most (and one chunk beyond): a chunk of big
+messages (up to [import] max_message_size each) must not multiply the
+writer's memory by the number of chunks ahead."""
 """Chunks in flight per worker: the writer never waits for a parse, and no
 more than this many chunks are held in memory."""
 
@@ -127,7 +131,12 @@ def _pooled(
         while True:
             # No new chunk while lost ones are parsed one by one: a crash then
             # is theirs alone.
-            while not done and len(inflight) < workers * AHEAD and _none_lost(inflight):
+            while (
+                not done
+                and len(inflight) < workers * AHEAD
+                and (not inflight or _bytes(inflight) < BUDGET)
+                and _none_lost(inflight)
+            ):
                 part, error = _take(feed, chunk)
                 done = error is not None or len(part) < chunk
                 if part:
@@ -162,6 +171,10 @@ def _pooled(
 def _none_lost(inflight: collections.deque[tuple[list, Future | None]]) -> bool:
     """True unless a chunk lost with a broken pool waits to be parsed again."""
     return all(future is not None for _, future in inflight)
+
+
+def _bytes(inflight: collections.deque[tuple[list, Future | None]]) -> int:
+    return sum(len(value) for part, _ in inflight for _, value in part if isinstance(value, bytes))
 
 
 def _raws(part: list[tuple[K, V]]) -> list[bytes]:
