@@ -41,11 +41,6 @@ class Counts:
         return f"{self.imported} imported, {self.duplicates} duplicates, {self.rejected} rejected"
 
 
-def check(raw: bytes, max_size: int) -> ParsedMessage:
-    """Parse a message for the archive; raise MailError with the reason not to."""
-    return parse_within(raw, max_size)
-
-
 class Importer:
     """Append new messages to the archive and index them, in batches."""
 
@@ -118,7 +113,7 @@ class Importer:
     def parse(self, raw: bytes) -> ParsedMessage | Exception:
         """Parse without side effects (safe in a worker thread); errors are returned."""
         try:
-            return check(raw, self.max_size)
+            return parse_within(raw, self.max_size)
         except Exception as err:  # judged by judge(): rejected, or kept as a failure
             return err
 

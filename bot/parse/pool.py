@@ -10,7 +10,8 @@ flight, so memory stays flat however long the source is.
 Workers are started with "spawn": a fresh interpreter, which inherits no
 SQLite connection, git pipe or lock of ours. Each one watches its parent and
 exits when it dies, so a SIGKILL of the importer leaves no orphan behind,
-and ignores SIGINT, which the parent handles for all of them.
+and ignores SIGINT and SIGTERM, which the parent handles for all of them
+(bot/workers.py).
 
 A worker that dies (a crash in a C extension, the OOM killer) breaks the
 pool. The chunks that were in flight are then parsed again in a new pool,
@@ -30,7 +31,7 @@ import os
 import pickle
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
@@ -47,12 +48,12 @@ CHUNK = 32
 """Messages per task: enough to make the round trip cheap, few enough to keep
 every worker busy to the end."""
 AHEAD = 4
+"""Chunks in flight per worker: the writer never waits for a parse, and no
+more than this many chunks are held in memory."""
 BUDGET = 64 * 1024 * 1024
 """Bytes of mail in flight at most (and one chunk beyond): a chunk of big
 messages (up to [import] max_message_size each) must not multiply the
 writer's memory by the number of chunks ahead."""
-"""Chunks in flight per worker: the writer never waits for a parse, and no
-more than this many chunks are held in memory."""
 
 
 class WorkerDied(Exception):
@@ -195,12 +196,9 @@ class _Pool:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.executor = self._start()
+        self.executor = spawned_pool(workers)
         self.broken = False
         """A worker died: every task sent since is lost, and the pool needs restarting."""
-
-    def _start(self) -> ProcessPoolExecutor:
-        return spawned_pool(self.workers)
 
     def submit(self, parse: Callable[[bytes], R], raws: list[bytes]) -> Future | None:
         """The chunk's task; None when the pool broke before it could be sent.
@@ -217,7 +215,7 @@ class _Pool:
 
     def restart(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
-        self.executor = self._start()
+        self.executor = spawned_pool(self.workers)
         self.broken = False
 
     def one_by_one(self, parse: Callable[[bytes], R], raws: list[bytes]) -> list:
@@ -239,7 +237,10 @@ class _Pool:
                     "or set [import] workers = 1 to parse in this process"
                 ) from err
             results.append(
-                WorkerDied("the process parsing it died (a crash in the parser, or out of memory)")
+                WorkerDied(
+                    "the process parsing it died on it twice (a crash in the parser, or "
+                    "out of memory; if memory, a reindex or a new import reads it again)"
+                )
             )
         return results
 

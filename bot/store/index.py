@@ -469,20 +469,11 @@ def parsed_batches(
     out first, then the error is raised.
     """
     from bot.parse.message import lenient, parse_message
-    from bot.parse.pool import WorkerDied, parse_ahead
+    from bot.parse.pool import parse_ahead
 
     batch: list[tuple[str, ParsedMessage | Unread | None]] = []
     try:
         for commit_id, raw, result in parse_ahead(commits, parse_message, workers):
-            if isinstance(result, WorkerDied):
-                # Indexed as unreadable, like mail the parser rejects; but the
-                # OOM killer or a stray kill may have been the cause, not the mail.
-                log.warning(
-                    "commit %s is indexed as unreadable: %s; if the mail was not the "
-                    "cause, `kvm-digest reindex` reads it again",
-                    commit_id,
-                    result,
-                )
             batch.append((commit_id, lenient(raw, result) if isinstance(raw, bytes) else raw))
             if len(batch) >= size:
                 yield batch
