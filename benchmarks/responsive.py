@@ -50,6 +50,7 @@ from bot.store.archive import Archive  # noqa: E402
 from bot.store.inbox import open_mirror  # noqa: E402
 from bot.store.index import Index  # noqa: E402
 from tests.dovecot import free_port  # noqa: E402
+from tests.mailfactory import commit_ids  # noqa: E402
 from tests.smtpsink import relay_process  # noqa: E402
 
 GREETING_P99_MS = 200
@@ -290,12 +291,7 @@ def scenario_periodic(cache: Path, topics: int, new: int) -> dict:
     three seconds after start, covers the new messages.
     """
     full = epoch(cache)
-    revs = subprocess.run(
-        ["git", "-C", str(full), "rev-list", "--reverse", "master"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    revs = commit_ids(full)
     with tempfile.TemporaryDirectory(prefix="kvm-digest-responsive-") as tmp_:
         tmp = Path(tmp_)
         mirror = tmp / "mirror.git"

@@ -138,14 +138,19 @@ def delivered(raw: bytes, via: str = VGER) -> bytes:
     return via.encode() + raw
 
 
-def first_commits(source: Path, dest: Path, count: int) -> Path:
-    """A bare copy of a public-inbox epoch cut to its first `count` commits."""
-    revs = subprocess.run(
-        ["git", "-C", str(source), "rev-list", "--reverse", "master"],
+def commit_ids(repo: Path) -> list[str]:
+    """The commits of a public-inbox epoch's master, oldest first."""
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-list", "--reverse", "master"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
+
+
+def first_commits(source: Path, dest: Path, count: int) -> Path:
+    """A bare copy of a public-inbox epoch cut to its first `count` commits."""
+    revs = commit_ids(source)
     subprocess.run(["git", "init", "--quiet", "--bare", str(dest)], check=True)
     subprocess.run(
         [

@@ -20,7 +20,7 @@ from bot.config import ImapSection, ListSection, from_table
 from bot.intake.imap import Listener, Route
 from bot.intake.provenance import Proof, hop
 from tests.dovecot import Dovecot
-from tests.mailfactory import BUNDLE, DATA, KVMARM, VGER, delivered, mail, need_shared
+from tests.mailfactory import BUNDLE, DATA, KVMARM, VGER, commit_ids, delivered, mail, need_shared
 
 SLICE = [m.as_bytes() for m in mailbox.mbox(DATA / "kvmarm-slice.mbox")]
 ROUND2 = [m.as_bytes() for m in mailbox.mbox(DATA / "kvmarm-round2.mbox")]
@@ -43,12 +43,7 @@ def test_real_list_mail_passes_the_default_checks():
 
 def test_the_whole_kvmarm_bundle_passes(kvmarm_git):
     need_shared(BUNDLE)
-    revs = subprocess.run(
-        ["git", "-C", str(kvmarm_git), "rev-list", "--reverse", "master"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    revs = commit_ids(kvmarm_git)
     batch = subprocess.run(
         ["git", "-C", str(kvmarm_git), "cat-file", "--batch"],
         input="".join(f"{r}:m\n" for r in revs).encode(),
