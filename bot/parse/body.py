@@ -25,7 +25,10 @@ _DIFFSTAT_SUMMARY = re.compile(
 _DIFF_START = re.compile(r"^(diff --git |diff -[a-zA-Z]|Index: \S|diff --cc )")
 _OLD_FILE = re.compile(r"^--- \S")
 _NEW_FILE = re.compile(r"^\+\+\+ \S")
-_MAYBE_DIFF = re.compile(r"^(diff |Index: |--- )", re.M)
+# _DIFF_START, or _OLD_FILE followed by _NEW_FILE, at the start of any line.
+_ANY_DIFF = re.compile(
+    r"^(?:diff --git |diff -[a-zA-Z]|Index: \S|diff --cc |--- \S.*\n\+\+\+ \S)", re.M
+)
 _SIGNATURE = "-- "
 # Mailman 2 appends "____...\n<list> mailing list\n<address>\n<url>": a row
 # of 20+ underscores, a line naming the mailing list, and a few short lines.
@@ -70,6 +73,7 @@ _DIFF_LINE = re.compile(
     r"rename |copy |old mode|new mode|Binary files|GIT binary patch|literal |delta |"
     r"Index: |={20,}|RCS file|retrieving revision)"
 )
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
 COVER_MAX_LINES = 400
 """A cover letter longer than this is cut, with a line saying how much was left."""
 
@@ -109,7 +113,12 @@ def text_hash(texts: list[str]) -> str:
     """
     h = hashlib.sha256()
     for text in texts:
-        h.update("".join(text.split()).encode("utf-8", "surrogatepass"))
+        if text.isascii():
+            # The same bytes as below, without a string per word: for ASCII
+            # text, str.split() splits at exactly these characters.
+            h.update(text.encode("ascii").translate(None, _ASCII_SPACE))
+        else:
+            h.update("".join(text.split()).encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     return h.hexdigest()
 
@@ -258,11 +267,9 @@ def embeds_diff(lines: list[str]) -> bool:
 
 
 def contains_diff(text: str) -> bool:
-    """True when the text holds a unified or git diff."""
-    if not _MAYBE_DIFF.search(text):
-        return False  # the cheap test settles most replies and questions
-    lines = text.split("\n")
-    return any(_diff_start(lines, i) for i in range(len(lines)))
+    """True when the text holds a unified or git diff: a line where
+    _diff_start() is true, found in one pass over the text."""
+    return _ANY_DIFF.search(text) is not None
 
 
 def split_body(texts: list[str], is_reply: bool = False, numbered_cover: bool = False) -> Body:

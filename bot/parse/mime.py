@@ -14,8 +14,10 @@ import email
 import email.errors
 import email.message
 import email.utils
+import functools
+import quopri
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from email.header import decode_header
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
@@ -85,8 +87,13 @@ def _header_end(raw: bytes) -> tuple[int, int] | None:
 
     A "\r" left at the end of the header block is dropped with the others.
     """
-    found = [(i, i + len(sep)) for sep in (b"\n\n", b"\n\r\n") if (i := raw.find(sep)) >= 0]
-    return min(found) if found else None
+    lf = raw.find(b"\n\n")
+    # Only before the first "\n\n" (or overlapping it): the rest of a long
+    # body is not searched for a "\n\r\n" that could not come first.
+    crlf = raw.find(b"\n\r\n", 0, lf + 3 if lf >= 0 else len(raw))
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf, crlf + 3
+    return (lf, lf + 2) if lf >= 0 else None
 
 
 def first(headers: Headers, name: str) -> str | None:
@@ -109,12 +116,40 @@ def body_texts(raw: bytes, headers: Headers, body: bytes) -> list[str]:
             except RecursionError:
                 pass  # deep nesting within the part limit can still exhaust the stack
         return [decode_text(body, None).replace("\r\n", "\n")]
+    content_type = first(headers, "content-type")
+    ctype, charset = _content_type(content_type or None)
+    cte = (first(headers, "content-transfer-encoding") or "").lower()
+    if ctype in _TEXT_TYPES and cte not in _ENCODED:
+        # What get_payload(decode=True) and _part_text() make of it, without
+        # building a Message: the most common shape of list mail by far.
+        payload = quopri.decodestring(body) if cte == "quoted-printable" else body
+        return [_clean(decode_text(payload, charset))]
     part = email.message.Message()
     for name in ("content-type", "content-transfer-encoding", "content-disposition"):
         if value := first(headers, name):
             part[name] = value
     part.set_payload(body.decode("ascii", "surrogateescape"))
     return text_parts(part)
+
+
+_TEXT_TYPES = ("text/plain", "text/x-patch", "text/x-diff")
+# Transfer encodings that body_texts leaves to the email package; for every
+# other value get_payload(decode=True) returns the body bytes as they are.
+_ENCODED = frozenset({"base64", "x-uuencode", "uuencode", "uue", "x-uue"})
+
+
+@functools.lru_cache(maxsize=512)
+def _content_type(value: str | None) -> tuple[str, str | None]:
+    """A part's (content type, charset) exactly as the email package reads them.
+
+    Read by the email package itself, once per distinct header value: list
+    mail repeats a handful of them, and building a Message for every
+    message costs more than the rest of decoding its body.
+    """
+    part = email.message.Message()
+    if value:
+        part["content-type"] = value
+    return part.get_content_type(), part.get_content_charset()
 
 
 def _unsurrogate(value: str) -> str:
@@ -181,6 +216,12 @@ def decode_header_value(value: str | None) -> str:
     return _WS.sub(" ", _CONTROL.sub(" ", text)).strip()
 
 
+CACHED_CHARS = 1024
+"""Header values up to this long are read once per distinct value (a list's
+senders and Cc lists repeat); longer ones, rare and maybe hostile, are not
+kept."""
+
+
 def parse_address(value: str | None) -> tuple[str, str]:
     """Return (display name, address) from a From-like header, both decoded.
 
@@ -189,6 +230,17 @@ def parse_address(value: str | None) -> tuple[str, str]:
     """
     if not value:
         return "", ""
+    if len(value) <= CACHED_CHARS:
+        return _parse_address_cached(value)
+    return _parse_address(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_address_cached(value: str) -> tuple[str, str]:
+    return _parse_address(value)
+
+
+def _parse_address(value: str) -> tuple[str, str]:
     raw = _unsurrogate(str(value)[:MAX_HEADER_CHARS])
     try:
         name, addr = email.utils.parseaddr(_CONTROL.sub(" ", raw))
@@ -253,8 +305,9 @@ def parse_date_and_offset(value: str | None) -> tuple[int | None, int]:
     """
     if not value:
         return None, 0
+    text = _unsurrogate(str(value)).strip()
     try:
-        when = email.utils.parsedate_to_datetime(_unsurrogate(str(value)).strip())
+        when = _plain_date(text) or email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None, 0
     if not isinstance(when, datetime):
@@ -267,6 +320,43 @@ def parse_date_and_offset(value: str | None) -> tuple[int | None, int]:
         return None, minutes
 
 
+# The shape nearly every mail client writes: "Tue, 3 Mar 2020 10:11:12 +0100".
+_PLAIN_DATE = re.compile(
+    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),\s+)?(\d{1,2})\s+([A-Za-z]{3})\s+([1-9]\d{3})"
+    r"\s+(\d{1,2}):(\d{2}):(\d{2})\s+([+-])(\d{4})(?:\s.*)?",
+    re.S | re.ASCII,
+)
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+
+
+def _plain_date(text: str) -> datetime | None:
+    """What parsedate_to_datetime() makes of a date in the plain shape, or None
+    for any other (left to it). A regex and the datetime constructor instead
+    of the email package's tokenizer: every message has two dates to read."""
+    m = _PLAIN_DATE.fullmatch(text)
+    if m is None or (month := _MONTHS.get(m.group(2).lower())) is None:
+        return None
+    zone = int(m.group(8))
+    if zone == 0 and m.group(7) == "-":
+        return None  # "-0000": an unknown zone, which it reads as local time
+    seconds = (zone // 100) * 3600 + (zone % 100) * 60
+    day, year, hour, minute, second = (int(m.group(i)) for i in (1, 3, 4, 5, 6))
+    return datetime(
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        tzinfo=timezone(timedelta(seconds=-seconds if m.group(7) == "-" else seconds)),
+    )
+
+
 def addresses(value: str | None) -> list[str]:
     """Every address in an address-list header, lower-cased.
 
@@ -275,6 +365,17 @@ def addresses(value: str | None) -> list[str]:
     """
     if not value:
         return []
+    if len(value) <= CACHED_CHARS:
+        return list(_addresses_cached(value))
+    return _addresses(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _addresses_cached(value: str) -> tuple[str, ...]:
+    return tuple(_addresses(value))
+
+
+def _addresses(value: str) -> list[str]:
     found = []
     for piece in _ADDR_BREAK.split(_unsurrogate(str(value))):
         if (
@@ -310,6 +411,17 @@ def mailboxes(value: str | None) -> list[str]:
     """
     if not value:
         return []
+    if len(value) <= CACHED_CHARS:
+        return list(_mailboxes_cached(value))
+    return _mailboxes(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mailboxes_cached(value: str) -> tuple[str, ...]:
+    return tuple(_mailboxes(value))
+
+
+def _mailboxes(value: str) -> list[str]:
     text = _unsurrogate(str(value)[:MAX_ADDRESS_LIST])
     if '"' in text:
         text = _QUOTED.sub(_quoted_part, text)
@@ -379,6 +491,9 @@ def _part_text(part: email.message.Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         payload = str(part.get_payload()).encode("utf-8", "surrogateescape")
-    charset = part.get_content_charset()
-    text = decode_text(payload, charset)
+    return _clean(decode_text(payload, part.get_content_charset()))
+
+
+def _clean(text: str) -> str:
+    """A decoded part's text with Unix line ends and no NUL characters."""
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")

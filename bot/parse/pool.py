@@ -128,6 +128,7 @@ def _pooled(
     feed = itertools.chain(head, source)
     error: Exception | None = None
     done = said = False
+    held = 0  # bytes of mail in flight
     try:
         while True:
             # No new chunk while lost ones are parsed one by one: a crash then
@@ -135,13 +136,15 @@ def _pooled(
             while (
                 not done
                 and len(inflight) < workers * AHEAD
-                and (not inflight or _bytes(inflight) < BUDGET)
+                and (not inflight or held < BUDGET)
                 and _none_lost(inflight)
             ):
                 part, error = _take(feed, chunk)
                 done = error is not None or len(part) < chunk
                 if part:
-                    inflight.append((part, pool.submit(parse, _raws(part))))
+                    raws = _raws(part)
+                    held += sum(map(len, raws))
+                    inflight.append((part, pool.submit(parse, raws)))
             if not inflight:
                 break
             if not said:
@@ -149,6 +152,7 @@ def _pooled(
                 pids = ", ".join(str(p.pid) for p in multiprocessing.active_children())
                 log.debug("parsing ahead in %d worker processes (pids %s)", workers, pids)
             part, future = inflight.popleft()
+            held -= sum(len(value) for _, value in part if isinstance(value, bytes))
             results = None
             if future is not None:
                 try:
@@ -172,10 +176,6 @@ def _pooled(
 def _none_lost(inflight: collections.deque[tuple[list, Future | None]]) -> bool:
     """True unless a chunk lost with a broken pool waits to be parsed again."""
     return all(future is not None for _, future in inflight)
-
-
-def _bytes(inflight: collections.deque[tuple[list, Future | None]]) -> int:
-    return sum(len(value) for part, _ in inflight for _, value in part if isinstance(value, bytes))
 
 
 def _raws(part: list[tuple[K, V]]) -> list[bytes]:

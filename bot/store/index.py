@@ -51,6 +51,18 @@ DERIVED_TABLES = (
 )
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
+_MESSAGE_COLUMNS = (
+    *("commit_id", "message_id", "content_hash", "subject", "base_subject", "title", "tags"),
+    *("version", "counter", "total", "from_name", "from_addr", "from_key", "author_name"),
+    *("author_addr", "date", "received", "list_id", "kind", "is_entry", "is_dup", "dup_of"),
+    *("text_hash", "redelivered", "parent_id", "thread_id", "body"),
+)
+# Built once: the statement cache keys on the text, and building it for each
+# message cost more than the statement. _insert's row names each column.
+_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)})"
+    f" VALUES ({', '.join(':' + name for name in _MESSAGE_COLUMNS)})"
+)
 EARLIEST = 631152000
 """1990-01-01 UTC: no list mail is older; an earlier Date is a broken clock."""
 AHEAD = 86400
@@ -266,9 +278,7 @@ class Index:
             else (parents[0] if parents else p.message_id),
             "body": visible(p.commit_message),
         }
-        columns = ", ".join(row)
-        values = ", ".join(f":{name}" for name in row)
-        cur = self.conn.execute(f"INSERT INTO messages ({columns}) VALUES ({values})", row)
+        cur = self.conn.execute(_INSERT_MESSAGE, row)
         seq = cur.lastrowid
         self.conn.executemany(
             "INSERT INTO refs (seq, pos, ref) VALUES (?, ?, ?)",
