@@ -171,10 +171,11 @@ def own_lines(text: str) -> list[str]:
     """The lines of a message its author wrote, without quotes or signature."""
     out = []
     for line in text.splitlines():
-        if line == "-- " or _OUTLOOK_QUOTE.match(line.strip()):
-            break
-        if line.lstrip().startswith(">"):
+        lead = line.lstrip()[:3]
+        if lead[:1] == ">":
             continue
+        if line == "-- " or (lead == "---" and _OUTLOOK_QUOTE.match(line.strip())):
+            break
         out.append(line)
     return out
 

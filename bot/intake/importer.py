@@ -76,7 +76,11 @@ class Importer:
         inflight: Callable[[], None] | None = None
         parse = functools.partial(parse_within, max_size=self.max_size)
         # Closed on any way out, so a failure here stops the workers at once.
-        with contextlib.closing(parse_ahead(messages, parse, self.workers)) as parsed_ahead:
+        with (
+            self.archive.bulk(),
+            self.index.bulk(),
+            contextlib.closing(parse_ahead(messages, parse, self.workers)) as parsed_ahead,
+        ):
             for position, raw, result in parsed_ahead:
                 read += 1
                 parsed = self.judged(raw, result, f"{where} #{position}")
@@ -89,12 +93,12 @@ class Importer:
                     pending, seen = [], set()
                     if progress:
                         progress(BATCH)
-        if inflight:
-            inflight()
-        if position is not None:
-            self.store(pending, _saver(save_position, position))
-            if progress:
-                progress(read % BATCH)
+            if inflight:
+                inflight()
+            if position is not None:
+                self.store(pending, _saver(save_position, position))
+                if progress:
+                    progress(read % BATCH)
         return self.counts
 
     def accept(self, raw: bytes | Unread, where: str) -> ParsedMessage | None:

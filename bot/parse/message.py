@@ -6,6 +6,7 @@ reply, pull request, notice, other), following FORMAT.md's "Kinds of message".
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -179,7 +180,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     chash = content_hash(headers, body)
     ids = mime.message_ids(get("message-id"))
     message_id = ids[0] if ids else f"{chash[:40]}@kvm-digest.invalid"
-    subject = parse_subject(mime.decode_header_value(get("subject")))
+    subject = subject_of(get("subject"))
     from_name, from_addr = mime.parse_address(get("from"))
     texts = mime.body_texts(raw, headers, body)
     split = bodymod.split_body(
@@ -229,6 +230,19 @@ def parse_message(raw: bytes) -> ParsedMessage:
         paths=pathsmod.touched(texts) if kind in ("patch", "cover", "pull") else [],
         notes=notes(kind, texts),
     )
+
+
+def subject_of(value: str | None) -> Subject:
+    """A Subject header's value, decoded and parsed; once per distinct value
+    (replies repeat their thread's subject)."""
+    if value is not None and len(value) > mime.CACHED_CHARS:
+        return parse_subject(mime.decode_header_value(value))
+    return _subject_cached(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _subject_cached(value: str | None) -> Subject:
+    return parse_subject(mime.decode_header_value(value))
 
 
 def _list_id(value: str | None) -> str:

@@ -157,18 +157,26 @@ def messages(
     """Yield (commit id, raw message | Unread | None for a deletion), in `revs` order."""
     cat = CatFile(repo, "--batch")
     pending: list[tuple[str, Info | None]] = []
+    sizes = infos(repo, revs, is_deletion)
     try:
-        try:
-            for item in infos(repo, revs, is_deletion):
-                pending.append(item)
-                if len(pending) >= CHUNK:
-                    yield from _contents(cat, pending, max_size)
-                    pending = []
-        except ArchiveError:
-            yield from _contents(cat, pending, max_size)  # those before the damage
-            raise
+        while True:
+            try:
+                item = next(sizes, None)
+            except ArchiveError:
+                # Damage found by its size: the commits before it are read.
+                # (Damage found in a content is raised by _contents, once the
+                # commits before it are yielded: git cannot read further.)
+                yield from _contents(cat, pending, max_size)
+                raise
+            if item is None:
+                break
+            pending.append(item)
+            if len(pending) >= CHUNK:
+                yield from _contents(cat, pending, max_size)
+                pending = []
         yield from _contents(cat, pending, max_size)
     finally:
+        sizes.close()
         cat.close()
 
 
