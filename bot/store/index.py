@@ -51,7 +51,7 @@ DERIVED_TABLES = (
 )
 """Rebuilt from the archive whenever their shape or the rules change."""
 BATCH = 1000
-BULK_CACHE_KB = 32 * 1024
+BULK_CACHE_KB = 8 * 1024
 """SQLite's page cache while indexing in bulk (Index.bulk)."""
 _MESSAGE_COLUMNS = (
     *("commit_id", "message_id", "content_hash", "subject", "base_subject", "title", "tags"),
