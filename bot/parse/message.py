@@ -6,7 +6,6 @@ reply, pull request, notice, other), following FORMAT.md's "Kinds of message".
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import re
@@ -233,15 +232,13 @@ def parse_message(raw: bytes) -> ParsedMessage:
 
 
 def subject_of(value: str | None) -> Subject:
-    """A Subject header's value, decoded and parsed; once per distinct value
-    (replies repeat their thread's subject)."""
-    if value is not None and len(value) > mime.CACHED_CHARS:
-        return parse_subject(mime.decode_header_value(value))
-    return _subject_cached(value)
+    """A Subject header's value, decoded and parsed (no header reads as "")."""
+    return _subject(value or "")
 
 
-@functools.lru_cache(maxsize=4096)
-def _subject_cached(value: str | None) -> Subject:
+@mime.once_per_value
+def _subject(value: str) -> Subject:
+    """Once per distinct value: replies repeat their thread's subject."""
     return parse_subject(mime.decode_header_value(value))
 
 

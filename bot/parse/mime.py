@@ -17,8 +17,10 @@ import email.utils
 import functools
 import quopri
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.header import decode_header
+from typing import TypeVar
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
 _WS = re.compile(r"\s+")
@@ -220,6 +222,22 @@ CACHED_CHARS = 1024
 """Header values up to this long are read once per distinct value (a list's
 senders and Cc lists repeat); longer ones, rare and maybe hostile, are not
 kept."""
+_T = TypeVar("_T")
+
+
+def once_per_value(read: Callable[[str], _T]) -> Callable[[str], _T]:
+    """`read`, remembered for the last 4,096 distinct values up to CACHED_CHARS.
+
+    Its result is shared by every caller that reads the same value, so it
+    must be immutable (a str, a tuple, a frozen dataclass).
+    """
+    cached = functools.lru_cache(maxsize=4096)(read)
+
+    @functools.wraps(read)
+    def reader(value: str) -> _T:
+        return cached(value) if len(value) <= CACHED_CHARS else read(value)
+
+    return reader
 
 
 def parse_address(value: str | None) -> tuple[str, str]:
@@ -230,16 +248,10 @@ def parse_address(value: str | None) -> tuple[str, str]:
     """
     if not value:
         return "", ""
-    if len(value) <= CACHED_CHARS:
-        return _parse_address_cached(value)
     return _parse_address(value)
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_address_cached(value: str) -> tuple[str, str]:
-    return _parse_address(value)
-
-
+@once_per_value
 def _parse_address(value: str) -> tuple[str, str]:
     raw = _unsurrogate(str(value)[:MAX_HEADER_CHARS])
     try:
@@ -365,17 +377,11 @@ def addresses(value: str | None) -> list[str]:
     """
     if not value:
         return []
-    if len(value) <= CACHED_CHARS:
-        return list(_addresses_cached(value))
-    return _addresses(value)
+    return list(_addresses(value))
 
 
-@functools.lru_cache(maxsize=4096)
-def _addresses_cached(value: str) -> tuple[str, ...]:
-    return tuple(_addresses(value))
-
-
-def _addresses(value: str) -> list[str]:
+@once_per_value
+def _addresses(value: str) -> tuple[str, ...]:
     found = []
     for piece in _ADDR_BREAK.split(_unsurrogate(str(value))):
         if (
@@ -384,7 +390,7 @@ def _addresses(value: str) -> list[str]:
             and (m := _ADDR.fullmatch(piece.strip("'.")))
         ):
             found.append(m.group(0).lower())
-    return found
+    return tuple(found)
 
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -411,17 +417,11 @@ def mailboxes(value: str | None) -> list[str]:
     """
     if not value:
         return []
-    if len(value) <= CACHED_CHARS:
-        return list(_mailboxes_cached(value))
-    return _mailboxes(value)
+    return list(_mailboxes(value))
 
 
-@functools.lru_cache(maxsize=4096)
-def _mailboxes_cached(value: str) -> tuple[str, ...]:
-    return tuple(_mailboxes(value))
-
-
-def _mailboxes(value: str) -> list[str]:
+@once_per_value
+def _mailboxes(value: str) -> tuple[str, ...]:
     text = _unsurrogate(str(value)[:MAX_ADDRESS_LIST])
     if '"' in text:
         text = _QUOTED.sub(_quoted_part, text)
@@ -440,7 +440,7 @@ def _mailboxes(value: str) -> list[str]:
             continue
         if len(address) <= 254:
             found.append(address)
-    return found
+    return tuple(found)
 
 
 def _quoted_part(m: re.Match[str]) -> str:

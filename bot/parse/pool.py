@@ -152,7 +152,7 @@ def _pooled(
                 pids = ", ".join(str(p.pid) for p in multiprocessing.active_children())
                 log.debug("parsing ahead in %d worker processes (pids %s)", workers, pids)
             part, future = inflight.popleft()
-            held -= sum(len(value) for _, value in part if isinstance(value, bytes))
+            held -= sum(map(len, _raws(part)))
             results = None
             if future is not None:
                 try:

@@ -384,9 +384,10 @@ class FastImport:
             raise self.failure
 
     def _failed(self) -> DigestError:
-        self.close()
+        self._end()  # all git had to say is written once it has exited
         self.errors.seek(0)
         error = self.errors.read().decode(errors="replace").strip()
+        self.errors.close()
         said = error.splitlines()[-1] if error else f"exit status {self.proc.returncode}"
         return DigestError(
             f"cannot write to the archive {self.path} (git fast-import: {said}); "
@@ -395,6 +396,10 @@ class FastImport:
 
     def close(self) -> None:
         """End the stream; git exits once what it was sent is written."""
+        self._end()
+        self.errors.close()
+
+    def _end(self) -> None:
         if self.feeder is not None:
             self.feeder.join()
         with contextlib.suppress(BrokenPipeError, ValueError, OSError):
