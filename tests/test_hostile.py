@@ -166,3 +166,39 @@ def test_logging_stays_quiet_about_hostile_content(caplog):
     for path in FILES:
         parse_lenient(path.read_bytes())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# Senders git's libraries trim to nothing or to less: libgit2 strips white
+# space, quotes, backslashes and ,:;<> from both ends of a name and refuses an
+# empty one, while git fast-import writes what it is given.
+TRIMMED_SENDERS = ["\\", "'\\' <\\>", '"," <;>', "\\ann\\ <ann@example.org>", "<>"]
+
+
+@pytest.mark.parametrize("sender", TRIMMED_SENDERS)
+def test_a_sender_git_trims_is_written_alike_by_both_writers(tmp_path, sender):
+    import subprocess
+
+    from bot.parse.message import parse_message
+    from bot.store.archive import FAST_IMPORT_BATCH, Archive
+
+    def author(archive: Archive, rev: str) -> str:
+        text = subprocess.run(
+            ["git", "-C", str(archive.path), "cat-file", "commit", rev],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return next(line for line in text.splitlines() if line.startswith("author "))
+
+    raws = [mail("odd sender", f"m{i}@example.org", frm=sender) for i in range(FAST_IMPORT_BATCH)]
+    alone = Archive.create(tmp_path / "alone.git")
+    ids = alone.start_append([(raws[0], parse_message(raws[0]))]).ids
+    batched = Archive.create(tmp_path / "batched.git")
+    with batched.bulk():
+        pending = batched.start_append([(raw, parse_message(raw)) for raw in raws])
+        pending.wait()
+    # libgit2 wrote the first; fast-import wrote all of them, the first alike.
+    assert author(alone, ids[0]) == author(batched, pending.ids[0])
+    assert author(batched, "master") == author(batched, pending.ids[0])
+    name = author(alone, ids[0]).removeprefix("author ").partition(" <")[0]
+    assert name and name[0] not in "\\'\",;<> " and name[-1] not in "\\'\",;<> "
