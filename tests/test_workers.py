@@ -269,3 +269,19 @@ def test_a_worker_outlives_the_sigterm_systemd_sends_to_the_whole_service():
         assert workers.submit(os.getpid).result(timeout=60) == pid  # the same one, working
     finally:
         workers.shutdown()
+
+
+def test_a_chunk_of_big_mail_is_cut_short_by_its_bytes():
+    """A task holds CHUNK messages, or fewer once they reach CHUNK_BYTES."""
+    import bot.parse.pool as pool
+
+    big = b"x" * (pool.CHUNK_BYTES // 3 + 1)
+    items = iter([(n, big) for n in range(10)] + [(10, "not bytes")])
+    part, ended, error = pool._take(items, pool.CHUNK, pool.CHUNK_BYTES)
+    assert [key for key, _ in part] == [0, 1, 2] and not ended and error is None
+    part, ended, error = pool._take(items, pool.CHUNK, pool.CHUNK_BYTES)
+    assert [key for key, _ in part] == [3, 4, 5]
+    rest = pool._take(items, pool.CHUNK, pool.CHUNK_BYTES), pool._take(items, 2, 1 << 30)
+    assert [key for key, _ in rest[0][0]] == [6, 7, 8]
+    assert [key for key, _ in rest[1][0]] == [9, 10] and not rest[1][1]
+    assert pool._take(items, 2, 1 << 30) == ([], True, None)

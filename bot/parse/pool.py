@@ -44,12 +44,18 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
-CHUNK = 32
-"""Messages per task: enough to make the round trip cheap, few enough to keep
-every worker busy to the end."""
-AHEAD = 4
-"""Chunks in flight per worker: the writer never waits for a parse, and no
-more than this many chunks are held in memory."""
+CHUNK = 256
+"""Messages per task at most. Each task costs the writer's process a few
+thread switches (the executor's feeder and result threads want the GIL the
+writer holds), so fewer, larger tasks leave it more time: 256 rather than 32
+made mirror indexing 12% faster (benchmarks/intake.py), for the same RSS."""
+CHUNK_BYTES = 4 * 1024 * 1024
+"""Bytes of mail per task at most (and one message beyond), so a run of big
+messages makes shorter tasks rather than one that holds the writer's memory."""
+AHEAD = 2
+"""Chunks in flight per worker: while a worker parses one, the next waits
+in its queue, so the writer never waits for a parse; no more than this many
+chunks are held in memory."""
 BUDGET = 64 * 1024 * 1024
 """Bytes of mail in flight at most (and one chunk beyond): a chunk of big
 messages (up to [import] max_message_size each) must not multiply the
@@ -82,8 +88,10 @@ def parse_ahead(
     head: list[tuple[K, V]] = []
     error: Exception | None = None
     if workers > 1:
-        head, error = _take(source, workers * chunk)
-        if error is None and len(head) == workers * chunk:
+        # Enough mail to pay for starting the workers: a chunk for each, or
+        # the budget's worth of big messages.
+        head, ended, error = _take(source, workers * chunk, BUDGET)
+        if not ended:
             yield from _pooled(head, source, parse, workers, chunk)
             return
     for key, value in head:
@@ -94,17 +102,23 @@ def parse_ahead(
         yield key, value, _parse_here(parse, value)
 
 
-def _take(source: Iterator[tuple[K, V]], count: int) -> tuple[list[tuple[K, V]], Exception | None]:
-    """Up to `count` items, and the error that stopped the source early, if any."""
+def _take(
+    source: Iterator[tuple[K, V]], count: int, size: int
+) -> tuple[list[tuple[K, V]], bool, Exception | None]:
+    """Up to `count` items, fewer once they hold `size` bytes of mail; whether
+    the source ended with them, and the error that ended it early, if any."""
     items: list[tuple[K, V]] = []
+    held = 0
     try:
         for item in source:
             items.append(item)
-            if len(items) >= count:
-                break
+            if isinstance(item[1], bytes):
+                held += len(item[1])
+            if len(items) >= count or held >= size:
+                return items, False, None
     except Exception as err:  # raised by parse_ahead once what came before is handed on
-        return items, err
-    return items, None
+        return items, True, err
+    return items, True, None
 
 
 def _parse_here(parse: Callable[[bytes], R], value: object) -> R | Exception | None:
@@ -139,8 +153,7 @@ def _pooled(
                 and (not inflight or held < BUDGET)
                 and _none_lost(inflight)
             ):
-                part, error = _take(feed, chunk)
-                done = error is not None or len(part) < chunk
+                part, done, error = _take(feed, chunk, CHUNK_BYTES)
                 if part:
                     raws = _raws(part)
                     held += sum(map(len, raws))
