@@ -49,9 +49,10 @@ CHUNK = 256
 thread switches (the executor's feeder and result threads want the GIL the
 writer holds), so fewer, larger tasks leave it more time: 256 rather than 32
 made mirror indexing 12% faster (benchmarks/intake.py), for the same RSS."""
-CHUNK_BYTES = 4 * 1024 * 1024
-"""Bytes of mail per task at most (and one message beyond), so a run of big
-messages makes shorter tasks rather than one that holds the writer's memory."""
+CHUNK_BYTES = 2 * 1024 * 1024
+"""Bytes of mail per task at most (and one message beyond): about CHUNK
+messages of kvmarm's (9.5 KB on average), fewer of a list of bigger mail, so
+a worker's memory does not grow with the list's message size."""
 AHEAD = 2
 """Chunks in flight per worker: while a worker parses one, the next waits
 in its queue, so the writer never waits for a parse; no more than this many
