@@ -225,13 +225,22 @@ kept."""
 _T = TypeVar("_T")
 
 
+CACHED_VALUES = 256
+"""Distinct values remembered per reader. Repeats come close together (a
+thread's subject, a series' Cc list): on the kvmarm epoch 256 entries hit
+as often as 4,096 within 4%. And the daemon parses live mail in its own
+process for weeks, so what a cache holds must stop growing within minutes
+(at 4,096 the soak read the caches filling as a 240 KB/min leak)."""
+
+
 def once_per_value(read: Callable[[str], _T]) -> Callable[[str], _T]:
-    """`read`, remembered for the last 4,096 distinct values up to CACHED_CHARS.
+    """`read`, remembered for the last CACHED_VALUES distinct values up to
+    CACHED_CHARS long.
 
     Its result is shared by every caller that reads the same value, so it
     must be immutable (a str, a tuple, a frozen dataclass).
     """
-    cached = functools.lru_cache(maxsize=4096)(read)
+    cached = functools.lru_cache(maxsize=CACHED_VALUES)(read)
 
     @functools.wraps(read)
     def reader(value: str) -> _T:
