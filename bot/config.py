@@ -7,16 +7,15 @@ directory kvm-digest runs in (systemd sets it to the state directory).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import ClassVar
 
 from bot.errors import ConfigError
+from bot.record import Record, default, field, fields, replace
 
 PROOFS = ("envelope", "received", "dkim", "arc")
 """What [imap] require may ask of list mail (bot/intake/provenance.py)."""
@@ -28,8 +27,7 @@ ENV_DATA = "KVM_DIGEST_DATA"
 ENV_CONFIG = "KVM_DIGEST_CONFIG"
 
 
-@dataclass(frozen=True)
-class ListSection:
+class ListSection(Record):
     title: str = "KVM"
     """The list's name in digest subjects: "<title> mailing list update"."""
     address: str = "kvm@vger.kernel.org"
@@ -48,8 +46,7 @@ class ListSection:
             )
 
 
-@dataclass(frozen=True)
-class DataSection:
+class DataSection(Record):
     dir: str = "var"
     retention_days: int = 30
     """Handled command mail and sent mail are deleted after this many days."""
@@ -57,8 +54,7 @@ class DataSection:
     """Mail that failed (to parse, answer or send) is kept this long for the admin."""
 
 
-@dataclass(frozen=True)
-class ArchiveSection:
+class ArchiveSection(Record):
     path: str = ""
     """A public-inbox epoch or v2 inbox dir to index in place (mirror mode); empty: our own."""
     follow: str = ""
@@ -107,8 +103,7 @@ def parse_day(text: str, where: str) -> date:
         ) from None
 
 
-@dataclass(frozen=True)
-class DigestSection:
+class DigestSection(Record):
     abbrev: int = 9
     top: int = 15
     templates: str = ""
@@ -148,8 +143,7 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass(frozen=True)
-class ImportSection:
+class ImportSection(Record):
     max_message_size: int = 10 * 1024 * 1024
     workers: int = field(default_factory=lambda: min(cores(), MAX_WORKERS))
     """Processes that parse mail ahead of the writer in imports and indexing
@@ -164,8 +158,7 @@ class ImportSection:
             )
 
 
-@dataclass(frozen=True)
-class ServerSection:
+class ServerSection(Record):
     """What [imap] and [smtp] share: where the server is and how to log in."""
 
     name: ClassVar[str] = ""
@@ -208,7 +201,6 @@ class ServerSection:
         return read_secret(f"[{self.name}]", self.password, self.password_file, self.password_env)
 
 
-@dataclass(frozen=True)
 class ImapSection(ServerSection):
     """The mailbox the bot is subscribed with (see README, "Live intake")."""
 
@@ -245,8 +237,7 @@ class ImapSection(ServerSection):
             )
 
 
-@dataclass(frozen=True)
-class CommandsSection:
+class CommandsSection(Record):
     address: str = ""
     """The bot's own address (e.g. kvm-digest@example.org); empty: no commands."""
     name: str = "KVM digest"
@@ -303,7 +294,6 @@ class CommandsSection:
             )
 
 
-@dataclass(frozen=True)
 class SmtpSection(ServerSection):
     """The relay the bot sends through; with a user, STARTTLS is required."""
 
@@ -327,8 +317,7 @@ class SmtpSection(ServerSection):
             raise ConfigError("[smtp] poll_interval must be at least 1 (seconds)")
 
 
-@dataclass(frozen=True)
-class ScheduleSection:
+class ScheduleSection(Record):
     daily: str = "0 6 * * *"
     """Cron expression (UTC) for daily digests; empty: none."""
     weekly: str = "0 6 * * mon"
@@ -380,8 +369,7 @@ def _cron_error(name: str, expression: str, why: str) -> ConfigError:
     )
 
 
-@dataclass(frozen=True)
-class WebSection:
+class WebSection(Record):
     """The HTTP endpoint: one-click unsubscribe (RFC 8058) and the Atom feed."""
 
     url: str = ""
@@ -412,8 +400,7 @@ def _address_shaped(address: str) -> bool:
     return bool(local and at and domain) and not any(c in address for c in " <>,;()")
 
 
-@dataclass(frozen=True)
-class BouncesSection:
+class BouncesSection(Record):
     """Bounce handling, as Mailman 3 does it (see README, "Bounces")."""
 
     threshold: int = 5
@@ -422,8 +409,7 @@ class BouncesSection:
     """A bounce this long after the previous one starts the score again."""
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record):
     """The whole configuration; sections mirror the TOML tables."""
 
     list: ListSection = field(default_factory=ListSection)
@@ -469,11 +455,12 @@ class Config:
         return self.data_dir / "index.sqlite3"
 
 
-_SECTIONS = {
-    f.name.rstrip("_"): f
-    for f in dataclasses.fields(Config)
-    if f.name not in ("source", "data_dir_override")
+_SECTIONS: dict[str, tuple[str, type]] = {
+    name.rstrip("_"): (name, type(default(Config, name)))
+    for name in fields(Config)
+    if name not in ("source", "data_dir_override")
 }
+"""Each TOML table's Config field ([import] is import_) and its section's class."""
 
 
 SECRET_KEYS = frozenset({"password"})
@@ -555,8 +542,8 @@ def load(
         "data_dir_override": data_dir,
     }
     if archive:
-        overrides["archive"] = dataclasses.replace(config.archive, path=archive)
-    return dataclasses.replace(config, **overrides)
+        overrides["archive"] = replace(config.archive, path=archive)
+    return replace(config, **overrides)
 
 
 def from_table(table: dict[str, typing.Any], where: str = "the config") -> Config:
@@ -570,14 +557,14 @@ def from_table(table: dict[str, typing.Any], where: str = "the config") -> Confi
             )
         if not isinstance(value, dict):
             raise ConfigError(f"[{name}] in {where} must be a table of settings")
-        f = _SECTIONS[name]
-        values[f.name] = _section(f.default_factory, value, name, where)  # type: ignore[misc]
+        field_name, section = _SECTIONS[name]
+        values[field_name] = _section(section, value, name, where)
     return Config(**values)
 
 
 def _section(cls: type, table: dict[str, typing.Any], name: str, where: str) -> typing.Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = set(fields(cls))
     for key, value in table.items():
         if key not in known:
             raise ConfigError(

@@ -8,11 +8,11 @@ text.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
 
+from bot import record
 from bot.config import BouncesSection
 from bot.delivery import bounces, periodic, subscribers, verp
 from bot.delivery.mail import Identity
@@ -133,7 +133,7 @@ class BounceBot(Bot):
 
     def __init__(self, root, sink: Sink, threshold: int = 2) -> None:
         super().__init__(root, sink)
-        self.config = dataclasses.replace(
+        self.config = record.replace(
             self.config, bounces=BouncesSection(threshold=threshold, stale_days=7)
         )
         self.me = Identity(BOT, archive_url=ARCHIVE)

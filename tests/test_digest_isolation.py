@@ -12,7 +12,6 @@ moves on. Digests go through the real periodic run to a real relay.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 
@@ -20,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot import record
 from bot.digest import build, versions
 from bot.digest.build import environment
 from tests.mailfactory import mail
@@ -117,8 +117,8 @@ async def test_a_series_the_template_cannot_render_is_left_out(tmp_path, sink, c
         shipped.replace("{{ s.subject }}", '{{ s.subject.encode("ascii").decode() }}')
     )
     setup = Setup(tmp_path / "s", sink)
-    setup.config = dataclasses.replace(
-        setup.config, digest=dataclasses.replace(setup.config.digest, templates=str(templates))
+    setup.config = record.replace(
+        setup.config, digest=record.replace(setup.config.digest, templates=str(templates))
     )
     setup.env = environment(templates)
     setup.subscribe("a@example.org")

@@ -10,7 +10,6 @@ User-Agent are the real ones.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bot import config as configmod
-from bot import healthcheck
+from bot import healthcheck, record
 from bot.daemon import Daemon
 from bot.parse.message import parse_lenient
 from bot.store.archive import Archive
@@ -206,9 +205,7 @@ async def test_the_daemon_follows_since_the_configured_day(
         f'fetch_interval = 1\n[data]\ndir = "{data_dir}"\n'
     )
     config = configmod.load(path)
-    config = dataclasses.replace(
-        config, schedule=dataclasses.replace(config.schedule, daily="", weekly="")
-    )
+    config = record.replace(config, schedule=record.replace(config.schedule, daily="", weekly=""))
     stop = asyncio.Event()
     task = asyncio.create_task(Daemon(config).run(stop))
     try:

@@ -9,7 +9,6 @@ appearing mid-test.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import fcntl
 import functools
 import http.server
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from bot import config as configmod
+from bot import record
 from bot.daemon import Daemon
 from bot.parse.message import parse_lenient
 from bot.store.archive import Archive
@@ -182,9 +182,7 @@ async def test_the_daemon_fetches_on_its_interval(
         f'[archive]\n{intake} = "{where}"\nfetch_interval = 1\n[data]\ndir = "{data_dir}"\n'
     )
     config = configmod.load(path)
-    config = dataclasses.replace(
-        config, schedule=dataclasses.replace(config.schedule, daily="", weekly="")
-    )
+    config = record.replace(config, schedule=record.replace(config.schedule, daily="", weekly=""))
     stop = asyncio.Event()
     task = asyncio.create_task(Daemon(config).run(stop))
     index = data_dir / "index.sqlite3"

@@ -10,7 +10,6 @@ while it runs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import http.server
 import itertools
@@ -32,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from bot import config as configmod
+from bot import record
 from bot.daemon import Daemon
 from bot.store.archive import Archive
 from tests.dovecot import free_port
@@ -172,9 +172,7 @@ async def test_the_daemon_stops_at_max_epochs_at_start(
     server = web(endless=True)
     path = follow_config(tmp_path, server.url, f'max_epochs = 3\n[data]\ndir = "{data_dir}"\n')
     config = configmod.load(path)
-    config = dataclasses.replace(
-        config, schedule=dataclasses.replace(config.schedule, daily="", weekly="")
-    )
+    config = record.replace(config, schedule=record.replace(config.schedule, daily="", weekly=""))
     stop = asyncio.Event()
     caplog.set_level(logging.INFO)
     task = asyncio.create_task(Daemon(config).run(stop))
@@ -264,9 +262,7 @@ async def test_the_daemon_keeps_serving_past_a_refused_epoch(
         f'[archive]\npath = "{up.root}"\nfetch_interval = 1\n[data]\ndir = "{data_dir}"\n'
     )
     config = configmod.load(path)
-    config = dataclasses.replace(
-        config, schedule=dataclasses.replace(config.schedule, daily="", weekly="")
-    )
+    config = record.replace(config, schedule=record.replace(config.schedule, daily="", weekly=""))
     stop = asyncio.Event()
     task = asyncio.create_task(Daemon(config).run(stop))
     try:

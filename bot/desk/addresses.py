@@ -43,6 +43,12 @@ def domain_ascii(domain: str) -> str | None:
         return None
     if domain.startswith("[") and domain.endswith("]"):
         return domain  # an address literal: nothing to encode
+    if domain.isascii():
+        # The codec's own rule for an ASCII name, without importing it:
+        # encodings.idna brings stringprep and unicodedata, which an ASCII
+        # domain never needs (a one-shot digest no longer imports them).
+        labels = domain.split(".")
+        return domain if all(0 < len(label) < 64 for label in labels) else None
     try:
         return domain.encode("idna").decode("ascii")
     except UnicodeError:

@@ -21,7 +21,6 @@ import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
@@ -32,6 +31,7 @@ from bot.config import STYLES
 from bot.digest import query as querymod
 from bot.digest import versions, waiting
 from bot.digest.ranges import Range
+from bot.record import Record, field, replace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,8 +46,7 @@ NAMES_SHOWN = 3
 _MID_SAFE = "!$&'()*+,;=:@"
 
 
-@dataclass(frozen=True)
-class SeriesLine:
+class SeriesLine(Record):
     subject: str
     submitter: str
     summary: str
@@ -60,8 +59,7 @@ class SeriesLine:
     submitter_key: str = ""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Record):
     subject: str
     duplicate: bool
     title: str = ""
@@ -71,8 +69,7 @@ class Entry:
     message_id: str = ""
 
 
-@dataclass(frozen=True)
-class Digest:
+class Digest(Record):
     """Everything a digest shows, ready to render."""
 
     list_title: str

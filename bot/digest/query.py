@@ -25,9 +25,9 @@ import json
 import re
 import sqlite3
 import unicodedata
-from dataclasses import dataclass
 
 from bot.errors import DigestError
+from bot.record import Record
 
 MAX_LENGTH = 500
 """Characters; a topic is a line in a mail, not a program."""
@@ -44,26 +44,22 @@ class QueryError(DigestError):
     """A topic query that cannot be read; the message says why, with an example."""
 
 
-@dataclass(frozen=True)
-class Term:
+class Term(Record):
     """One search term: `field` is s, f, b, dfn or '' (subject or body)."""
 
     field: str
     value: str
 
 
-@dataclass(frozen=True)
-class Not:
+class Not(Record):
     operand: Node
 
 
-@dataclass(frozen=True)
-class And:
+class And(Record):
     operands: tuple[Node, ...]
 
 
-@dataclass(frozen=True)
-class Or:
+class Or(Record):
     operands: tuple[Node, ...]
 
 
@@ -262,8 +258,7 @@ def compile_sql(node: Node) -> tuple[str, list[str]]:
     )
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(Record):
     """What a filtered digest of one range keeps.
 
     `series` are the matching series (any patch or cover letter, in the

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot.errors import RangeError
+from bot.record import Record
 
 NULL_ID = "0" * 40
 MIN_DIGITS = 7
@@ -22,8 +22,7 @@ _HEX = re.compile(r"^[0-9a-f]{7,40}$")
 _SPLIT = re.compile(r"\s*\.\.\s*|\s+")
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(Record):
     """Archive positions (start excluded, end included) and their commit ids."""
 
     start_seq: int
@@ -162,8 +161,7 @@ def after(conn: sqlite3.Connection, start_seq: int) -> Range:
     return Range(start_seq, end, _id_at(conn, start_seq), _id_at(conn, end))
 
 
-@dataclass(frozen=True)
-class Place:
+class Place(Record):
     """A place in the archive, held so that it survives any rewrite.
 
     Positions (`seq`) are renumbered whenever the index is rebuilt: by

@@ -48,15 +48,15 @@ re-delivery (the same message again, see index.py) belongs to no series.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+
+from bot.record import Record
 
 NO_REFS_WINDOW = 3600
 """Seconds within which un-threaded patches of one sender form one series."""
 _MAX_DEPTH = 500
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(Record):
     """The columns of a message that threading looks at."""
 
     seq: int

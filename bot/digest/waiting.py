@@ -28,11 +28,11 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from dataclasses import dataclass
 
 from bot.desk.addresses import limit_key
 from bot.digest import versions
 from bot.digest.ranges import Range
+from bot.record import Record
 
 DAY = 86400
 
@@ -45,8 +45,7 @@ def canonical(address: str) -> str:
     return limit_key(address)
 
 
-@dataclass(frozen=True)
-class Posted:
+class Posted(Record):
     """A series as a digest shows it when it need not be in the range."""
 
     series_id: str

@@ -20,17 +20,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from bot.errors import ArchiveError
+from bot.record import Record
 
 CHUNK = 256
 """Commits asked about at a time: 256 requests are ~12 KB, well under a pipe's 64 KB."""
 
 
-@dataclass(frozen=True)
-class Unread:
+class Unread(Record):
     """A commit whose `m` is not read as a message, and why (recorded in `failures`)."""
 
     commit_id: str
@@ -38,8 +37,7 @@ class Unread:
     reason: str
 
 
-@dataclass(frozen=True)
-class Info:
+class Info(Record):
     """What `git cat-file --batch-check` says of one commit's `m`."""
 
     oid: bytes
