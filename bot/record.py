@@ -62,6 +62,7 @@ class Record:
     _fields: ClassVar[tuple[str, ...]] = ()
     _field_defaults: ClassVar[dict[str, Any]] = {}
     _hidden: ClassVar[frozenset[str]] = frozenset()
+    _post_init: ClassVar[Callable[[Record], None] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -98,30 +99,41 @@ class Record:
         cls._fields = tuple(names)
         cls._field_defaults = defaults
         cls._hidden = frozenset(hidden)
+        cls._post_init = getattr(cls, "__post_init__", None)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         names = self._fields
+        if kwargs or len(args) != len(names):
+            args = self._complete(args, kwargs)
+        # The one write (__setattr__ refuses). Every field given in order is the
+        # common case (rows from SQLite, commits from git): nothing to look up.
+        self.__dict__.update(zip(names, args, strict=True))
+        if self._post_init is not None:
+            self._post_init()
+
+    @classmethod
+    def _complete(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """Every field's value in order, from those given and the defaults."""
+        names = cls._fields
         if len(args) > len(names):
-            raise TypeError(f"{type(self).__name__} takes {len(names)} fields, not {len(args)}")
+            raise TypeError(f"{cls.__name__} takes {len(names)} fields, not {len(args)}")
         values = dict(zip(names, args, strict=False))
         for name, value in kwargs.items():
             if name in values:
-                raise TypeError(f"{type(self).__name__} got two values for {name}")
+                raise TypeError(f"{cls.__name__} got two values for {name}")
             if name not in names:
-                raise TypeError(f"{type(self).__name__} has no field {name}")
+                raise TypeError(f"{cls.__name__} has no field {name}")
             values[name] = value
-        if len(values) < len(names):
-            for name in names:
-                if name in values:
-                    continue
-                if name not in self._field_defaults:
-                    raise TypeError(f"{type(self).__name__} needs a value for {name}")
-                default = self._field_defaults[name]
-                values[name] = default.make() if isinstance(default, _Field) else default
-        self.__dict__.update(values)  # the one write: __setattr__ refuses
-        post_init = getattr(self, "__post_init__", None)
-        if post_init is not None:
-            post_init()
+        out = []
+        for name in names:
+            if name in values:
+                out.append(values[name])
+            elif name in cls._field_defaults:
+                default = cls._field_defaults[name]
+                out.append(default.make() if isinstance(default, _Field) else default)
+            else:
+                raise TypeError(f"{cls.__name__} needs a value for {name}")
+        return tuple(out)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"cannot assign to field {name!r} of a {type(self).__name__}")

@@ -298,13 +298,16 @@ class Index:
         }
         cur = self.conn.execute(_INSERT_MESSAGE, row)
         seq = cur.lastrowid
-        self.conn.executemany(
-            "INSERT INTO refs (seq, pos, ref) VALUES (?, ?, ?)",
-            [(seq, pos, ref) for pos, ref in enumerate(parents)],
-        )
-        self.conn.executemany(
-            "INSERT INTO paths (seq, path) VALUES (?, ?)", [(seq, path) for path in p.paths]
-        )
+        # Only when there are rows: an empty executemany still costs a statement.
+        if parents:
+            self.conn.executemany(
+                "INSERT INTO refs (seq, pos, ref) VALUES (?, ?, ?)",
+                [(seq, pos, ref) for pos, ref in enumerate(parents)],
+            )
+        if p.paths:
+            self.conn.executemany(
+                "INSERT INTO paths (seq, path) VALUES (?, ?)", [(seq, path) for path in p.paths]
+            )
         node = series.Node(
             seq,
             row["message_id"],
