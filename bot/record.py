@@ -63,6 +63,9 @@ class Record:
     _field_defaults: ClassVar[dict[str, Any]] = {}
     _hidden: ClassVar[frozenset[str]] = frozenset()
     _post_init: ClassVar[Callable[[Record], None] | None] = None
+    _names: ClassVar[frozenset[str]] = frozenset()
+    _constants: ClassVar[dict[str, Any]] = {}
+    _factories: ClassVar[tuple[tuple[str, Callable[[], Any]], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,40 +103,44 @@ class Record:
         cls._field_defaults = defaults
         cls._hidden = frozenset(hidden)
         cls._post_init = getattr(cls, "__post_init__", None)
+        cls._names = frozenset(names)
+        cls._constants = {n: v for n, v in defaults.items() if not isinstance(v, _Field)}
+        cls._factories = tuple((n, v.make) for n, v in defaults.items() if isinstance(v, _Field))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        names = self._fields
-        if kwargs or len(args) != len(names):
-            args = self._complete(args, kwargs)
         # The one write (__setattr__ refuses). Every field given in order is the
         # common case (rows from SQLite, commits from git): nothing to look up.
-        self.__dict__.update(zip(names, args, strict=True))
+        if kwargs or len(args) != len(self._fields):
+            self.__dict__.update(self._complete(args, kwargs))
+        else:
+            self.__dict__.update(zip(self._fields, args, strict=True))
         if self._post_init is not None:
             self._post_init()
 
     @classmethod
-    def _complete(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        """Every field's value in order, from those given and the defaults."""
+    def _complete(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Every field's value, from those given and the defaults (dict
+        operations only: a digest makes a few thousand records by keyword)."""
         names = cls._fields
+        if not cls._names.issuperset(kwargs):
+            unknown = next(name for name in kwargs if name not in cls._names)
+            raise TypeError(f"{cls.__name__} has no field {unknown}")
         if len(args) > len(names):
             raise TypeError(f"{cls.__name__} takes {len(names)} fields, not {len(args)}")
-        values = dict(zip(names, args, strict=False))
-        for name, value in kwargs.items():
-            if name in values:
-                raise TypeError(f"{cls.__name__} got two values for {name}")
-            if name not in names:
-                raise TypeError(f"{cls.__name__} has no field {name}")
-            values[name] = value
-        out = []
-        for name in names:
-            if name in values:
-                out.append(values[name])
-            elif name in cls._field_defaults:
-                default = cls._field_defaults[name]
-                out.append(default.make() if isinstance(default, _Field) else default)
-            else:
-                raise TypeError(f"{cls.__name__} needs a value for {name}")
-        return tuple(out)
+        values = dict(cls._constants)
+        if args:
+            twice = [name for name in names[: len(args)] if name in kwargs]
+            if twice:
+                raise TypeError(f"{cls.__name__} got two values for {twice[0]}")
+            values.update(zip(names, args, strict=False))
+        values.update(kwargs)
+        for name, make in cls._factories:
+            if name not in values:
+                values[name] = make()
+        if len(values) < len(names):
+            missing = next(name for name in names if name not in values)
+            raise TypeError(f"{cls.__name__} needs a value for {missing}")
+        return values
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"cannot assign to field {name!r} of a {type(self).__name__}")
@@ -161,7 +168,15 @@ class Record:
 
 def replace(record: R, **changes: Any) -> R:
     """A copy of `record` with some fields changed (checked as at construction)."""
-    return type(record)(**{**{n: record.__dict__[n] for n in record._fields}, **changes})
+    cls = type(record)
+    if not cls._names.issuperset(changes):
+        unknown = next(name for name in changes if name not in cls._names)
+        raise TypeError(f"{cls.__name__} has no field {unknown}")
+    copy = cls.__new__(cls)
+    copy.__dict__.update({name: record.__dict__[name] for name in cls._fields}, **changes)
+    if copy._post_init is not None:
+        copy._post_init()
+    return copy
 
 
 def fields(cls: type[Record] | Record) -> tuple[str, ...]:

@@ -46,6 +46,8 @@ def test_a_record_cannot_be_changed_after_it_is_made():
     with pytest.raises(AttributeError):
         del p.y
     assert replace(p, y=5) == Point(1, 5) and p.y == 0
+    with pytest.raises(TypeError, match="has no field z"):
+        replace(p, z=5)
 
 
 def test_records_are_equal_and_hash_alike_by_value_within_one_class():
