@@ -3,7 +3,7 @@
 `@dataclass(frozen=True)` compiles six methods from source text for every
 class when its module is imported (`__init__`, `__repr__`, `__eq__`,
 `__hash__`, `__setattr__`, `__delattr__`): about 1.4 ms a class on the
-project's machine. A one-day `kvm-digest digest` imports 28 records (the
+project's machine. A one-day `kvm-digest digest` imports 27 records (the
 config's sections, the digest's lines, the range and search types), so
 dataclasses were a fifth of its start-up (issue 25: start-up <= 8x a bare
 interpreter). A Record reads its fields from the class's annotations once,
