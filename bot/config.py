@@ -7,6 +7,7 @@ directory kvm-digest runs in (systemd sets it to the state directory).
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 import typing
@@ -562,8 +563,27 @@ def from_table(table: dict[str, typing.Any], where: str = "the config") -> Confi
     return Config(**values)
 
 
+def _hint(cls: type, key: str) -> typing.Any:
+    """The type a setting is annotated with.
+
+    Only the settings a file sets are looked up: typing.get_type_hints would
+    evaluate every annotation of every section, a tenth of a one-day
+    digest's start-up. The annotations are this module's own source text
+    (postponed, PEP 563), evaluated here as get_type_hints evaluates them.
+    """
+    for klass in cls.__mro__:
+        text = klass.__dict__.get("__annotations__", {}).get(key)  # noqa: RUF063
+        if text is not None:
+            return _evaluated(text) if isinstance(text, str) else text
+    raise KeyError(key)
+
+
+@functools.cache  # a few distinct texts ("int", "str | None"), each evaluated once
+def _evaluated(text: str) -> typing.Any:
+    return eval(text, globals())  # our own annotations, never input
+
+
 def _section(cls: type, table: dict[str, typing.Any], name: str, where: str) -> typing.Any:
-    hints = typing.get_type_hints(cls)
     known = set(fields(cls))
     for key, value in table.items():
         if key not in known:
@@ -571,7 +591,7 @@ def _section(cls: type, table: dict[str, typing.Any], name: str, where: str) -> 
                 f"unknown setting {key} in [{name}] of {where}; known settings are "
                 + ", ".join(sorted(known))
             )
-        expected = hints[key]
+        expected = _hint(cls, key)
         if not _is_instance(value, expected):
             # A mistyped secret must not end up in a log: name its type only.
             shown = "" if key in SECRET_KEYS else f" {value!r}"

@@ -252,3 +252,20 @@ def check_cmd(capsys, config: Path, *args: str) -> tuple[int, str]:
     code = main(["--config", str(config), *args])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+def test_each_setting_is_checked_against_its_annotated_type() -> None:
+    """The type a setting must have is read from its annotation alone, as
+    typing.get_type_hints reads it, for every setting of every section."""
+    import typing
+
+    from bot import config
+    from bot.record import fields
+
+    checked = 0
+    for _table, (_name, section) in config._SECTIONS.items():
+        hints = typing.get_type_hints(section)
+        for key in fields(section):
+            assert config._hint(section, key) == hints[key], (section.__name__, key)
+            checked += 1
+    assert checked > 50

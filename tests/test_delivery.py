@@ -284,3 +284,23 @@ async def test_an_untrusted_relay_certificate_is_refused_by_default(tmp_path, tl
     assert row[0] == "queued"
     assert "CERTIFICATE_VERIFY_FAILED" in row[1]
     assert tls_sink.received == []
+
+
+async def test_an_address_that_would_add_smtp_parameters_never_reaches_the_relay(tmp_path, sink):
+    """MAIL FROM and RCPT TO carry one word each: a space or bracket in an
+    address is refused before the relay sees the mail, and the connection
+    stays good for the next one (its SIZE is the only parameter sent)."""
+    from bot.delivery.relay import Relay
+    from bot.errors import MailError
+
+    relay = Relay(Setup(tmp_path / "s", sink).config.smtp)
+    message = b"Subject: hi\r\n\r\nhello\r\n"
+    for sender in ("bot@example.org> SIZE=1 BODY=8BITMIME", "bot@example.org\r\nRSET", "b<o>t@x"):
+        with pytest.raises((MailError, ValueError)):
+            await relay.send(sender, "a@example.org", message)
+    await relay.send("bot@example.org", "a@example.org", message)
+    (got,) = sink.wait_for(1)
+    assert (got.sender, got.recipients) == ("bot@example.org", ["a@example.org"])
+    assert got.mail_options == [f"SIZE={len(message)}"]
+    assert sink.handler.refused == {}
+    await relay.close()
