@@ -184,3 +184,30 @@ def test_mirror_mode_indexes_a_public_inbox_epoch_in_place(cli, tmp_path, data_d
     assert refused.code == 1
     assert "read-only mirror" in refused.err
     assert not mirror_data.exists()
+
+
+def test_a_bulk_import_copies_its_wal_back_before_the_daemon_writes_again(tmp_path):
+    """While indexing in bulk the WAL may grow to BULK_CHECKPOINT_PAGES; when
+    the bulk ends, every page of it is in the index file already, so the next
+    small commit elsewhere (an LMTP delivery on the event loop) copies nothing."""
+    import sqlite3
+
+    from bot.store.index import BULK_CHECKPOINT_PAGES
+    from tests.mailfactory import Store
+
+    store = Store(tmp_path)
+    during: list[int] = []
+
+    def progress(_count: int) -> None:
+        during.append(store.index.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    raws = [mail(f"[PATCH] KVM: change {i}", f"bulk{i}@example.org") for i in range(2100)]
+    store.importer.run([(str(i), raw) for i, raw in enumerate(raws)], "test", progress=progress)
+    assert during and set(during) == {BULK_CHECKPOINT_PAGES}
+    conn = store.index.conn
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    other = sqlite3.connect(tmp_path / "index.sqlite3")
+    busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames > 0 and copied == frames
+    assert other.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2100
+    other.close()

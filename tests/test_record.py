@@ -101,3 +101,26 @@ def test_post_init_checks_every_construction_and_replace():
 def test_a_record_survives_pickling_as_worker_processes_receive_it():
     p = Labelled(1, 2, ["a"], "s", "there")
     assert pickle.loads(pickle.dumps(p)) == p
+
+
+def test_a_parsed_message_crosses_to_the_writer_as_its_values_alone():
+    from bot.parse.message import parse_message
+    from tests.mailfactory import PATCH_BODY, mail
+
+    parsed = parse_message(
+        mail(
+            "[PATCH v2 1/3] KVM: arm64: a fix",
+            "p1@example.org",
+            body="From: Jane Roe <jane@example.org>\n\n" + PATCH_BODY,
+            irt="cover@example.org",
+            headers={"Cc": "Joe <joe@example.org>"},
+        )
+    )
+    data = pickle.dumps(parsed, protocol=5)
+    back = pickle.loads(data)
+    assert back == parsed
+    assert (back.subject, back.notes) == (parsed.subject, parsed.notes)
+    assert back.is_entry and back.parent_ids == parsed.parent_ids
+    # No field name is written: each instance is its class and a tuple.
+    for name in ("commit_message", "author_addr", "addressees", "title", "change_id"):
+        assert name.encode() not in data

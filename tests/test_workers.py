@@ -285,3 +285,16 @@ def test_a_chunk_of_big_mail_is_cut_short_by_its_bytes():
     assert [key for key, _ in rest[0][0]] == [6, 7, 8]
     assert [key for key, _ in rest[1][0]] == [9, 10] and not rest[1][1]
     assert pool._take(items, 2, 1 << 30) == ([], True, None)
+
+
+def test_a_worker_yields_the_cpu_to_its_parent():
+    from bot.workers import NICENESS, spawned_pool
+
+    pool = spawned_pool(1)
+    try:
+        pid = pool.submit(os.getpid).result(timeout=60)
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, mine + NICENESS)
+        assert NICENESS > 0
+    finally:
+        pool.shutdown()

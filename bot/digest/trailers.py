@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from bot.parse import mime
+from bot.record import pickled_as_values
 
 TRAILER_KINDS = ("Reviewed-by", "Acked-by", "Tested-by")
 _TRAILER = re.compile(r"^(reviewed|acked|tested)-by:[ \t]*(\S.*)$", re.IGNORECASE)
@@ -153,6 +154,7 @@ class Applied:
     """The tree or branch it names ("kvmarm/next", "netdev/net.git (main)"), or ""."""
 
 
+@pickled_as_values
 @dataclass(frozen=True)
 class Notes:
     """The facts one message contributes (empty for most messages)."""

@@ -17,6 +17,7 @@ from bot.parse import body as bodymod
 from bot.parse import mime
 from bot.parse import paths as pathsmod
 from bot.parse.subject import Subject, parse_subject
+from bot.record import pickled_as_values
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ MAX_PARENTS = 100
 """Ancestors kept per message for threading (nearest first)."""
 KINDS = ("patch", "cover", "reply", "pull", "notice", "other")
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_LIST_ID = re.compile(r"<([^<>]+)>")
 # Headers that identify a message's content, as public-inbox's ContentHash
 # does: two copies that differ only in Received/X- headers are one message.
 _IDENTITY_HEADERS = (
@@ -38,6 +40,7 @@ _IDENTITY_HEADERS = (
 )
 
 
+@pickled_as_values
 @dataclass
 class ParsedMessage:
     """The facts about one message that threading and digests rely on."""
@@ -246,7 +249,7 @@ def _list_id(value: str | None) -> str:
     if not value:
         return ""
     text = mime.decode_header_value(value)
-    m = re.search(r"<([^<>]+)>", text)
+    m = _LIST_ID.search(text)
     return (m.group(1) if m else text).strip().lower()
 
 

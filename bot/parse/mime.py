@@ -25,6 +25,8 @@ from typing import TypeVar
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
 _WS = re.compile(r"\s+")
 _FOLD = re.compile(r"\n[ \t]+")
+# A header field once unfolded: its name, up to the first colon, and its value.
+_FIELD = re.compile(r"^([^ \t:\n][^:\n]*):(.*)", re.M)
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _ADDR = re.compile(r"[\w.+=/!#$%&'*?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 # Address lists are cut at characters no bare address holds, and only the
@@ -52,6 +54,8 @@ MAX_MIME_PARTS = 500
 """A multipart mail with more parts is read as flat text: the stdlib's MIME
 parser costs ~0.5 ms a part and recurses once per nesting level."""
 _PART_HEADER = re.compile(rb"^content-type:", re.I | re.M)
+_LIST_BREAK = re.compile(r"[,;]")
+_MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 
 
 Headers = dict[str, list[str]]
@@ -76,11 +80,14 @@ def split_message(raw: bytes) -> tuple[Headers, bytes]:
     # folds a References header 400,000 times).
     text = _FOLD.sub(" ", text.replace("\r", ""))
     headers: Headers = {}
-    for line in text.split("\n"):
-        name, colon, value = line.partition(":")
-        if not colon or not name or " " in name.strip() or line[:1] in (" ", "\t"):
-            continue  # an mbox "From " line, a fold before any header, or garbage
-        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    # Lines without a colon (an mbox "From " line) or starting with white
+    # space (a fold before any header) are no field; findall picks out the
+    # others in one C-level pass.
+    for name, value in _FIELD.findall(text):
+        name = name.strip()
+        if " " in name:
+            continue  # garbage: a field name holds no space
+        headers.setdefault(name.lower(), []).append(value.strip())
     return headers, body
 
 
@@ -437,7 +444,7 @@ def _mailboxes(value: str) -> tuple[str, ...]:
     if "(" in text:
         text = _COMMENT.sub(" ", text)
     found = []
-    for element in re.split(r"[,;]", text):
+    for element in _LIST_BREAK.split(text):
         if "@" not in element:
             continue
         angles = [a for a in _ANGLE.findall(element) if "@" in a]
@@ -466,7 +473,7 @@ def message_ids(value: str | None) -> list[str]:
     if not value:
         return []
     text = _unsurrogate(str(value))
-    found = re.findall(r"<([^<>\s]+)>", text)
+    found = _MESSAGE_ID.findall(text)
     if not found and text.strip() and " " not in text.strip():
         # Some clients forget the angle brackets.
         found = [text.strip()]

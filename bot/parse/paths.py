@@ -22,6 +22,7 @@ _NEW = re.compile(r"^\+\+\+ (.+)$")
 _RENAME = re.compile(r"^(?:rename|copy) (?:from|to) (.+)$")
 _ESCAPES = {"a": "\a", "b": "\b", "t": "\t", "n": "\n", "v": "\v", "f": "\f", "r": "\r"}
 _MAX_PATH = 4096
+_SPACE = re.compile(" ")
 _MAYBE = re.compile(r"^(?:diff --git |--- |(?:rename|copy) (?:from|to) )", re.M)
 
 
@@ -74,7 +75,7 @@ def _git_pair(text: str) -> list[str]:
     if text.endswith('"'):
         m = re.match(r'(\S+)\s+("(?:[^"\\]|\\.)*")$', text)
         return [m.group(1), m.group(2)] if m else []
-    candidates = [m.start() for m in re.finditer(" ", text)]
+    candidates = [m.start() for m in _SPACE.finditer(text)]
     for pos in candidates:
         old, new = text[:pos], text[pos + 1 :]
         if old.partition("/")[2] == new.partition("/")[2]:

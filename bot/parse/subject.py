@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from bot.record import pickled_as_values
+
 # Reply and forward prefixes as mail clients write them in many languages
 # (`Re`, `Aw`, `Sv`, `Vs`, `Antw`, `Odp`, `Rif`, `Fwd`, `Fw`, `Wg`, `Tr`, the
 # Chinese ones with a full-width colon), optionally counted: `Re[2]:`, `Re^2:`.
@@ -24,6 +26,7 @@ _BRACKET = re.compile(r"^\s*\[([^\[\]]*)\]\s*")
 _COUNTER = re.compile(r"^0*(\d{1,4})/0*(\d{1,4})$")
 # Mercurial's patchbomb numbers `[PATCH 1 of 4]`: the same marker as `1/4`.
 _COUNTER_OF = re.compile(r"(?<![\w/])0*(\d{1,4})\s+of\s+0*(\d{1,4})(?![\w/])", re.I)
+_TAG_BREAK = re.compile(r"[\s,]+")
 _VERSION = re.compile(r"^v(\d{1,3})$", re.I)
 # `PATCHv2`, `PATCH-v2`, `RFCv3`: a version glued to the tag word.
 _GLUED = re.compile(r"^(patch|rfc|resend)-?v(\d{1,3})$", re.I)
@@ -44,6 +47,7 @@ _NOTICE = re.compile(
 )
 
 
+@pickled_as_values
 @dataclass(frozen=True)
 class Subject:
     """What a subject line says about its message."""
@@ -97,7 +101,7 @@ def parse_subject(raw: str) -> Subject:
     while m := _BRACKET.match(rest):
         rest = rest[m.end() :]
         group = _COUNTER_OF.sub(r"\1/\2", m.group(1))
-        for word in re.split(r"[\s,]+", group):
+        for word in _TAG_BREAK.split(group):
             if not word:
                 continue
             if c := _COUNTER.match(word):

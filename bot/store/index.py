@@ -53,6 +53,13 @@ DERIVED_TABLES = (
 BATCH = 1000
 BULK_CACHE_KB = 8 * 1024
 """SQLite's page cache while indexing in bulk (Index.bulk)."""
+BULK_CHECKPOINT_PAGES = 16384
+"""WAL pages (64 MB of 4 KB pages) before SQLite copies them into the index
+file, while indexing in bulk, against its default of 1,000. Each batch
+dirties the same index pages again (a Message-ID B-tree is written all
+over): copied back after every batch, they are copied once per batch;
+left in the WAL a little longer, most copies fall away. Commits of a mirror
+indexing of 15,000 messages took 0.15 s rather than 0.40 s."""
 _MESSAGE_COLUMNS = (
     *("commit_id", "message_id", "content_hash", "subject", "base_subject", "title", "tags"),
     *("version", "counter", "total", "from_name", "from_addr", "from_key", "author_name"),
@@ -103,11 +110,21 @@ class Index:
         after it, so a long-lived process stays small.
         """
         (previous,) = self.conn.execute("PRAGMA cache_size").fetchone()
+        (checkpoint,) = self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
         self.conn.execute(f"PRAGMA cache_size = {-BULK_CACHE_KB}")
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_CHECKPOINT_PAGES}")
         try:
             yield
         finally:
             self.conn.execute(f"PRAGMA cache_size = {int(previous)}")
+            self.conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint)}")
+        # Here, in the bulk writer's own time (the daemon's catch-up thread):
+        # else the next commit anywhere, an LMTP delivery on the event loop,
+        # would copy up to BULK_CHECKPOINT_PAGES. Not after a failure: on a
+        # full disk the copy would fail too, or free room in the WAL for the
+        # next round while the disk is still full.
+        with contextlib.suppress(sqlite3.OperationalError):  # the WAL keeps them meanwhile
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _migrate(self) -> None:
         """Bring an index written by any earlier version up to this one.
