@@ -13,6 +13,7 @@ the outbox worker and through the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import subprocess
@@ -120,6 +121,41 @@ async def test_a_refused_sender_keeps_the_mail_queued(setup, sink, caplog):
     assert len(sink.received) == 60
     assert setup.outbox.counts() == {"sent": 60}
     assert any("relay works again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "step, answer, outcome",
+    [
+        ("refuse_mail", "451 4.3.0 temporary failure, try again later", {"queued": 20}),
+        ("refuse_data", "554 5.7.1 Message rejected as spam", {"failed": 20}),
+    ],
+)
+async def test_one_refusal_met_on_every_connection_backs_off_once(
+    setup, sink, caplog, step, answer, outcome
+):
+    """Eight mails in flight meet one outage: one step of backoff, not 2**8 s,
+    and one line for it."""
+    setattr(sink.handler, step, answer)
+    smtp = {"host": "127.0.0.1", "port": sink.port, "security": "none", "connections": 8}
+    sender = Sender(setup.outbox, from_table({"smtp": smtp}).smtp)
+    stop = asyncio.Event()
+
+    async def first_wait(stop: asyncio.Event, seconds: float) -> None:
+        waited.append(seconds)
+        stop.set()
+
+    waited: list[float] = []
+    sender._wait = first_wait
+    setup.post(1)
+    setup.run()
+    with caplog.at_level(logging.INFO):
+        await sender.run(stop)
+    assert sum(sink.handler.refused.values()) > 1  # several connections met it at once
+    assert sender.relay_backoff.failures == 1
+    assert len(waited) == 1 and waited[0] <= 1.2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == (1 if step == "refuse_mail" else 2), errors  # + copies failed
+    assert setup.outbox.counts() == outcome
 
 
 async def test_a_temporary_refusal_until_max_attempts_counts_against_nobody(tmp_path, sink):
@@ -317,7 +353,8 @@ def test_the_daemon_stops_at_a_relay_refusal_and_disables_nobody(tmp_path, sink,
         for day in range(3):  # three digests meet the refusal
             raw = mail(f"[PATCH] day {day}", f"d{day}@x", minutes=day)
             archive.append([(raw, parse_lenient(raw))])
-            daemon.wait_log(f"daily digest: 1 messages, 1 digests queued for {len(readers)}")
+            queued = f"daily digest: 1 messages, 1 digests queued for {len(readers)}"
+            daemon.wait_log(queued, count=day + 1)
             daemon.wait_log("kvm-digest.health: relay:")
         setattr(sink.handler, step, "")
         raw = mail("[PATCH] the relay is fixed", "fixed@x", minutes=10)

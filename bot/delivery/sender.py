@@ -74,7 +74,14 @@ class Backoff:
         self.until = 0.0
 
     def failed(self) -> float:
-        """One more failure: the delay before the next try, in seconds."""
+        """One more failure: the delay before the next try, in seconds.
+
+        While a delay runs, a failure is the same outage met by another
+        mail already in flight (one per connection): it waits for the same
+        try rather than doubling the delay once per connection.
+        """
+        if self.waiting:
+            return self.waiting
         delay = min(self.first * 2**self.failures, self.most) * random.uniform(0.8, 1.2)
         self.failures += 1
         self.until = time.monotonic() + delay
@@ -362,7 +369,9 @@ class Sender:
             return
         error = f"the relay refuses this digest's content {r}"
         copies = self._record(self.outbox.fail_copies, item.digest_id, error)
-        if copies is not NOT_WRITTEN:
+        # Copies in flight on the other connections meet it after the rest
+        # failed: said once, unless `outbox retry` queued copies again.
+        if copies is not NOT_WRITTEN and (copies or times == CONTENT_REFUSED):
             log.error(
                 "the relay refused digest %d at DATA (%s) %d times: its %d other queued "
                 "copies failed, counted against nobody; `kvm-digest outbox retry` sends "
