@@ -203,6 +203,28 @@ def test_paths_of_every_diff_header_shape():
     ]
 
 
+def test_a_hunk_body_is_skipped_by_its_line_counts():
+    """Every line a hunk's counts cover is body, however it reads; the next is a header."""
+    body = ["-- looks/like/old.c", "++ looks/like/new.c"] * 200 + [" context", ""]
+    text = "\n".join(
+        [
+            "diff --git a/first.c b/first.c",
+            "--- a/first.c",
+            "+++ b/first.c",
+            "@@ -1,202 +1,202 @@",
+            *body,
+            "\\ No newline at end of file",
+            "--- a/second.c",
+            "+++ b/second.c",
+            "@@ -1 +1 @@",
+            "-x",
+            "+y",
+            "rename from third.c",
+        ]
+    )
+    assert touched([text]) == ["first.c", "second.c", "third.c"]
+
+
 def test_reindex_builds_paths_for_an_existing_archive(cli, data_dir, tmp_path):
     mbox = tmp_path / "slice.mbox"
     mbox.write_bytes((DATA / "kvmarm-slice.mbox").read_bytes())
