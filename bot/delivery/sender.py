@@ -121,6 +121,9 @@ class Sender:
         """Recipients of the last streak: refused again once others get through, counted."""
         self.accepted_since_streak = False
         self.content_refused: dict[int, int] = {}
+        """Copies of each digest the relay refused at DATA, while it does."""
+        self.content_said: set[int] = set()
+        """Digests whose refused content was logged (as failing all their copies)."""
 
     # -- the loop --------------------------------------------------------
 
@@ -163,7 +166,9 @@ class Sender:
         self.relay_backoff.reset()
         tried = 0
         for item in self.outbox.due(limit):
-            if self._blocked():
+            # A relay problem met in this flush stops it, however long the
+            # last send took: not only while its backoff still runs.
+            if self._blocked() or self.relay_backoff.failures:
                 break
             await self._send(item)
             tried += 1
@@ -262,6 +267,7 @@ class Sender:
         self.relay_backoff.reset()
         if item.digest_id is not None:
             self.content_refused.pop(item.digest_id, None)
+            self.content_said.discard(item.digest_id)
         self.problems.working("relay")
         self._judge_doubtful()  # someone got through: those refusals were their own
 
@@ -371,7 +377,8 @@ class Sender:
         copies = self._record(self.outbox.fail_copies, item.digest_id, error)
         # Copies in flight on the other connections meet it after the rest
         # failed: said once, unless `outbox retry` queued copies again.
-        if copies is not NOT_WRITTEN and (copies or times == CONTENT_REFUSED):
+        if copies is not NOT_WRITTEN and (copies or item.digest_id not in self.content_said):
+            self.content_said.add(item.digest_id)
             log.error(
                 "the relay refused digest %d at DATA (%s) %d times: its %d other queued "
                 "copies failed, counted against nobody; `kvm-digest outbox retry` sends "

@@ -26,6 +26,8 @@ _SPACE = re.compile(" ")
 _HEADS = frozenset("@drc-")
 """First characters of the lines _scan reads: hunks, diff --git, renames and copies, ---."""
 _NOT_BODY = re.compile(r"[^-+ \\]")
+_FIRST_SLICE = 8
+"""Lines of a hunk's body counted at first; each next slice is twice as long."""
 _HEADERS = ("diff --git ", "--- ", "rename from ", "rename to ", "copy from ", "copy to ")
 # Not `^(?:...)` with re.M: that tries the alternatives at every character
 # of the text; after a literal newline, the regex engine skips to each one.
@@ -151,10 +153,15 @@ def _past_hunk(lines: list[str], i: int, old: int, new: int) -> int:
     time (a line's first character: "-", "+", " " or none, and "\\" for
     "No newline at end of file"), not a line at a time. Any other first
     character is a mangled hunk: headers are read again from that line.
+    Slices start small and double, so a hunk that claims more lines than
+    it has (hostile counts go to 999,999,999) costs the lines it has.
     """
     end = len(lines)
+    step = _FIRST_SLICE
     while i < end and (old > 0 or new > 0):
-        tags = "".join([line[:1] or " " for line in lines[i : i + max(old, new)]])
+        take = min(max(old, new), step)
+        step *= 2
+        tags = "".join([line[:1] or " " for line in lines[i : i + take]])
         if bad := _NOT_BODY.search(tags):
             tags = tags[: bad.start()]
         context = tags.count(" ")
