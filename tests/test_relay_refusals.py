@@ -133,8 +133,8 @@ async def test_a_refused_sender_keeps_the_mail_queued(setup, sink, caplog):
 async def test_one_refusal_met_on_every_connection_backs_off_once(
     setup, sink, caplog, step, answer, outcome
 ):
-    """Eight mails in flight meet one outage: one step of backoff, not 2**8 s,
-    and one line for it."""
+    """Eight mails in flight meet one outage: one step of backoff (a first
+    wait of 1 s, not the 128 s of eight steps), and one line for it."""
     setattr(sink.handler, step, answer)
     smtp = {"host": "127.0.0.1", "port": sink.port, "security": "none", "connections": 8}
     sender = Sender(setup.outbox, from_table({"smtp": smtp}).smtp)
