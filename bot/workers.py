@@ -30,14 +30,21 @@ writer waits on git fast-import instead, took the same time either way.
 """
 
 
-def spawned_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of `workers` spawned processes that die with this one."""
+def spawned_pool(workers: int, *preload: object) -> ProcessPoolExecutor:
+    """A pool of `workers` spawned processes that die with this one.
+
+    Each worker unpickles `preload` as it starts (a parser function, say),
+    which imports the modules they come from: a task then finds them loaded.
+    """
     return ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=started
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=started,
+        initargs=preload,
     )
 
 
-def started() -> None:
+def started(*preload: object) -> None:
     """In a new worker: yield to the parent, leave it SIGINT and SIGTERM, and die with it.
 
     systemd stops a service by sending SIGTERM to every process in it: a

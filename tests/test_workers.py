@@ -7,6 +7,7 @@ in the parser would.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import select
@@ -100,6 +101,53 @@ def test_mirror_indexing_with_two_workers_writes_the_same_index(epoch, tmp_path)
     assert len(tables[0]["messages"]) == COUNT
 
 
+# -- when the workers start ---------------------------------------------------
+
+
+def counted_source(items: list[tuple[int, bytes]], seen: list[int]):
+    """The items, noting how many worker processes run when the first is read."""
+    seen.append(len(multiprocessing.active_children()))
+    yield from items
+
+
+def test_early_workers_start_before_the_source_is_read():
+    """An import or a rebuild: git's first reads overlap the workers' start-up."""
+    items = [(n, mail(f"[PATCH] number {n}", f"m{n}@x", minutes=n)) for n in range(40)]
+    seen: list[int] = []
+    out = list(
+        parse_ahead(counted_source(items, seen), parse_message, workers=2, chunk=4, early=True)
+    )
+    assert seen == [2]
+    assert [result.message_id for _, _, result in out] == [f"m{n}@x" for n in range(40)]
+    assert multiprocessing.active_children() == []  # stopped with the source's end
+
+
+def test_workers_start_only_for_a_long_source_unless_early():
+    """A catch-up of a few commits starts no process; a long one starts them once read."""
+    items = [(n, mail(f"[PATCH] number {n}", f"m{n}@x", minutes=n)) for n in range(40)]
+    seen: list[int] = []
+    list(parse_ahead(counted_source(items, seen), parse_message, workers=2, chunk=4))
+    assert seen == [0]
+    short = [(0, mail("[PATCH] alone", "alone@x"))]
+    started: list[int] = []
+    spied = list(parse_ahead(counted_source(short, started), parse_message, workers=2, early=True))
+    assert [result.message_id for _, _, result in spied] == ["alone@x"]  # parsed here
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_has_the_parser_loaded_before_its_first_task():
+    """Its first chunk waits for no import: the pool's parser is unpickled at start."""
+    from bot.parse.pool import _Pool
+
+    pool = _Pool(1, parse_message)
+    try:
+        # eval: a builtin, so unpickling this task imports nothing of ours.
+        loaded = pool.executor.submit(eval, "'bot.parse.message' in __import__('sys').modules")
+        assert loaded.result() is True
+    finally:
+        pool.close()
+
+
 # -- faults in the workers ----------------------------------------------------
 
 
@@ -124,7 +172,7 @@ def test_a_pool_broken_between_two_chunks_blames_neither_of_the_next():
 
     from bot.parse.pool import _Pool
 
-    pool = _Pool(1)
+    pool = _Pool(1, faulty_parse)
     try:
         killer = pool.submit(faulty_parse, [b"Subject: kill-the-worker\n\nbody\n"])
         with pytest.raises(BrokenProcessPool):

@@ -43,6 +43,8 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
                     source.label,
                     save_position=lambda pos, key=source.key: index.set_source_position(key, pos),
                     progress=bar,
+                    # An archive or a mailbox is long; one .eml is not worth a process.
+                    early=source.kind != "eml",
                 )
             print(f"{source.label}: {counts}")
             failed = failed or counts.rejected > 0

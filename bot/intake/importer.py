@@ -60,6 +60,8 @@ class Importer:
         where: str,
         save_position: Callable[[str], None] | None = None,
         progress: Callable[[int], None] | None = None,
+        *,
+        early: bool = False,
     ) -> Counts:
         """Import (position, raw) pairs; positions are saved with each batch.
 
@@ -68,6 +70,7 @@ class Importer:
         With `workers` > 1 the parsing runs in that many processes, ahead of
         this loop (bot/parse/pool.py); the results come back in source order,
         so the archive and the index are written exactly as without them.
+        `early`: the source is long; start them now (bot/parse/pool.py).
         """
         pending: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
@@ -79,7 +82,9 @@ class Importer:
         with (
             self.archive.bulk(),
             self.index.bulk(),
-            contextlib.closing(parse_ahead(messages, parse, self.workers)) as parsed_ahead,
+            contextlib.closing(
+                parse_ahead(messages, parse, self.workers, early=early)
+            ) as parsed_ahead,
         ):
             for position, raw, result in parsed_ahead:
                 read += 1

@@ -50,7 +50,11 @@ DERIVED_TABLES = (
     "messages",
 )
 """Rebuilt from the archive whenever their shape or the rules change."""
-BATCH = 1000
+BATCH = 256
+"""Commits per transaction of a catch-up or reindex: a chunk of the parser
+workers' (bot/parse/pool.py). The last batch is written after the last
+parse, with nothing left for the other core to do, so a smaller one ends
+the run sooner (mirror indexing: 4.4 s against 4.6 s with 1,000)."""
 BULK_CACHE_KB = 8 * 1024
 """SQLite's page cache while indexing in bulk (Index.bulk)."""
 BULK_CHECKPOINT_PAGES = 16384
@@ -454,9 +458,10 @@ class Index:
         if archive.head() != last:
             with (
                 self.bulk(),
-                contextlib.closing(parsed_batches(archive.walk(last, limit), batch, workers)) as (
-                    batches
-                ),
+                contextlib.closing(
+                    # From the start, the whole archive is to come: start the workers now.
+                    parsed_batches(archive.walk(last, limit), batch, workers, early=last is None)
+                ) as batches,
             ):
                 for items in batches:
                     total += self._commit(items, progress)
@@ -525,21 +530,25 @@ class Index:
 
 
 def parsed_batches(
-    commits: Iterable[tuple[str, bytes | Unread | None]], size: int, workers: int = 1
+    commits: Iterable[tuple[str, bytes | Unread | None]],
+    size: int,
+    workers: int = 1,
+    *,
+    early: bool = False,
 ) -> Iterator[list[tuple[str, ParsedMessage | Unread | None]]]:
     """The catch-up's producer: archive commits, parsed, in batches, in order.
 
     One writer (Index._commit) takes each batch as one transaction; the
     parsing may run in `workers` processes ahead of it (bot/parse/pool.py).
     When reading the archive fails, the commits read before the failure come
-    out first, then the error is raised.
+    out first, then the error is raised. `early`: as for parse_ahead.
     """
     from bot.parse.message import lenient, parse_message
     from bot.parse.pool import parse_ahead
 
     batch: list[tuple[str, ParsedMessage | Unread | None]] = []
     try:
-        for commit_id, raw, result in parse_ahead(commits, parse_message, workers):
+        for commit_id, raw, result in parse_ahead(commits, parse_message, workers, early=early):
             batch.append((commit_id, lenient(raw, result) if isinstance(raw, bytes) else raw))
             if len(batch) >= size:
                 yield batch
