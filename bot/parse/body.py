@@ -277,20 +277,23 @@ def split_body(texts: list[str], is_reply: bool = False, numbered_cover: bool = 
 
     The first part carries the message; later parts (an attached patch, a
     footer) only matter for diff detection. A reply is a reply whatever it
-    holds, so for replies only the in-body headers are read. A `0/n` message
+    holds and counts for its sender (message.author), so its body is not
+    read here at all: half of a list's mail, 3% of parsing. A `0/n` message
     (`numbered_cover`) is cut as a cover letter unless its diff is the
     message itself, as in a patch.
     """
+    if is_reply:
+        # Nothing of it is shown or compared: only entries are, and a reply never is one.
+        return Body(inbody={}, commit_message="", has_diff=False, mentions_pull=False)
     cleaned = [strip_footer(t) for t in texts]
     first = cleaned[0] if cleaned else ""
     lines = first.split("\n")
     inbody, rest = split_inbody_headers(lines)
-    has_diff = not is_reply and any(contains_diff(t) for t in cleaned)
+    has_diff = any(contains_diff(t) for t in cleaned)
     embedded = numbered_cover and has_diff and embeds_diff(rest)
-    message = ""
-    if not is_reply and numbered_cover and (embedded or not has_diff):
+    if numbered_cover and (embedded or not has_diff):
         message = "\n".join(cut_cover_letter(rest))
-    elif not is_reply:
+    else:
         cut = cut_commit_message(rest)
         if not cut and len(cleaned) > 1:
             # A patch sent as an attachment: the message is inside the file.
@@ -302,11 +305,10 @@ def split_body(texts: list[str], is_reply: bool = False, numbered_cover: bool = 
         inbody=inbody,
         commit_message=message,
         has_diff=has_diff,
-        mentions_pull=not is_reply and mentions_pull(first),
-        is_notice=not is_reply and bool(_NOTICE.search(first.lstrip()[:_NOTICE_WINDOW])),
+        mentions_pull=mentions_pull(first),
+        is_notice=bool(_NOTICE.search(first.lstrip()[:_NOTICE_WINDOW])),
         embeds_diff=embedded,
-        # Only entries are compared, and a reply never is one.
-        text_hash="" if is_reply else text_hash(cleaned),
+        text_hash=text_hash(cleaned),
     )
 
 

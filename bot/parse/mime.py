@@ -25,8 +25,6 @@ from typing import TypeVar
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
 _WS = re.compile(r"\s+")
 _FOLD = re.compile(r"\n[ \t]+")
-# A header field once unfolded: its name, up to the first colon, and its value.
-_FIELD = re.compile(r"^([^ \t:\n][^:\n]*):(.*)", re.M)
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _ADDR = re.compile(r"[\w.+=/!#$%&'*?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 # Address lists are cut at characters no bare address holds, and only the
@@ -81,9 +79,12 @@ def split_message(raw: bytes) -> tuple[Headers, bytes]:
     text = _FOLD.sub(" ", text.replace("\r", ""))
     headers: Headers = {}
     # Lines without a colon (an mbox "From " line) or starting with white
-    # space (a fold before any header) are no field; findall picks out the
-    # others in one C-level pass.
-    for name, value in _FIELD.findall(text):
+    # space (a fold before any header) are no field. A split and a partition
+    # per line, not a multi-line regex: re tries `^` at every character.
+    for line in text.split("\n"):
+        name, colon, value = line.partition(":")
+        if not colon or not name or name[0] in " \t":
+            continue
         name = name.strip()
         if " " in name:
             continue  # garbage: a field name holds no space
