@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 R = TypeVar("R", bound="Record")
 
@@ -221,3 +221,18 @@ def _rebuilt(cls: type[D], values: tuple[Any, ...]) -> D:
     obj = object.__new__(cls)  # type: ignore[call-overload]
     obj.__dict__.update(zip(cls._pickled_fields, values, strict=True))  # type: ignore[attr-defined]
     return obj
+
+
+class Wire(NamedTuple):
+    """How worker processes send results back (bot/parse/pool.py): as builtins, by marshal.
+
+    Pickle sends an object as its class and its state, rebuilt by a call a
+    record; marshal sends tuples, lists, strings and numbers in C alone. For
+    the epoch's 15,000 parsed messages, 0.34 s of CPU on the two sides
+    against 0.58 s, on two cores that are busy parsing. `pack` runs in the
+    worker and must return builtins only; `unpack` makes the result again.
+    Both must be module-level functions, which pickle sends by name.
+    """
+
+    pack: Callable[[Any], object]
+    unpack: Callable[[Any], Any]

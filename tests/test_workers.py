@@ -22,7 +22,7 @@ import pytest
 from bot import config as configmod
 from bot.errors import ArchiveError, ConfigError, MailError
 from bot.intake.importer import Importer
-from bot.parse.message import parse_message
+from bot.parse.message import WIRE, ParsedMessage, packed, parse_message
 from bot.parse.pool import RemoteTraceback, WorkerDied, parse_ahead
 from bot.store.archive import Archive
 from bot.store.index import DERIVED_TABLES, Index
@@ -146,6 +146,50 @@ def test_a_worker_has_the_parser_loaded_before_its_first_task():
         assert loaded.result() is True
     finally:
         pool.close()
+
+
+# -- how results come back ---------------------------------------------------
+
+
+def test_every_hostile_message_comes_back_from_a_worker_as_parsed_here():
+    """The wire (marshal, builtins only) loses nothing a parse can produce."""
+    from tests.mailfactory import DATA
+
+    raws = [p.read_bytes() for p in sorted((DATA / "hostile").iterdir()) if p.suffix != ".md"]
+    raws += [
+        mail("[PATCH v3 2/7] KVM: x86: a patch", "p@x", irt="c@x", refs=["c@x"]),
+        mail("Re: [PATCH v3 2/7] KVM: x86: a patch", "r@x", body="Reviewed-by: R <r@x>\n"),
+    ]
+    items = list(enumerate(raws))
+    pooled = list(parse_ahead(items, parse_message, workers=2, chunk=4, wire=WIRE))
+    assert len(pooled) == len(raws)
+    for (_, raw, result), expected in zip(pooled, map(parse_here, raws), strict=True):
+        if isinstance(expected, Exception):
+            assert type(result) is type(expected) and str(result) == str(expected)
+        else:
+            assert result == expected, raw[:80]
+            assert type(result.subject) is type(expected.subject)
+
+
+def parse_here(raw: bytes) -> object:
+    try:
+        return parse_message(raw)
+    except Exception as err:  # compared with what the worker sent back
+        return err
+
+
+def unmarshallable(message: ParsedMessage) -> object:
+    """A `pack` with a bug: a set of objects marshal cannot write."""
+    return {object()} if message.kind == "patch" else packed(message)
+
+
+def test_a_pack_that_marshal_cannot_write_falls_back_to_pickle():
+    from bot.parse.pool import _parse_all
+
+    raws = [mail("[PATCH] one", "one@x"), b"not mail"]
+    values, errors = _parse_all(parse_message, raws, unmarshallable)
+    assert isinstance(values, list) and isinstance(values[0], set)  # pickled, not lost
+    assert [(i, type(err)) for i, err, _ in errors] == [(1, MailError)]
 
 
 # -- faults in the workers ----------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot.errors import DigestError, MailError
-from bot.parse.message import ParsedMessage, parse_within
+from bot.parse.message import WIRE, ParsedMessage, parse_within
 from bot.parse.pool import parse_ahead
 from bot.store.archive import Archive
 from bot.store.gitread import Unread
@@ -83,7 +83,7 @@ class Importer:
             self.archive.bulk(),
             self.index.bulk(),
             contextlib.closing(
-                parse_ahead(messages, parse, self.workers, early=early)
+                parse_ahead(messages, parse, self.workers, early=early, wire=WIRE)
             ) as parsed_ahead,
         ):
             for position, raw, result in parsed_ahead:

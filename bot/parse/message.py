@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from bot.digest.trailers import Notes, notes
 from bot.errors import MailError
@@ -17,7 +17,7 @@ from bot.parse import body as bodymod
 from bot.parse import mime
 from bot.parse import paths as pathsmod
 from bot.parse.subject import Subject, parse_subject
-from bot.record import pickled_as_values
+from bot.record import Wire, pickled_as_values
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,39 @@ class ParsedMessage:
                 if len(out) >= MAX_PARENTS:
                     break
         return out
+
+
+_FIELDS = tuple(f.name for f in fields(ParsedMessage))
+_SUBJECT_FIELDS = tuple(f.name for f in fields(Subject))
+_NOTES_FIELDS = tuple(f.name for f in fields(Notes))
+_SUBJECT_AT = _FIELDS.index("subject")
+_NOTES_AT = _FIELDS.index("notes")
+
+
+def packed(p: ParsedMessage) -> list:
+    """The message as builtins only, for a parser worker to send (WIRE)."""
+    state = p.__dict__
+    values = [state[name] for name in _FIELDS]
+    subject, notes_ = values[_SUBJECT_AT].__dict__, values[_NOTES_AT].__dict__
+    values[_SUBJECT_AT] = tuple([subject[name] for name in _SUBJECT_FIELDS])
+    values[_NOTES_AT] = tuple([notes_[name] for name in _NOTES_FIELDS])
+    return values
+
+
+def unpacked(values: list) -> ParsedMessage:
+    """packed()'s message made again (no __init__: it was checked when made)."""
+    subject = object.__new__(Subject)
+    subject.__dict__.update(zip(_SUBJECT_FIELDS, values[_SUBJECT_AT], strict=True))
+    notes_ = object.__new__(Notes)
+    notes_.__dict__.update(zip(_NOTES_FIELDS, values[_NOTES_AT], strict=True))
+    values[_SUBJECT_AT], values[_NOTES_AT] = subject, notes_
+    message = object.__new__(ParsedMessage)
+    message.__dict__.update(zip(_FIELDS, values, strict=True))
+    return message
+
+
+WIRE = Wire(packed, unpacked)
+"""How parser workers send parsed messages back (bot/parse/pool.py)."""
 
 
 def content_hash(headers: mime.Headers, body: bytes) -> str:

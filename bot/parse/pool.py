@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import marshal
 import multiprocessing
 import os
 import pickle
@@ -33,9 +34,10 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bot.errors import DigestError
+from bot.record import Wire
 from bot.workers import spawned_pool
 
 K = TypeVar("K")
@@ -85,6 +87,7 @@ def parse_ahead(
     chunk: int = CHUNK,
     *,
     early: bool = False,
+    wire: Wire | None = None,
 ) -> Iterator[tuple[K, V, R | Exception | None]]:
     """(key, value, parse(value)) for each item, in order; None for a non-bytes value.
 
@@ -99,19 +102,20 @@ def parse_ahead(
     (an interpreter and the parser's modules each) overlaps the source's
     own (git's rev-list, the first reads): 0.1 s of a 4 s mirror indexing
     (benchmarks/intake.py). Not for a catch-up of a few new commits, which
-    would start processes only to stop them.
+    would start processes only to stop them. `wire`: how results travel back
+    (pickled when None).
     """
     source = iter(items)
     head: list[tuple[K, V]] = []
     error: Exception | None = None
     if workers > 1:
-        pool = _Pool(workers, parse) if early else None
+        pool = _Pool(workers, parse, wire) if early else None
         # Enough mail to pay for starting the workers: a chunk for each, or
         # the budget's worth of big messages.
         try:
             head, ended, error = _take(source, workers * chunk, BUDGET)
             if not ended:
-                pool = pool or _Pool(workers, parse)
+                pool = pool or _Pool(workers, parse, wire)
                 yield from _pooled(pool, head, source, parse, workers, chunk)
                 return
         finally:
@@ -191,7 +195,7 @@ def _pooled(
         results = None
         if future is not None:
             try:
-                results = _unpack(future.result())
+                results = pool.unpacked(future.result())
             except BrokenProcessPool:
                 # Every chunk in flight is lost with the pool: parse them
                 # again one message at a time, to find the one that kills.
@@ -215,21 +219,15 @@ def _raws(part: list[tuple[K, V]]) -> list[bytes]:
     return [value for _, value in part if isinstance(value, bytes)]
 
 
-def _unpack(results: list[tuple[object, str | None]]) -> list:
-    out = []
-    for result, where in results:
-        if where is not None and isinstance(result, BaseException):
-            result.__cause__ = RemoteTraceback(where)
-        out.append(result)
-    return out
-
-
 class _Pool:
     """A ProcessPoolExecutor that can be started again after a worker died."""
 
-    def __init__(self, workers: int, parse: Callable[[bytes], object]) -> None:
+    def __init__(
+        self, workers: int, parse: Callable[[bytes], object], wire: Wire | None = None
+    ) -> None:
         self.workers = workers
         self.parse = parse
+        self.wire = wire
         self.executor = self._started()
         self.broken = False
         """A worker died: every task sent since is lost, and the pool needs restarting."""
@@ -242,7 +240,7 @@ class _Pool:
         flight, and parsed again one message at a time.
         """
         try:
-            return self.executor.submit(_parse_all, parse, raws)
+            return self.executor.submit(_parse_all, parse, raws, self._pack())
         except BrokenProcessPool:
             self.broken = True
             return None
@@ -269,7 +267,8 @@ class _Pool:
         results = []
         for raw in raws:
             try:
-                results.extend(_unpack(self.executor.submit(_parse_all, parse, [raw]).result()))
+                answer = self.executor.submit(_parse_all, parse, [raw], self._pack()).result()
+                results.extend(self.unpacked(answer))
                 continue
             except BrokenProcessPool:
                 self.restart()
@@ -291,16 +290,47 @@ class _Pool:
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
+    def _pack(self) -> Callable[[Any], object] | None:
+        return self.wire.pack if self.wire is not None else None
 
-def _parse_all(parse: Callable[[bytes], R], raws: list[bytes]) -> list[tuple[object, str | None]]:
-    """In a worker: parse each message; an error is a result, with where it was raised."""
-    out: list[tuple[object, str | None]] = []
-    for raw in raws:
+    def unpacked(self, answer: tuple[object, list[tuple[int, Exception, str]]]) -> list:
+        """A task's results, made again; each error with where the worker raised it."""
+        payload, errors = answer
+        values = marshal.loads(payload) if isinstance(payload, bytes) else payload
+        assert isinstance(values, list)
+        failed = {i for i, _, _ in errors}
+        if self.wire is not None:
+            unpack = self.wire.unpack
+            values = [v if i in failed else unpack(v) for i, v in enumerate(values)]
+        for i, err, where in errors:
+            err.__cause__ = RemoteTraceback(where)
+            values[i] = err
+        return values
+
+
+def _parse_all(
+    parse: Callable[[bytes], R], raws: list[bytes], pack: Callable[[R], object] | None = None
+) -> tuple[object, list[tuple[int, Exception, str]]]:
+    """In a worker: parse each message; an error is a result, with where it was raised.
+
+    The results (packed and marshalled, with `pack`) and the errors apart:
+    (index, error, traceback) each, pickled.
+    """
+    values: list[object] = []
+    errors: list[tuple[int, Exception, str]] = []
+    for i, raw in enumerate(raws):
         try:
-            out.append((parse(raw), None))
+            result = parse(raw)
+            values.append(pack(result) if pack is not None else result)
         except Exception as err:  # sent back as the message's result, judged by the caller
-            out.append((_portable(err), "".join(traceback.format_exception(err))))
-    return out
+            values.append(None)
+            errors.append((i, _portable(err), "".join(traceback.format_exception(err))))
+    if pack is not None:
+        try:
+            return marshal.dumps(values), errors
+        except ValueError:  # a value marshal cannot write (a bug in `pack`): pickled instead
+            log.exception("parser results could not be marshalled; pickling them")
+    return values, errors
 
 
 def _portable(err: Exception) -> Exception:

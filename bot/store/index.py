@@ -543,12 +543,14 @@ def parsed_batches(
     When reading the archive fails, the commits read before the failure come
     out first, then the error is raised. `early`: as for parse_ahead.
     """
-    from bot.parse.message import lenient, parse_message
+    from bot.parse.message import WIRE, lenient, parse_message
     from bot.parse.pool import parse_ahead
 
     batch: list[tuple[str, ParsedMessage | Unread | None]] = []
     try:
-        for commit_id, raw, result in parse_ahead(commits, parse_message, workers, early=early):
+        for commit_id, raw, result in parse_ahead(
+            commits, parse_message, workers, early=early, wire=WIRE
+        ):
             batch.append((commit_id, lenient(raw, result) if isinstance(raw, bytes) else raw))
             if len(batch) >= size:
                 yield batch
