@@ -94,10 +94,12 @@ class CatFile:
 
     def content(self, size: int, about: str) -> bytes:
         assert self.proc.stdout is not None
-        data = self.proc.stdout.read(size + 1)
-        if len(data) != size + 1 or not data.endswith(b"\n"):
+        # The newline git ends each content with, read apart: not a copy of
+        # every message without its last byte.
+        data = self.proc.stdout.read(size)
+        if len(data) != size or self.proc.stdout.read(1) != b"\n":
             raise self.failed(about)
-        return data[:-1]
+        return data
 
     def failed(self, about: str) -> ArchiveError:
         """git stopped answering: the archive is damaged (or git is broken)."""
