@@ -79,19 +79,25 @@ def _kind(pid: int, root: int) -> str:
 
 
 def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
+    """`root` and its descendants.
+
+    From each task's `children` file: a few small reads a sample. Scanning
+    all of /proc instead cost 1.5 ms a sample here (3% of a core at 20
+    samples a second), taken from the cores the measured run is using.
+    """
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # it has exited
+        for tid in tasks:
             try:
-                stat = Path(entry.path, "stat").read_text()
+                todo += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
             except OSError:
                 continue
-            children.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry.name))
-    out, todo = [root], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
     return out
 
 
