@@ -208,16 +208,21 @@ def pickled_as_values(cls: type[D]) -> type[D]:
     names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
     def __reduce__(self: D) -> tuple[Callable[..., D], tuple[type[D], tuple[Any, ...]]]:
-        state = self.__dict__
-        return _rebuilt, (type(self), tuple([state[name] for name in names]))
+        return rebuilt, (type(self), tuple(values_of(self)))
 
     cls._pickled_fields = names  # type: ignore[attr-defined]
     cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
     return cls
 
 
-def _rebuilt(cls: type[D], values: tuple[Any, ...]) -> D:
-    """An instance from its pickled values (no __init__: they were checked when made)."""
+def values_of(obj: object) -> list[Any]:
+    """A pickled_as_values instance's field values, in order (what it pickles as)."""
+    state = obj.__dict__
+    return [state[name] for name in type(obj)._pickled_fields]  # type: ignore[attr-defined]
+
+
+def rebuilt(cls: type[D], values: tuple[Any, ...] | list[Any]) -> D:
+    """An instance from its field values (no __init__: they were checked when made)."""
     obj = object.__new__(cls)  # type: ignore[call-overload]
     obj.__dict__.update(zip(cls._pickled_fields, values, strict=True))  # type: ignore[attr-defined]
     return obj

@@ -50,6 +50,8 @@ def started(*preload: object) -> None:
     systemd stops a service by sending SIGTERM to every process in it: a
     renderer or parser killed then would read as a failed digest or a lost
     chunk. The parent decides; a worker ends when its work or its parent does.
+    `preload` is not used here: it was unpickled, its modules imported, to
+    call this (spawned_pool).
     """
     os.nice(NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

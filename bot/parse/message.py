@@ -17,7 +17,7 @@ from bot.parse import body as bodymod
 from bot.parse import mime
 from bot.parse import paths as pathsmod
 from bot.parse.subject import Subject, parse_subject
-from bot.record import Wire, pickled_as_values
+from bot.record import Wire, pickled_as_values, rebuilt, values_of
 
 log = logging.getLogger(__name__)
 
@@ -98,33 +98,23 @@ class ParsedMessage:
         return out
 
 
-_FIELDS = tuple(f.name for f in fields(ParsedMessage))
-_SUBJECT_FIELDS = tuple(f.name for f in fields(Subject))
-_NOTES_FIELDS = tuple(f.name for f in fields(Notes))
-_SUBJECT_AT = _FIELDS.index("subject")
-_NOTES_AT = _FIELDS.index("notes")
+_NAMES = [f.name for f in fields(ParsedMessage)]
+_SUBJECT_AT, _NOTES_AT = _NAMES.index("subject"), _NAMES.index("notes")
 
 
 def packed(p: ParsedMessage) -> list:
     """The message as builtins only, for a parser worker to send (WIRE)."""
-    state = p.__dict__
-    values = [state[name] for name in _FIELDS]
-    subject, notes_ = values[_SUBJECT_AT].__dict__, values[_NOTES_AT].__dict__
-    values[_SUBJECT_AT] = tuple([subject[name] for name in _SUBJECT_FIELDS])
-    values[_NOTES_AT] = tuple([notes_[name] for name in _NOTES_FIELDS])
+    values = values_of(p)
+    values[_SUBJECT_AT] = tuple(values_of(p.subject))
+    values[_NOTES_AT] = tuple(values_of(p.notes))
     return values
 
 
 def unpacked(values: list) -> ParsedMessage:
-    """packed()'s message made again (no __init__: it was checked when made)."""
-    subject = object.__new__(Subject)
-    subject.__dict__.update(zip(_SUBJECT_FIELDS, values[_SUBJECT_AT], strict=True))
-    notes_ = object.__new__(Notes)
-    notes_.__dict__.update(zip(_NOTES_FIELDS, values[_NOTES_AT], strict=True))
-    values[_SUBJECT_AT], values[_NOTES_AT] = subject, notes_
-    message = object.__new__(ParsedMessage)
-    message.__dict__.update(zip(_FIELDS, values, strict=True))
-    return message
+    """packed()'s message made again."""
+    values[_SUBJECT_AT] = rebuilt(Subject, values[_SUBJECT_AT])
+    values[_NOTES_AT] = rebuilt(Notes, values[_NOTES_AT])
+    return rebuilt(ParsedMessage, values)
 
 
 WIRE = Wire(packed, unpacked)
