@@ -124,9 +124,14 @@ class TreeRss:
                 st = _status(pid)
                 if "VmHWM" not in st:
                     continue
-                kind = self.peaks.get(pid, (None, 0))[0] or _kind(pid, self.pid)
+                seen, peak = self.peaks.get(pid, ("other", 0))
+                # Asked again until known: a child seen between its fork and
+                # its exec has the parent's command line and memory, which
+                # its exec drops (a worker, else uncounted, its peak the
+                # parent's).
+                kind = seen if seen != "other" else _kind(pid, self.pid)
                 hwm = int(st["VmHWM"].split()[0])
-                self.peaks[pid] = (kind, max(hwm, self.peaks.get(pid, (kind, 0))[1]))
+                self.peaks[pid] = (kind, max(hwm, peak) if kind == seen else hwm)
                 if kind in ("parent", "worker"):
                     total += int(st["VmRSS"].split()[0])
             self.sum_peak_kb = max(self.sum_peak_kb, total)
