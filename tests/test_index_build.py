@@ -11,6 +11,8 @@ import re
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from bot.parse.message import parse_message
 from bot.store import index as indexmod
 from bot.store.archive import Archive
@@ -85,20 +87,47 @@ def test_a_build_from_nothing_leaves_the_digest_indexes_out_until_it_ends(
     assert indexes(db) >= EVERY_INDEX
 
 
-def test_a_build_that_was_killed_gets_its_indexes_back(tmp_path: Path) -> None:
-    raws = thread_mail(30)
-    archive = archive_of(tmp_path / "archive.git", raws)
+def killed_at_the_end(tmp_path: Path) -> tuple[Archive, Path]:
+    """An archive and an index as a SIGKILL after a build's last batch leaves them."""
+    archive = archive_of(tmp_path / "archive.git", thread_mail(30))
     db = tmp_path / "index.sqlite3"
     index = Index(db)
     index.catch_up(archive, max_size=None)
-    # What a SIGKILL between the last batch and the end of the build leaves.
     for name in READ_INDEXES:
         index.conn.execute(f"DROP INDEX {name}")
     index.conn.close()
     assert not indexes(db) & set(READ_INDEXES)
-    again = Index(db)
-    assert again.catch_up(archive, max_size=None) == 0  # nothing new to index
-    again.conn.close()
+    return archive, db
+
+
+def test_a_build_that_was_killed_gets_its_indexes_back(tmp_path: Path) -> None:
+    archive, db = killed_at_the_end(tmp_path)
+    index = Index(db)
+    assert index.catch_up(archive, max_size=None) == 0  # nothing new to index
+    index.conn.close()
+    assert indexes(db) >= EVERY_INDEX
+
+
+def test_indexes_that_cannot_be_built_now_are_said_and_left_for_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive, db = killed_at_the_end(tmp_path)
+    before = rows(db)
+    index = Index(db)
+    # SQLite's own "database or disk is full", as on a full disk: no free
+    # page left (the dropped indexes' are given back first), none to add.
+    index.conn.execute("VACUUM")
+    (pages,) = index.conn.execute("PRAGMA page_count").fetchone()
+    index.conn.execute(f"PRAGMA max_page_count = {pages}")
+    assert index.catch_up(archive, max_size=None) == 0
+    index.conn.close()
+    assert "could not build the index's digest indexes" in caplog.text
+    assert "full" in caplog.text
+    assert not indexes(db) & set(READ_INDEXES)
+    assert rows(db) == before
+    index = Index(db)
+    index.catch_up(archive, max_size=None)
+    index.conn.close()
     assert indexes(db) >= EVERY_INDEX
 
 
