@@ -19,14 +19,13 @@ from bot.store.archive import Archive
 from bot.store.index import DERIVED_TABLES, READ_INDEXES, Index
 from tests.mailfactory import mail
 
-SCHEMA = Path(indexmod.__file__).with_name("schema.sql").read_text(encoding="utf-8")
-EVERY_INDEX = set(re.findall(r"CREATE (?:UNIQUE )?INDEX IF NOT EXISTS (\w+)", SCHEMA))
+EVERY_INDEX = set(re.findall(r"CREATE (?:UNIQUE )?INDEX IF NOT EXISTS (\w+)", indexmod._schema()))
 
 
-def thread_mail(count: int, start: int = 0) -> list[bytes]:
+def thread_mail(count: int) -> list[bytes]:
     """Patches, each with a reply, so every table the digests read has rows."""
     out = []
-    for i in range(start, start + count):
+    for i in range(count):
         out.append(mail(f"[PATCH {i % 3 + 1}/3] kvm: thing {i // 3}", f"p{i}@example.org"))
         out.append(
             mail(

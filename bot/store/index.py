@@ -137,15 +137,17 @@ class Index:
         self.conn.execute(f"PRAGMA cache_size = {-BULK_CACHE_KB}")
         self.conn.execute(f"PRAGMA wal_autocheckpoint = {BULK_CHECKPOINT_PAGES}")
         fresh = not self._has_rows("messages")
-        if fresh:
-            with self.conn:
-                for name in READ_INDEXES:
-                    self.conn.execute(f"DROP INDEX IF EXISTS {name}")
-        else:
-            # A build from nothing that was killed left them out: here, in the
-            # bulk writer's time, not in an open on the daemon's event loop.
-            self._create_read_indexes()
         try:
+            # Inside: a drop that waits out the lock timeout still gives the
+            # connection its own cache and checkpoint sizes back.
+            if fresh:
+                with self.conn:
+                    for name in READ_INDEXES:
+                        self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+            else:
+                # A build from nothing that was killed left them out: here, in
+                # the bulk writer's time, not in an open on the daemon's loop.
+                self._create_read_indexes()
             yield
         finally:
             self.conn.execute(f"PRAGMA cache_size = {int(previous)}")
