@@ -45,6 +45,7 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
                     progress=bar,
                     # An archive or a mailbox is long; one .eml is not worth a process.
                     early=source.kind != "eml",
+                    donors=source.donors(),
                 )
             print(f"{source.label}: {counts}")
             failed = failed or counts.rejected > 0

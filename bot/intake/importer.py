@@ -14,8 +14,9 @@ import hashlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.errors import DigestError, MailError
 from bot.parse.message import WIRE, ParsedMessage, parse_within
@@ -62,6 +63,7 @@ class Importer:
         progress: Callable[[int], None] | None = None,
         *,
         early: bool = False,
+        donors: Sequence[Path] = (),
     ) -> Counts:
         """Import (position, raw) pairs; positions are saved with each batch.
 
@@ -71,6 +73,8 @@ class Importer:
         this loop (bot/parse/pool.py); the results come back in source order,
         so the archive and the index are written exactly as without them.
         `early`: the source is long; start them now (bot/parse/pool.py).
+        `donors`: the git repositories the source reads, whose blobs the
+        archive may copy as they are stored (Archive.bulk).
         """
         pending: list[tuple[bytes, ParsedMessage]] = []
         seen: set[tuple[str, str]] = set()
@@ -80,7 +84,7 @@ class Importer:
         parse = functools.partial(parse_within, max_size=self.max_size)
         # Closed on any way out, so a failure here stops the workers at once.
         with (
-            self.archive.bulk(),
+            self.archive.bulk(donors),
             self.index.bulk(),
             contextlib.closing(
                 parse_ahead(messages, parse, self.workers, early=early, wire=WIRE)

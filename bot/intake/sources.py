@@ -50,6 +50,10 @@ class Source:
     def read(self, after: str | None = None) -> Iterator[tuple[str, bytes | Unread]]:
         raise NotImplementedError
 
+    def donors(self) -> list[Path]:
+        """Git repositories holding the messages as blobs, for the archive to copy from."""
+        return []
+
 
 class MboxSource(Source):
     """An mbox file; mboxrd `>From ` quoting is undone (lore serves mboxrd)."""
@@ -102,6 +106,9 @@ class GitSource(Source):
 
     def count(self, after: str | None = None) -> int:
         return sum(n for _, n in self._plan(after))
+
+    def donors(self) -> list[Path]:
+        return self.epochs()
 
     def _plan(self, after: str | None) -> list[tuple[Archive, int]]:
         plan = []

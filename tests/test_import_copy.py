@@ -1,0 +1,143 @@
+"""An import from a git epoch copies its blobs as stored, with the same result.
+
+The donor here is a real public-inbox-shaped epoch written by git and then
+repacked by git, so its blobs are deltas: fast-import (run with --depth=0)
+never writes one, so a delta in our archive is a blob that was copied.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bot.parse.message import parse_within
+from bot.store.archive import FAST_IMPORT_BATCH, Archive
+from tests.mailfactory import mail
+
+BATCH = FAST_IMPORT_BATCH  # the smallest batch that goes through git fast-import
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def batches(count: int, start: int = 0) -> list[list[tuple[bytes, object]]]:
+    """`count` batches of similar patches (so that git deltas them), parsed."""
+    out = []
+    for b in range(count):
+        raws = [
+            mail(f"[PATCH {i + 1}/{BATCH}] KVM: change {start + b}.{i}", f"c{start + b}.{i}@x")
+            for i in range(BATCH)
+        ]
+        out.append([(raw, parse_within(raw, 1 << 20)) for raw in raws])
+    return out
+
+
+def written(path: Path, parts: list[list[tuple[bytes, object]]], donors=()) -> Archive:
+    """An archive with `parts` appended through one bulk writer, a batch at a time."""
+    archive = Archive.create(path)
+    with archive.bulk(donors):
+        for batch in parts:
+            archive.start_append(batch).wait()
+    return archive
+
+
+@pytest.fixture
+def donor(tmp_path: Path) -> tuple[Path, list[list[tuple[bytes, object]]]]:
+    """A repacked epoch of two batches, and the batches."""
+    parts = batches(2)
+    path = tmp_path / "donor.git"
+    written(path, parts)
+    git(path, "repack", "-adfq")
+    assert "blob" in git(path, "verify-pack", "-v", *_idx(path))
+    return path, parts
+
+
+def _idx(repo: Path) -> list[str]:
+    return [str(p) for p in sorted((repo / "objects" / "pack").glob("*.idx"))]
+
+
+def deltas(repo: Path) -> int:
+    """Blobs stored as deltas in the repository's packs."""
+    lines = git(repo, "verify-pack", "-v", *_idx(repo)).splitlines()
+    return sum(1 for line in lines if " blob " in line and len(line.split()) >= 7)
+
+
+def test_blobs_come_as_stored_and_the_history_is_the_same(tmp_path, donor):
+    path, parts = donor
+    before = sorted(p.name for p in (path / "objects").rglob("*"))
+    copied = written(tmp_path / "copied.git", parts, [path])
+    sent = written(tmp_path / "sent.git", parts)
+    # The same commits, trees and blobs, whichever way the blobs came...
+    assert copied.head() == sent.head() == Archive.open(path).head()
+    objects = git(copied.path, "rev-list", "--objects", "master")
+    assert objects == git(sent.path, "rev-list", "--objects", "master")
+    assert len(objects.splitlines()) == 3 * 2 * BATCH
+    # ...but these were copied (deltas, which fast-import does not write)...
+    assert deltas(copied.path) > 0
+    assert deltas(sent.path) == 0
+    # ...into the archive, which needs nothing of the donor: no alternates,
+    # and git finds every object of its history in it alone.
+    assert not (copied.path / "objects" / "info" / "alternates").exists()
+    git(copied.path, "fsck", "--strict", "--no-dangling")
+    # The donor was only read.
+    assert sorted(p.name for p in (path / "objects").rglob("*")) == before
+
+
+def test_a_second_batch_finds_the_pack_copied_after_git_started(tmp_path, donor):
+    path, parts = donor
+    # Each batch's blobs are copied just before its commits are sent, into
+    # a pack fast-import did not see when it started.
+    archive = written(tmp_path / "archive.git", parts, [path])
+    assert int(git(archive.path, "rev-list", "--count", "master")) == 2 * BATCH
+    packs = list((archive.path / "objects" / "pack").glob("*.pack"))
+    assert len(packs) == 4  # per batch: the copied blobs, and fast-import's commits
+
+
+def test_only_what_a_donor_holds_is_copied(tmp_path, donor):
+    path, parts = donor
+    mixed = [parts[0][: BATCH // 2] + batches(1, start=9)[0][: BATCH // 2]]
+    archive = written(tmp_path / "archive.git", mixed, [path])
+    assert archive.head() == written(tmp_path / "sent.git", mixed).head()
+    git(archive.path, "fsck", "--strict", "--no-dangling")
+
+
+def test_a_copy_that_fails_is_said_once_and_the_blobs_are_sent(tmp_path, donor, caplog):
+    path, parts = donor
+    # The donor's index still names every blob, but its pack cannot give
+    # them: git pack-objects fails on the first.
+    (pack,) = (path / "objects" / "pack").glob("*.pack")
+    pack.chmod(0o644)
+    data = bytearray(pack.read_bytes())
+    data[12 : len(data) - 20] = bytes(len(data) - 32)
+    pack.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="bot.store.archive"):
+        archive = written(tmp_path / "archive.git", parts, [path])
+    said = [r.getMessage() for r in caplog.records if "could not copy" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "git fast-import packs them instead" in said[0]
+    assert archive.head() == written(tmp_path / "sent.git", parts).head()
+    assert deltas(archive.path) == 0
+    git(archive.path, "fsck", "--strict", "--no-dangling")
+
+
+def test_a_donor_that_is_not_a_repository_is_passed_over(tmp_path):
+    parts = batches(1)
+    archive = written(tmp_path / "archive.git", parts, [tmp_path / "nothing-here"])
+    assert archive.head() == written(tmp_path / "sent.git", parts).head()
+
+
+def test_kvm_digest_import_of_an_epoch_copies_it(cli, data_dir, donor):
+    path, _ = donor
+    result = cli("import", path)
+    assert result.code == 0, result.err
+    assert result.out.strip().endswith(f"{2 * BATCH} imported, 0 duplicates, 0 rejected")
+    archive = data_dir / "archive.git"
+    assert Archive.open(archive).head() == Archive.open(path).head()
+    assert deltas(archive) > 0
+    git(archive, "fsck", "--strict", "--no-dangling")
