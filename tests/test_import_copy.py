@@ -104,7 +104,65 @@ def test_only_what_a_donor_holds_is_copied(tmp_path, donor):
     mixed = [parts[0][: BATCH // 2] + batches(1, start=9)[0][: BATCH // 2]]
     archive = written(tmp_path / "archive.git", mixed, [path])
     assert archive.head() == written(tmp_path / "sent.git", mixed).head()
+    # Two packs: the donor's half of the blobs copied, then fast-import's
+    # (the other half, and the commits and trees).
+    listed = git(archive.path, "verify-pack", "-v", *_idx(archive.path)).splitlines()
+    blobs = [line.split()[0] for line in listed if " blob " in line]
+    assert len(_idx(archive.path)) == 2 and len(blobs) == BATCH
     git(archive.path, "fsck", "--strict", "--no-dangling")
+
+
+def test_a_git_dir_in_the_environment_does_not_move_the_copy(tmp_path, donor, monkeypatch):
+    path, parts = donor
+    elsewhere = Archive.create(tmp_path / "elsewhere.git").path
+    monkeypatch.setenv("GIT_DIR", str(elsewhere))
+    monkeypatch.setenv("GIT_OBJECT_DIRECTORY", str(elsewhere / "objects"))
+    archive = written(tmp_path / "archive.git", parts, [path])
+    assert archive.head() == Archive.open(path).head()
+    assert deltas(archive.path) > 0
+    assert not list((elsewhere / "objects" / "pack").glob("*.pack"))
+
+
+def test_a_batch_that_cannot_be_sent_fails_with_its_reason(tmp_path, donor, monkeypatch):
+    import threading
+
+    from bot.errors import DigestError
+    from bot.store import archive as module
+
+    path, parts = donor
+
+    def broken(self, blobs, archive):
+        raise MemoryError("no room for the batch")
+
+    monkeypatch.setattr(module.Donors, "copy", broken)
+    archive = Archive.create(tmp_path / "archive.git")
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with archive.bulk([path]):
+                archive.start_append(parts[0]).wait()
+        except DigestError as err:
+            raised.append(err)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)  # a bound on a failure, not a synchronisation: it returns at once
+    assert not worker.is_alive(), "waited for git's progress line for ever"
+    assert len(raised) == 1
+    assert "could not be sent to git fast-import (MemoryError: no room" in str(raised[0])
+    assert archive.head() is None
+
+
+def test_a_users_glibc_tunables_come_after_ours():
+    from bot.store.archive import _padded_heap
+
+    env = _padded_heap({"GLIBC_TUNABLES": "glibc.malloc.top_pad=0", "PATH": "/bin"})
+    assert env == {
+        "GLIBC_TUNABLES": "glibc.malloc.top_pad=16777216:glibc.malloc.top_pad=0",
+        "PATH": "/bin",
+    }
+    assert _padded_heap({})["GLIBC_TUNABLES"] == "glibc.malloc.top_pad=16777216"
 
 
 def test_a_copy_that_fails_is_said_once_and_the_blobs_are_sent(tmp_path, donor, caplog):

@@ -316,6 +316,8 @@ class FastImport:
         self.donors = donors
         self.batches = 0
         self.failure: DigestError | None = None
+        self.unsent: BaseException | None = None
+        """What stopped the feeder thread from sending a batch, for reached() to raise."""
         # git's complaint, read when it fails. In memory, not in a pipe that
         # nobody drains during a long import, and not in the service's /tmp.
         self.errors = open(os.memfd_create("git-fast-import"), "w+b")  # noqa: SIM115
@@ -326,7 +328,7 @@ class FastImport:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errors,
-            env=_padded_heap(os.environ),
+            env=_padded_heap(_git_env()),
         )
         self.feeder: threading.Thread | None = None
 
@@ -358,14 +360,13 @@ class FastImport:
         assert self.proc.stdin is not None
         try:
             copied = self.donors.copy([c[1] for c in commits], self.path) if self.donors else set()
-            data = _stream(head, commits, batch, copied)
-        except BaseException:
-            # git is sent nothing of the batch and told the stream ended, so
-            # reached() reads its failure instead of waiting for ever.
+            _feed(self.proc.stdin, _stream(head, commits, batch, copied))
+        except BaseException as err:  # raised by reached(), in the caller's thread
+            self.unsent = err
+            # git is told the stream ended, so that it exits and nothing
+            # waits for a progress line that cannot come.
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-            raise
-        _feed(self.proc.stdin, data)
 
     def reached(self, batch: int, ids: list[str]) -> None:
         """Return once git has checkpointed `batch`; raise if it cannot."""
@@ -373,6 +374,15 @@ class FastImport:
             raise self.failure
         assert self.proc.stdout is not None and self.feeder is not None
         self.feeder.join()
+        if self.unsent is not None:
+            err = self.unsent
+            self._end()
+            self.failure = DigestError(
+                f"cannot write to the archive {self.path}: a batch could not be sent to git "
+                f"fast-import ({type(err).__name__}: {err}); nothing was lost: the head did "
+                "not move"
+            )
+            raise self.failure from err
         if self.proc.stdout.readline() != b"progress %d\n" % batch:
             self.failure = self._failed()
             raise self.failure
@@ -418,9 +428,10 @@ class Donors:
     A message imported from a public-inbox epoch is, byte for byte, a blob
     there, with the same id. git fast-import would compress it again, which
     was most of git's CPU in an import, beside the parsing on the same two
-    cores. `git pack-objects` copies it instead, as the donor stored it
-    (deltas and all), into a pack of the archive's own: 0.6 s of CPU for
-    the kvmarm epoch's blobs, against 2.9 s for fast-import to pack them.
+    cores. `git pack-objects` copies it instead, as the donor stored it,
+    into a pack of the archive's own (a delta whose base is not in the
+    same batch is written whole, at level 1): 0.6 s of CPU for the kvmarm
+    epoch's blobs, against 2.9 s for fast-import to pack them.
     Each batch's copy is written and fsynced before fast-import is told of
     the commits that name it, so at every checkpoint the archive holds
     every object of its history and needs nothing of the donor afterwards.
@@ -460,7 +471,8 @@ class Donors:
                 found = [blob for blob in wanted if odb.exists(pygit2.Oid(raw=blob))]
             except pygit2.GitError as err:  # a damaged index, say: its source will say so
                 log.warning("could not look into %s (%s); not copying from it", objects, err)
-                found = []
+                self.repos = [r for r in self.repos if r[0] != objects]
+                continue
             if not found:
                 continue
             if not _pack_objects(archive, objects, found):
@@ -490,11 +502,11 @@ def _pack_objects(archive: Path, donor: str, blobs: list[bytes]) -> bool:
                 "--quiet",
                 "--window=0",
                 "--delta-base-offset",
-                "objects/pack/pack",  # the new pack's path, under the archive (bare)
+                str(archive.resolve() / "objects" / "pack" / "pack"),
             ],
             input=b"".join(blob.hex().encode() + b"\n" for blob in blobs),
             capture_output=True,
-            env={**os.environ, "GIT_ALTERNATE_OBJECT_DIRECTORIES": donor},
+            env={**_git_env(), "GIT_ALTERNATE_OBJECT_DIRECTORIES": donor},
             check=False,
         )
     except OSError as err:  # git could not even start (out of memory, of processes)
@@ -558,15 +570,35 @@ path, and compressed at zlib level 1 (packs a third larger, for less than
 half of fast-import's CPU; `git gc` packs them as tightly as ever)."""
 
 
+_GIT_LOCATION = (
+    "GIT_DIR",
+    "GIT_COMMON_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+)
+
+
+def _git_env() -> dict[str, str]:
+    """Our environment without what would point git at another repository than `-C`'s.
+
+    A copy must land where fast-import looks, and fast-import must find
+    only what the archive itself holds.
+    """
+    return {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION}
+
+
 def _padded_heap(env: Mapping[str, str]) -> dict[str, str]:
     """`env` with glibc told to grow and trim the heap 16 MB at a time.
 
     git fast-import frees the top of its heap and takes it back for every
     object: two brk calls each, which cost 1.5 s of system time in 15,000
-    commits of copied blobs, and 0.1 s with them. Other C libraries ignore it.
+    commits of copied blobs, and 0.1 s with them. A tunable the user set
+    comes after ours, and wins. Other C libraries ignore it.
     """
     tunables = [env["GLIBC_TUNABLES"]] if env.get("GLIBC_TUNABLES") else []
-    return {**env, "GLIBC_TUNABLES": ":".join([*tunables, "glibc.malloc.top_pad=16777216"])}
+    return {**env, "GLIBC_TUNABLES": ":".join(["glibc.malloc.top_pad=16777216", *tunables])}
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:
