@@ -121,6 +121,8 @@ def test_a_git_dir_in_the_environment_does_not_move_the_copy(tmp_path, donor, mo
     assert archive.head() == Archive.open(path).head()
     assert deltas(archive.path) > 0
     assert not list((elsewhere / "objects" / "pack").glob("*.pack"))
+    # Reading goes to the archive too (rev-list and cat-file), not to GIT_DIR's.
+    assert [raw for _, raw in archive.walk()] == [raw for batch in parts for raw, _ in batch]
 
 
 def test_a_batch_that_cannot_be_sent_fails_with_its_reason(tmp_path, donor, monkeypatch):

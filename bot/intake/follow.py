@@ -51,12 +51,13 @@ from bot import redact
 from bot.config import ArchiveSection
 from bot.errors import DigestError
 from bot.store import writable
+from bot.store.gitenv import git_env
 from bot.store.inbox import epoch_paths
 from bot.version import user_agent
 
 log = logging.getLogger(__name__)
 
-_ENV = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+_ENV = git_env(GIT_TERMINAL_PROMPT="0")
 Env = dict[str, str]
 
 POLL_SECONDS = 0.25

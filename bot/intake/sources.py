@@ -21,6 +21,7 @@ import pygit2
 
 from bot.errors import MailError
 from bot.store.archive import Archive
+from bot.store.gitenv import git_env
 from bot.store.gitread import Unread
 from bot.store.inbox import epoch_paths
 
@@ -183,6 +184,7 @@ def unbundle(bundle: Path, cache_dir: Path) -> Path:
         ],
         capture_output=True,
         text=True,
+        env=git_env(),
         check=False,
     )
     if result.returncode != 0:

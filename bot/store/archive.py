@@ -29,6 +29,7 @@ import pygit2
 from bot.errors import ArchiveError, DigestError
 from bot.parse.message import ParsedMessage
 from bot.store import gitread
+from bot.store.gitenv import git_env
 from bot.store.gitread import Unread
 from bot.store.writable import advice, from_git, ownership
 
@@ -207,7 +208,7 @@ class Archive:
 
     def _git(self, *args: str) -> bytes:
         result = subprocess.run(
-            ["git", "-C", str(self.path), *args], capture_output=True, check=False
+            ["git", "-C", str(self.path), *args], capture_output=True, env=git_env(), check=False
         )
         if result.returncode != 0:
             said = result.stderr.decode(errors="replace").strip()
@@ -328,7 +329,7 @@ class FastImport:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errors,
-            env=_padded_heap(_git_env()),
+            env=_padded_heap(git_env()),
         )
         self.feeder: threading.Thread | None = None
 
@@ -506,7 +507,7 @@ def _pack_objects(archive: Path, donor: str, blobs: list[bytes]) -> bool:
             ],
             input=b"".join(blob.hex().encode() + b"\n" for blob in blobs),
             capture_output=True,
-            env={**_git_env(), "GIT_ALTERNATE_OBJECT_DIRECTORIES": donor},
+            env=git_env(GIT_ALTERNATE_OBJECT_DIRECTORIES=donor),
             check=False,
         )
     except OSError as err:  # git could not even start (out of memory, of processes)
@@ -568,25 +569,6 @@ _GIT_WRITE = (
 """How git writes packs here: fsynced, as os.sync() does for the in-process
 path, and compressed at zlib level 1 (packs a third larger, for less than
 half of fast-import's CPU; `git gc` packs them as tightly as ever)."""
-
-
-_GIT_LOCATION = (
-    "GIT_DIR",
-    "GIT_COMMON_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-)
-
-
-def _git_env() -> dict[str, str]:
-    """Our environment without what would point git at another repository than `-C`'s.
-
-    A copy must land where fast-import looks, and fast-import must find
-    only what the archive itself holds.
-    """
-    return {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION}
 
 
 def _padded_heap(env: Mapping[str, str]) -> dict[str, str]:

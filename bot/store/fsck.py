@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bot.errors import ArchiveError
 from bot.store.archive import Archive
+from bot.store.gitenv import git_env
 from bot.store.inbox import Inbox
 from bot.store.index import Index
 
@@ -100,6 +101,7 @@ def git_fsck(repo: Path) -> str:
         capture_output=True,
         text=True,
         errors="replace",
+        env=git_env(),
         check=False,
     )
     if result.returncode == 0:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bot.errors import ArchiveError
 from bot.record import Record
+from bot.store.gitenv import git_env
 
 CHUNK = 256
 """Commits asked about at a time: 256 requests are ~12 KB, well under a pipe's 64 KB."""
@@ -70,6 +71,7 @@ class CatFile:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errors,
+            env=git_env(),
         )
         assert self.proc.stdout is not None
         # Only speed depends on it: a system that refuses (a lower
